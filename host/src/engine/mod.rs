@@ -1,0 +1,833 @@
+//! The WebAssembly engine: compile a plugin once (with an on-disk cache),
+//! check that it targets the `reconciler` world, pre-instantiate it, and run
+//! every reconcile in a fresh `Store` and instance inside a `reconcile` span.
+//!
+//! A plugin can never crash the host: traps, deadlines, memory exhaustion and
+//! oversized answers all become a failed [`Outcome`].
+
+#[allow(unsafe_code, missing_docs, clippy::all)]
+pub mod bindings;
+mod cache;
+pub mod limits;
+mod state;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::SdkTracer;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+
+pub use limits::Limits;
+pub use state::HostState;
+
+use crate::caps::k8s::{K8sBackend, K8sCall, K8sError, K8sErrorKind, NoCluster, SharedBackend};
+use crate::caps::log::GuestLog;
+use crate::caps::trace::GuestTrace;
+use crate::metadata::{MetadataError, PluginMetadata};
+use crate::reconcile::{Failure, FailureKind, Outcome, ReconcileRequest, Reconciled};
+use crate::telemetry::logs::Logger;
+use bindings::{ReconcilerPre, types as wit};
+use limits::{DeadlineExceeded, classify};
+
+/// The WIT package plugins are built against.
+pub const WIT_PACKAGE: &str = "reconcile:plugin";
+/// The version of [`WIT_PACKAGE`] this host implements.
+pub const WIT_VERSION: &str = "0.1.0";
+/// The interface a plugin exports.
+const PLUGIN_EXPORT: &str = "reconcile:plugin/plugin";
+/// Longest error message a plugin may return, in bytes.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Default per-call limits of plugins.
+    pub limits: Limits,
+    /// Where compiled plugins are cached; `None` compiles every load.
+    pub cache_dir: Option<PathBuf>,
+    /// Instances that may exist at once (the pooling allocator's size).
+    pub max_instances: u32,
+    /// The largest memory limit any plugin may be given.
+    pub max_memory: usize,
+    /// How often the deadline clock ticks; deadlines are this precise.
+    pub epoch_tick: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            limits: Limits::default(),
+            cache_dir: None,
+            max_instances: 256,
+            max_memory: 1024 * 1024 * 1024,
+            epoch_tick: Duration::from_millis(10),
+        }
+    }
+}
+
+/// The engine could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// wasmtime refused the configuration.
+    #[error("cannot configure the WebAssembly engine: {0}")]
+    Config(String),
+    /// The default limits exceed `max_memory`.
+    #[error(
+        "the memory limit {limit} is over the engine's maximum {max}: raise max_memory or lower the limit"
+    )]
+    MemoryLimit {
+        /// The limit asked for.
+        limit: usize,
+        /// The engine maximum.
+        max: usize,
+    },
+}
+
+/// A plugin could not be loaded. Each variant names the file and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {source_name}: {error}")]
+    Read {
+        /// The file.
+        source_name: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// Not WebAssembly at all.
+    #[error(
+        "{source_name} is not a WebAssembly file (no \\0asm header): build the plugin with `cargo build --release --target wasm32-wasip2`"
+    )]
+    NotWasm {
+        /// The file.
+        source_name: String,
+    },
+    /// A core module rather than a component.
+    #[error(
+        "{source_name} is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target"
+    )]
+    CoreModule {
+        /// The file.
+        source_name: String,
+    },
+    /// wasmtime could not compile it.
+    #[error("{source_name} is not a valid component: {message}")]
+    Compile {
+        /// The file.
+        source_name: String,
+        /// The compiler's message.
+        message: String,
+    },
+    /// The component does not export the plugin interface.
+    #[error(
+        "{source_name} does not target the reconcile:plugin/reconciler world: it exports {found}; build it with reconcile-sdk (WIT package {WIT_PACKAGE}@{WIT_VERSION})"
+    )]
+    WrongWorld {
+        /// The file.
+        source_name: String,
+        /// What it exports instead.
+        found: String,
+    },
+    /// Built against an incompatible version of the contract.
+    #[error(
+        "{source_name} was built against {WIT_PACKAGE}@{version}, which this host ({WIT_PACKAGE}@{WIT_VERSION}) cannot run: rebuild it with a matching reconcile-sdk"
+    )]
+    Version {
+        /// The file.
+        source_name: String,
+        /// The plugin's version of the contract.
+        version: String,
+    },
+    /// It needs imports the host does not provide.
+    #[error("{source_name} needs an import this host does not provide: {message}")]
+    Imports {
+        /// The file.
+        source_name: String,
+        /// wasmtime's message.
+        message: String,
+    },
+    /// `metadata()` failed.
+    #[error("{source_name}: metadata() failed ({kind}): {message}")]
+    Metadata {
+        /// The file.
+        source_name: String,
+        /// `trap`, `timeout` or `memory`.
+        kind: &'static str,
+        /// What happened.
+        message: String,
+    },
+    /// `metadata()` returned something the host refuses.
+    #[error("{source_name}: {error}")]
+    InvalidMetadata {
+        /// The file.
+        source_name: String,
+        /// What is wrong.
+        error: MetadataError,
+    },
+}
+
+/// The shared engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    wasmtime: wasmtime::Engine,
+    linker: Linker<HostState>,
+    config: EngineConfig,
+    cache: Option<cache::ArtifactCache>,
+    tracer: SdkTracer,
+    logger: Logger,
+    ticker: EpochTicker,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        self.ticker.stop();
+    }
+}
+
+/// Advances the engine's epoch every tick, on its own thread.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: wasmtime::Engine, tick: Duration) -> Result<Self, EngineError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| {
+                EngineError::Config(format!("cannot start the deadline clock thread: {e}"))
+            })?;
+        Ok(EpochTicker { stop })
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn wasmtime_config(config: &EngineConfig, pooling: bool) -> wasmtime::Config {
+    let mut wasm = wasmtime::Config::new();
+    wasm.wasm_component_model(true);
+    wasm.epoch_interruption(true);
+    if pooling {
+        let n = config.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(8))
+            .total_stacks(n)
+            .max_memory_size(config.max_memory);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    wasm
+}
+
+impl Engine {
+    /// An engine whose reconcile spans go to `tracer` and whose plugin log
+    /// lines go to `logger`.
+    pub fn new(
+        config: EngineConfig,
+        tracer: SdkTracer,
+        logger: Logger,
+    ) -> Result<Self, EngineError> {
+        if config.limits.memory > config.max_memory {
+            return Err(EngineError::MemoryLimit {
+                limit: config.limits.memory,
+                max: config.max_memory,
+            });
+        }
+        // The pooling allocator reserves address space up front; where that
+        // is refused (a tight RLIMIT_AS), fall back to allocating on demand.
+        let wasmtime = match wasmtime::Engine::new(&wasmtime_config(&config, true)) {
+            Ok(engine) => engine,
+            Err(pool_error) => {
+                tracing::warn!(error = %pool_error, "the pooling allocator is unavailable; instances are allocated on demand");
+                wasmtime::Engine::new(&wasmtime_config(&config, false))
+                    .map_err(|e| EngineError::Config(e.to_string()))?
+            }
+        };
+        let mut linker = Linker::new(&wasmtime);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| EngineError::Config(e.to_string()))?;
+        bindings::Reconciler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| EngineError::Config(e.to_string()))?;
+        let cache = config
+            .cache_dir
+            .clone()
+            .map(|dir| cache::ArtifactCache::new(dir, &wasmtime));
+        let ticker = EpochTicker::start(wasmtime.clone(), config.epoch_tick)?;
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                wasmtime,
+                linker,
+                config,
+                cache,
+                tracer,
+                logger,
+                ticker,
+            }),
+        })
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The logger plugin lines go to.
+    pub fn logger(&self) -> &Logger {
+        &self.inner.logger
+    }
+
+    /// Load a plugin from a file.
+    pub async fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
+        let source_name = path.display().to_string();
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|error| LoadError::Read {
+                source_name: source_name.clone(),
+                error,
+            })?;
+        self.load_bytes(&bytes, &source_name).await
+    }
+
+    /// Load a plugin from its bytes; `source_name` names it in errors.
+    pub async fn load_bytes(&self, bytes: &[u8], source_name: &str) -> Result<Plugin, LoadError> {
+        let source_name = source_name.to_owned();
+        check_header(bytes, &source_name)?;
+        let digest = hex::encode(Sha256::digest(bytes));
+        let component = self
+            .compile(bytes.to_vec(), digest.clone(), source_name.clone())
+            .await?;
+        let wit_version = plugin_wit_version(&component, &self.inner.wasmtime, &source_name)?;
+        let pre =
+            self.inner
+                .linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::Imports {
+                    source_name: source_name.clone(),
+                    message: format!("{e:#}"),
+                })?;
+        let pre = ReconcilerPre::new(pre).map_err(|e| LoadError::WrongWorld {
+            source_name: source_name.clone(),
+            found: format!("{e:#}"),
+        })?;
+        let metadata = self.call_metadata(&pre, &source_name).await?;
+        metadata
+            .validate()
+            .map_err(|error| LoadError::InvalidMetadata {
+                source_name: source_name.clone(),
+                error,
+            })?;
+        let name: Arc<str> = Arc::from(metadata.name.as_str());
+        let digest = format!("sha256:{digest}");
+        let attributes = vec![
+            KeyValue::new("k8s.controller", name.clone()),
+            KeyValue::new("plugin.name", name.clone()),
+            KeyValue::new("plugin.version", metadata.version.clone()),
+            KeyValue::new("plugin.digest", digest.clone()),
+        ];
+        Ok(Plugin {
+            inner: Arc::new(PluginInner {
+                engine: self.clone(),
+                pre,
+                metadata,
+                digest,
+                wit_version,
+                source_name,
+                name,
+                attributes,
+                limits: self.inner.config.limits,
+                backend: Arc::new(NoCluster),
+            }),
+        })
+    }
+
+    async fn compile(
+        &self,
+        bytes: Vec<u8>,
+        digest: String,
+        source_name: String,
+    ) -> Result<Component, LoadError> {
+        let engine = self.inner.wasmtime.clone();
+        let cache = self.inner.cache.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            if let Some(component) = cache.as_ref().and_then(|c| c.load(&engine, &digest)) {
+                return Ok(component);
+            }
+            let component =
+                Component::from_binary(&engine, &bytes).map_err(|e| format!("{e:#}"))?;
+            if let Some(cache) = &cache {
+                cache.store(&digest, &component);
+            }
+            Ok(component)
+        })
+        .await;
+        match compiled {
+            Ok(Ok(component)) => Ok(component),
+            Ok(Err(message)) => Err(LoadError::Compile {
+                source_name,
+                message,
+            }),
+            Err(join) => Err(LoadError::Compile {
+                source_name,
+                message: format!("the compiler task failed: {join}"),
+            }),
+        }
+    }
+
+    async fn call_metadata(
+        &self,
+        pre: &ReconcilerPre<HostState>,
+        source_name: &str,
+    ) -> Result<PluginMetadata, LoadError> {
+        let log = GuestLog {
+            logger: self.inner.logger.clone(),
+            plugin: Arc::from(source_name),
+        };
+        let limits = self.inner.config.limits;
+        let mut store = self.store(
+            limits,
+            Arc::new(DenyDuringMetadata),
+            GuestTrace::disabled(),
+            log,
+        );
+        let result = tokio::time::timeout(limits.deadline, async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance
+                .reconcile_plugin_plugin()
+                .call_metadata(&mut store)
+                .await
+        })
+        .await;
+        let failure = |kind: FailureKind, message: String| LoadError::Metadata {
+            source_name: source_name.to_owned(),
+            kind: kind.as_str(),
+            message,
+        };
+        match result {
+            Ok(Ok(metadata)) => Ok(PluginMetadata::from_wit(metadata)),
+            Ok(Err(error)) => {
+                let (kind, message) = classify(
+                    &error,
+                    store.data().limiter.memory_exceeded,
+                    store.data().stderr_tail.panic_message(),
+                );
+                Err(failure(kind, message))
+            }
+            Err(_) => Err(failure(
+                FailureKind::Timeout,
+                format!("no answer within {:?}", limits.deadline),
+            )),
+        }
+    }
+
+    fn store(
+        &self,
+        limits: Limits,
+        backend: SharedBackend,
+        trace: GuestTrace,
+        log: GuestLog,
+    ) -> Store<HostState> {
+        let mut store = Store::new(
+            &self.inner.wasmtime,
+            HostState::new(limits.memory, backend, trace, log),
+        );
+        store.limiter(|s| &mut s.limiter);
+        let deadline = limits.deadline;
+        let until = Instant::now() + deadline;
+        store.set_epoch_deadline(1);
+        // Yield to the executor at every tick, so that a busy plugin shares
+        // its thread, and trap once the wall-clock deadline has passed.
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= until {
+                Err(wasmtime::Error::new(DeadlineExceeded(deadline)))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+}
+
+fn check_header(bytes: &[u8], source_name: &str) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm {
+            source_name: source_name.to_owned(),
+        });
+    }
+    // Core modules have version 1 and layer 0; components have layer 1.
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(LoadError::CoreModule {
+            source_name: source_name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The version of the contract the component exports, checked for
+/// compatibility with this host.
+fn plugin_wit_version(
+    component: &Component,
+    engine: &wasmtime::Engine,
+    source_name: &str,
+) -> Result<String, LoadError> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let Some(version) = exports.iter().find_map(|name| {
+        name.strip_prefix(PLUGIN_EXPORT)
+            .and_then(|rest| rest.strip_prefix('@'))
+    }) else {
+        let found = if exports.is_empty() {
+            "nothing".to_owned()
+        } else {
+            exports.join(", ")
+        };
+        return Err(LoadError::WrongWorld {
+            source_name: source_name.to_owned(),
+            found,
+        });
+    };
+    if !semver_compatible(version, WIT_VERSION) {
+        return Err(LoadError::Version {
+            source_name: source_name.to_owned(),
+            version: version.to_owned(),
+        });
+    }
+    Ok(version.to_owned())
+}
+
+/// Cargo's rule: same major, and for 0.x the same minor.
+fn semver_compatible(a: &str, b: &str) -> bool {
+    let parts = |v: &str| -> Option<(u64, u64)> {
+        let core = v.split(['-', '+']).next()?;
+        let mut it = core.split('.');
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    match (parts(a), parts(b)) {
+        (Some((a_major, a_minor)), Some((b_major, b_minor))) => {
+            a_major == b_major && (a_major > 0 || a_minor == b_minor)
+        }
+        _ => false,
+    }
+}
+
+/// `metadata()` may not reach Kubernetes: it runs before any grant applies.
+struct DenyDuringMetadata;
+
+#[async_trait::async_trait]
+impl K8sBackend for DenyDuringMetadata {
+    async fn call(&self, call: K8sCall, _cx: &Context) -> Result<Option<String>, K8sError> {
+        Err(K8sError::new(
+            K8sErrorKind::Forbidden,
+            403,
+            "Forbidden",
+            format!(
+                "{} refused: metadata() may not call the Kubernetes API",
+                call.span_name()
+            ),
+        ))
+    }
+}
+
+/// A loaded, checked, pre-instantiated plugin version. Cheap to clone.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+#[derive(Clone)]
+struct PluginInner {
+    engine: Engine,
+    pre: ReconcilerPre<HostState>,
+    metadata: PluginMetadata,
+    digest: String,
+    wit_version: String,
+    source_name: String,
+    name: Arc<str>,
+    attributes: Vec<KeyValue>,
+    limits: Limits,
+    backend: SharedBackend,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.inner.metadata.name)
+            .field("version", &self.inner.metadata.version)
+            .field("digest", &self.inner.digest)
+            .field("source", &self.inner.source_name)
+            .finish()
+    }
+}
+
+impl Plugin {
+    /// What the plugin said about itself.
+    pub fn metadata(&self) -> &PluginMetadata {
+        &self.inner.metadata
+    }
+
+    /// `sha256:<hex>` of the `.wasm`.
+    pub fn digest(&self) -> &str {
+        &self.inner.digest
+    }
+
+    /// The version of the WIT contract the plugin was built against.
+    pub fn wit_version(&self) -> &str {
+        &self.inner.wit_version
+    }
+
+    /// The per-call limits.
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// This plugin with other per-call limits.
+    pub fn with_limits(&self, limits: Limits) -> Result<Self, EngineError> {
+        let max = self.inner.engine.inner.config.max_memory;
+        if limits.memory > max {
+            return Err(EngineError::MemoryLimit {
+                limit: limits.memory,
+                max,
+            });
+        }
+        let mut inner = (*self.inner).clone();
+        inner.limits = limits;
+        Ok(Plugin {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// This plugin with its Kubernetes calls served by `backend`.
+    pub fn with_backend(&self, backend: Arc<dyn K8sBackend>) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.backend = backend;
+        Plugin {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Run one reconcile in a fresh instance, inside a `reconcile` span.
+    pub async fn reconcile(&self, request: ReconcileRequest) -> Reconciled {
+        let started = Instant::now();
+        let engine = &self.inner.engine.inner;
+        let tracer = &engine.tracer;
+        let parent = request.parent.clone().unwrap_or_default();
+        let span = tracer
+            .span_builder("reconcile")
+            .with_kind(SpanKind::Internal)
+            .with_attributes(self.root_attributes(&request))
+            .start_with_context(tracer, &parent);
+        let cx = parent.with_span(span);
+
+        let (outcome, dropped) = self
+            .call(&request, cx.clone())
+            .with_context(cx.clone())
+            .await;
+
+        let span = cx.span();
+        span.set_attribute(KeyValue::new("reconcile.result", outcome.result()));
+        if dropped > 0 {
+            span.set_attribute(KeyValue::new(
+                "plugin.telemetry_dropped",
+                i64::from(dropped),
+            ));
+        }
+        let _guard = cx.clone().attach();
+        match &outcome {
+            Outcome::Failed(failure) => {
+                span.set_attribute(KeyValue::new("error.type", failure.kind.as_str()));
+                span.add_event(
+                    "exception",
+                    vec![
+                        KeyValue::new("exception.type", failure.kind.as_str()),
+                        KeyValue::new("exception.message", failure.message.clone()),
+                    ],
+                );
+                span.set_status(Status::error(failure.message.clone()));
+                tracing::warn!(
+                    plugin = &*self.inner.name,
+                    object = %request.object,
+                    error.type = failure.kind.as_str(),
+                    retry = failure.retry,
+                    "reconcile failed: {}",
+                    failure.message
+                );
+            }
+            Outcome::Done | Outcome::RequeueAfter(_) => {
+                tracing::debug!(plugin = &*self.inner.name, object = %request.object, result = outcome.result(), "reconciled");
+            }
+        }
+        let sc = span.span_context().clone();
+        span.end();
+        Reconciled {
+            outcome,
+            trace_id: sc.trace_id(),
+            span_id: sc.span_id(),
+            sampled: sc.is_sampled(),
+            duration: started.elapsed(),
+        }
+    }
+
+    fn root_attributes(&self, request: &ReconcileRequest) -> Vec<KeyValue> {
+        let object = &request.object;
+        let mut attributes = Vec::with_capacity(self.inner.attributes.len() + 8);
+        attributes.extend(self.inner.attributes.iter().cloned());
+        if let Some(ns) = &object.namespace {
+            attributes.push(KeyValue::new("k8s.namespace", ns.clone()));
+        }
+        attributes.push(KeyValue::new("k8s.name", object.name.clone()));
+        attributes.push(KeyValue::new("k8s.kind", object.kind.clone()));
+        attributes.push(KeyValue::new("k8s.group", object.group.clone()));
+        attributes.push(KeyValue::new("k8s.version", object.version.clone()));
+        attributes.push(KeyValue::new("reconcile.reason", request.reason.as_str()));
+        attributes.push(KeyValue::new(
+            "reconcile.attempt",
+            i64::from(request.attempt),
+        ));
+        attributes
+    }
+
+    /// Instantiates and calls the plugin; returns the outcome and the count
+    /// of guest telemetry dropped over the limits.
+    async fn call(&self, request: &ReconcileRequest, cx: Context) -> (Outcome, u32) {
+        let engine = &self.inner.engine;
+        let limits = self.inner.limits;
+        let log = GuestLog {
+            logger: engine.inner.logger.clone(),
+            plugin: self.inner.name.clone(),
+        };
+        let trace = GuestTrace::new(engine.inner.tracer.clone(), cx);
+        let mut store = engine.store(limits, self.inner.backend.clone(), trace, log);
+        let wit_request = request.to_wit();
+        let result = tokio::time::timeout(limits.deadline, async {
+            let instance = self.inner.pre.instantiate_async(&mut store).await?;
+            instance
+                .reconcile_plugin_plugin()
+                .call_reconcile(&mut store, &wit_request)
+                .await
+        })
+        .await;
+        store.data_mut().trace.finish();
+        let dropped = store.data().trace.dropped();
+        let failed = |kind, message| {
+            Outcome::Failed(Failure {
+                kind,
+                message,
+                retry: true,
+            })
+        };
+        let outcome = match result {
+            Err(_) => failed(
+                FailureKind::Timeout,
+                DeadlineExceeded(limits.deadline).to_string(),
+            ),
+            Ok(Err(error)) => {
+                let (kind, message) = classify(
+                    &error,
+                    store.data().limiter.memory_exceeded,
+                    store.data().stderr_tail.panic_message(),
+                );
+                failed(kind, message)
+            }
+            Ok(Ok(Ok(wit::Action::Done))) => Outcome::Done,
+            Ok(Ok(Ok(wit::Action::RequeueAfter(ms)))) => {
+                Outcome::RequeueAfter(Duration::from_millis(ms))
+            }
+            Ok(Ok(Err(error))) => plugin_error(error),
+        };
+        (outcome, dropped)
+    }
+}
+
+fn plugin_error(error: wit::ReconcileError) -> Outcome {
+    let size = error.message.len();
+    if size > MAX_ERROR_MESSAGE_BYTES {
+        let head = crate::caps::trace::truncate(error.message, 120);
+        return Outcome::Failed(Failure {
+            kind: FailureKind::Plugin,
+            message: format!(
+                "the plugin returned an error message of {size} bytes, over the limit of {MAX_ERROR_MESSAGE_BYTES}; it starts: {head}"
+            ),
+            retry: true,
+        });
+    }
+    let kind = match error.kind {
+        wit::ErrorKind::Plugin => FailureKind::Plugin,
+        wit::ErrorKind::K8s => FailureKind::K8s,
+        wit::ErrorKind::Http => FailureKind::Http,
+    };
+    Outcome::Failed(Failure {
+        kind,
+        message: error.message,
+        retry: error.retry,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semver_rules() {
+        assert!(semver_compatible("0.1.0", "0.1.0"));
+        assert!(semver_compatible("0.1.7", "0.1.0"));
+        assert!(!semver_compatible("0.2.0", "0.1.0"));
+        assert!(semver_compatible("1.4.0", "1.0.0"));
+        assert!(!semver_compatible("2.0.0", "1.0.0"));
+        assert!(!semver_compatible("x", "0.1.0"));
+    }
+
+    #[test]
+    fn wit_version_matches_the_wit_files() {
+        let world = include_str!("../../../wit/world.wit");
+        assert!(world.contains(&format!("package {WIT_PACKAGE}@{WIT_VERSION};")));
+    }
+
+    #[test]
+    fn headers() {
+        assert!(matches!(
+            check_header(b"hello world", "f"),
+            Err(LoadError::NotWasm { .. })
+        ));
+        assert!(matches!(
+            check_header(b"\0asm\x01\0\0\0", "f"),
+            Err(LoadError::CoreModule { .. })
+        ));
+        assert!(check_header(b"\0asm\x0d\0\x01\0", "f").is_ok());
+    }
+}

@@ -1,0 +1,67 @@
+//! The data of one call's `Store`: WASI, limits, and the capabilities'
+//! per-call state.
+
+use std::sync::{Arc, Mutex};
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::caps::k8s::SharedBackend;
+use crate::caps::log::{GuestLog, GuestOutput, StderrTail, Stream};
+use crate::caps::trace::GuestTrace;
+use crate::engine::limits::CallLimiter;
+
+/// Store data of one plugin call.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: CallLimiter,
+    pub(crate) k8s: SharedBackend,
+    pub(crate) trace: GuestTrace,
+    pub(crate) log: GuestLog,
+    pub(crate) stderr_tail: StderrTail,
+}
+
+impl HostState {
+    pub(crate) fn new(memory: usize, k8s: SharedBackend, trace: GuestTrace, log: GuestLog) -> Self {
+        let written = Arc::new(Mutex::new(0));
+        let current = trace.current_span().clone();
+        let stderr_tail = StderrTail::default();
+        // No filesystem, environment, arguments or network: the builder's
+        // defaults grant none of them. Stdout and stderr become log lines.
+        let wasi = WasiCtx::builder()
+            .stdout(GuestOutput::new(
+                Stream::Stdout,
+                log.clone(),
+                current.clone(),
+                None,
+                written.clone(),
+            ))
+            .stderr(GuestOutput::new(
+                Stream::Stderr,
+                log.clone(),
+                current,
+                Some(stderr_tail.clone()),
+                written,
+            ))
+            .build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: CallLimiter::new(memory),
+            k8s,
+            trace,
+            log,
+            stderr_tail,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}

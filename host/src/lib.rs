@@ -1,0 +1,24 @@
+//! reconcile-host: a Kubernetes operator host that runs reconcile logic
+//! shipped as WebAssembly components.
+//!
+//! # Where to start
+//!
+//! [`Engine`](engine::Engine) loads a plugin (`.wasm` built with the guest
+//! SDK) into a [`Plugin`](engine::Plugin); [`Plugin::reconcile`](engine::Plugin::reconcile)
+//! runs one reconcile in a fresh instance inside a `reconcile` span.
+//! [`telemetry`] builds the tracer provider from the `OTEL_*` variables and
+//! the log format that carries trace ids.
+//!
+//! # Layout
+//!
+//! - [`engine`]: wasmtime setup, compile cache, limits, the traced call.
+//! - [`caps`]: one module per WIT interface the plugin imports (`k8s`, `log`, `trace`).
+//! - [`metadata`]: what a plugin says about itself, and its checks.
+//! - [`reconcile`]: request, outcome and root-span vocabulary.
+//! - [`telemetry`]: tracer provider and structured logs.
+
+pub mod caps;
+pub mod engine;
+pub mod metadata;
+pub mod reconcile;
+pub mod telemetry;

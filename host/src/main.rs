@@ -1,0 +1,358 @@
+//! The `reconcile-host` command line.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use reconcile_host::engine::{Engine, EngineConfig, Limits, Plugin};
+use reconcile_host::reconcile::{ObjectRef, Outcome, Reason, ReconcileRequest};
+use reconcile_host::telemetry::logs::{Level, LogFormat, Logger};
+use reconcile_host::telemetry::{Telemetry, TelemetryConfig, TracesExporter};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+/// A Kubernetes operator host that runs reconcile logic shipped as
+/// WebAssembly components.
+#[derive(Parser, Debug)]
+#[command(name = "reconcile-host", version, about)]
+struct Cli {
+    /// Log line format (default: text on a terminal, json otherwise).
+    #[arg(long, global = true, env = "RECONCILE_HOST_LOG_FORMAT", value_parser = parse_log_format)]
+    log_format: Option<LogFormat>,
+
+    /// Lowest level logged, for the host and plugins (RUST_LOG refines the host's).
+    #[arg(long, global = true, env = "RECONCILE_HOST_LOG_LEVEL", default_value = "info", value_parser = parse_level)]
+    log_level: Level,
+
+    /// Directory of compiled plugins (default: ~/.cache/reconcile-host).
+    #[arg(long, global = true, env = "RECONCILE_HOST_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile plugins on every load, without the cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a plugin's metadata, digest and WIT version; fail with one line if it cannot load.
+    Inspect {
+        /// The plugin (`.wasm`).
+        plugin: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Run one reconcile of a plugin on an object read from a JSON file,
+    /// without a cluster (Kubernetes calls fail as unavailable). Spans go
+    /// to the console unless OTEL_TRACES_EXPORTER says otherwise.
+    Call {
+        /// The plugin (`.wasm`).
+        plugin: PathBuf,
+        /// The object to reconcile, as JSON.
+        #[arg(long)]
+        object: PathBuf,
+        /// The trigger reason.
+        #[arg(long, default_value = "object_changed", value_parser = |s: &str| s.parse::<Reason>())]
+        reason: Reason,
+        /// The attempt number.
+        #[arg(long, default_value_t = 1)]
+        attempt: u32,
+        /// Wall-clock deadline of the call, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        deadline_ms: u64,
+        /// Memory limit of the instance, in MiB.
+        #[arg(long, default_value_t = 64)]
+        memory_mib: usize,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    s.parse()
+}
+
+fn parse_level(s: &str) -> Result<Level, String> {
+    s.parse()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // kube and the OTLP exporters use rustls; the process picks ring once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let format = cli
+        .log_format
+        .unwrap_or(if std::io::stderr().is_terminal() {
+            LogFormat::Text
+        } else {
+            LogFormat::Json
+        });
+    let logger = Logger::stderr(format, cli.log_level);
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(level_directive(cli.log_level)));
+    tracing_subscriber::registry()
+        .with(logger.layer().with_filter(filter))
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, logger)) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: what failed and what to do.
+            let message = format!("{e:#}").replace('\n', "; ");
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn level_directive(level: Level) -> &'static str {
+    match level {
+        Level::Trace => "trace",
+        Level::Debug => "debug",
+        Level::Info => "info",
+        Level::Warn => "warn",
+        Level::Error => "error",
+    }
+}
+
+fn cache_dir(cli: &Cli) -> Option<PathBuf> {
+    if cli.no_cache {
+        return None;
+    }
+    cli.cache_dir.clone().or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|base| base.join("reconcile-host"))
+    })
+}
+
+async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
+    let cache_dir = cache_dir(&cli);
+    match cli.command {
+        Command::Inspect { plugin, output } => {
+            // Loading runs metadata(); no spans are made, so nothing is exported.
+            let telemetry = Telemetry::init(
+                &TelemetryConfig::from_env().default_exporter(TracesExporter::None),
+            )?;
+            let engine = Engine::new(
+                EngineConfig {
+                    cache_dir,
+                    ..EngineConfig::default()
+                },
+                telemetry.tracer(),
+                logger,
+            )?;
+            let plugin = engine.load_file(&plugin).await?;
+            match output {
+                Output::Text => print!("{}", describe(&plugin, &plugin_path_display(&plugin))),
+                Output::Json => {
+                    println!("{}", serde_json::to_string_pretty(&inspect_json(&plugin))?)
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Call {
+            plugin,
+            object,
+            reason,
+            attempt,
+            deadline_ms,
+            memory_mib,
+        } => {
+            let config = TelemetryConfig::from_env().default_exporter(TracesExporter::Console);
+            let telemetry = Telemetry::init(&config)?;
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
+            let limits = Limits {
+                deadline: Duration::from_millis(deadline_ms),
+                memory: memory_mib * 1024 * 1024,
+            };
+            let engine = Engine::new(
+                EngineConfig {
+                    cache_dir,
+                    limits,
+                    ..EngineConfig::default()
+                },
+                telemetry.tracer(),
+                logger,
+            )?;
+            let result = call(&engine, &plugin, &object, reason, attempt).await;
+            if let Err(e) = telemetry.shutdown(config.shutdown_timeout) {
+                tracing::warn!("spans may be lost: {e}");
+            }
+            result
+        }
+    }
+}
+
+async fn call(
+    engine: &Engine,
+    plugin: &Path,
+    object: &Path,
+    reason: Reason,
+    attempt: u32,
+) -> anyhow::Result<ExitCode> {
+    let plugin = engine.load_file(plugin).await?;
+    let body = std::fs::read_to_string(object)
+        .with_context(|| format!("cannot read {}", object.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&body)
+        .with_context(|| format!("{} is not a JSON object", object.display()))?;
+    let object_ref = object_ref(&value)
+        .with_context(|| format!("{} is not a Kubernetes object", object.display()))?;
+    let mut request = ReconcileRequest::new(object_ref, Some(body));
+    request.reason = reason;
+    request.attempt = attempt;
+    let reconciled = plugin.reconcile(request).await;
+    let trace_id = reconciled.trace_id.to_string();
+    match &reconciled.outcome {
+        Outcome::Done => tracing::info!(trace_id, result = "done", "reconcile finished"),
+        Outcome::RequeueAfter(after) => {
+            tracing::info!(
+                trace_id,
+                result = "requeue",
+                after_ms = after.as_millis() as u64,
+                "reconcile finished"
+            )
+        }
+        Outcome::Failed(failure) => {
+            tracing::error!(trace_id, result = "error", error.type = failure.kind.as_str(), "reconcile failed: {}", failure.message);
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn object_ref(value: &serde_json::Value) -> anyhow::Result<ObjectRef> {
+    let api_version = value["apiVersion"]
+        .as_str()
+        .context("apiVersion is missing")?;
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let kind = value["kind"].as_str().context("kind is missing")?;
+    let name = value["metadata"]["name"]
+        .as_str()
+        .context("metadata.name is missing")?;
+    if name.is_empty() {
+        bail!("metadata.name is empty");
+    }
+    Ok(ObjectRef {
+        group: group.to_owned(),
+        version: version.to_owned(),
+        kind: kind.to_owned(),
+        namespace: value["metadata"]["namespace"].as_str().map(str::to_owned),
+        name: name.to_owned(),
+    })
+}
+
+fn plugin_path_display(plugin: &Plugin) -> String {
+    format!("{plugin:?}")
+}
+
+fn resource_line(r: &reconcile_host::caps::k8s::ResourceType) -> String {
+    let api_version = if r.group.is_empty() {
+        r.version.clone()
+    } else {
+        format!("{}/{}", r.group, r.version)
+    };
+    let scope = if r.namespaced {
+        "namespaced"
+    } else {
+        "cluster"
+    };
+    format!("{api_version} {} ({}, {scope})", r.kind, r.plural)
+}
+
+fn describe(plugin: &Plugin, _debug: &str) -> String {
+    use std::fmt::Write as _;
+    let m = plugin.metadata();
+    let mut out = String::new();
+    let _ = writeln!(out, "plugin:      {} {}", m.name, m.version);
+    let _ = writeln!(out, "digest:      {}", plugin.digest());
+    let _ = writeln!(
+        out,
+        "wit:         reconcile:plugin@{}",
+        plugin.wit_version()
+    );
+    let _ = writeln!(out, "reconciles:  {}", resource_line(&m.primary));
+    if m.owns.is_empty() {
+        let _ = writeln!(out, "owns:        (nothing)");
+    }
+    for (i, owned) in m.owns.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{}{}",
+            if i == 0 {
+                "owns:        "
+            } else {
+                "             "
+            },
+            resource_line(owned)
+        );
+    }
+    if m.access.resources.is_empty() {
+        let _ = writeln!(out, "access:      (nothing)");
+    }
+    for (i, access) in m.access.resources.iter().enumerate() {
+        let verbs: Vec<String> = access.verbs.iter().map(ToString::to_string).collect();
+        let r = &access.resource;
+        let api_version = if r.group.is_empty() {
+            r.version.clone()
+        } else {
+            format!("{}/{}", r.group, r.version)
+        };
+        let _ = writeln!(
+            out,
+            "{}{api_version} {}: {}",
+            if i == 0 {
+                "access:      "
+            } else {
+                "             "
+            },
+            r.kind,
+            verbs.join(", ")
+        );
+    }
+    let hosts = if m.access.http_hosts.is_empty() {
+        "(none)".to_owned()
+    } else {
+        m.access.http_hosts.join(", ")
+    };
+    let _ = writeln!(out, "http hosts:  {hosts}");
+    let _ = writeln!(
+        out,
+        "finalizer:   {}",
+        m.finalizer.as_deref().unwrap_or("(none)")
+    );
+    out
+}
+
+fn inspect_json(plugin: &Plugin) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": plugin.metadata(),
+        "digest": plugin.digest(),
+        "wit": format!("reconcile:plugin@{}", plugin.wit_version()),
+    })
+}

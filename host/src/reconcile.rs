@@ -1,0 +1,234 @@
+//! One reconcile as the host sees it: the request, the outcome, and the
+//! attributes of the `reconcile` root span.
+
+use std::fmt;
+use std::time::Duration;
+
+use opentelemetry::trace::{SpanId, TraceId};
+
+use crate::engine::bindings::types as wit;
+
+/// Names one Kubernetes object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectRef {
+    /// API group, empty for core.
+    pub group: String,
+    /// API version.
+    pub version: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace, for namespaced objects.
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}/{ns}/{}", self.kind, self.name),
+            None => write!(f, "{}/{}", self.kind, self.name),
+        }
+    }
+}
+
+/// Why a reconcile happens: the `reconcile.reason` attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The object changed.
+    ObjectChanged,
+    /// An owned object changed.
+    OwnedObjectChanged,
+    /// The plugin asked to requeue.
+    Requeue,
+    /// A retry after an error.
+    Retry,
+    /// A new plugin version was loaded.
+    PluginReloaded,
+    /// The object is being deleted.
+    Deleting,
+    /// Anything else.
+    Other,
+}
+
+impl Reason {
+    /// The attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ObjectChanged => "object_changed",
+            Reason::OwnedObjectChanged => "owned_object_changed",
+            Reason::Requeue => "requeue",
+            Reason::Retry => "retry",
+            Reason::PluginReloaded => "plugin_reloaded",
+            Reason::Deleting => "deleting",
+            Reason::Other => "other",
+        }
+    }
+
+    pub(crate) fn into_wit(self) -> wit::Reason {
+        match self {
+            Reason::ObjectChanged => wit::Reason::ObjectChanged,
+            Reason::OwnedObjectChanged => wit::Reason::OwnedObjectChanged,
+            Reason::Requeue => wit::Reason::Requeue,
+            Reason::Retry => wit::Reason::Retry,
+            Reason::PluginReloaded => wit::Reason::PluginReloaded,
+            Reason::Deleting => wit::Reason::Deleting,
+            Reason::Other => wit::Reason::Other,
+        }
+    }
+}
+
+impl std::str::FromStr for Reason {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            Reason::ObjectChanged,
+            Reason::OwnedObjectChanged,
+            Reason::Requeue,
+            Reason::Retry,
+            Reason::PluginReloaded,
+            Reason::Deleting,
+            Reason::Other,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s.replace('-', "_"))
+        .ok_or_else(|| format!("unknown reason {s:?}"))
+    }
+}
+
+/// One reconcile to run.
+#[derive(Clone, Debug)]
+pub struct ReconcileRequest {
+    /// The object.
+    pub object: ObjectRef,
+    /// The object as JSON, when it exists.
+    pub body: Option<String>,
+    /// Why.
+    pub reason: Reason,
+    /// 1 on the first attempt.
+    pub attempt: u32,
+    /// A parent context for the root span (a propagated trace), if any.
+    pub parent: Option<opentelemetry::Context>,
+}
+
+impl ReconcileRequest {
+    /// A first attempt on `object`, triggered by a change.
+    pub fn new(object: ObjectRef, body: Option<String>) -> Self {
+        ReconcileRequest {
+            object,
+            body,
+            reason: Reason::ObjectChanged,
+            attempt: 1,
+            parent: None,
+        }
+    }
+
+    pub(crate) fn to_wit(&self) -> wit::ReconcileRequest {
+        wit::ReconcileRequest {
+            object: wit::ObjectRef {
+                group: self.object.group.clone(),
+                version: self.object.version.clone(),
+                kind: self.object.kind.clone(),
+                namespace: self.object.namespace.clone(),
+                name: self.object.name.clone(),
+            },
+            body: self.body.clone(),
+            reason: self.reason.into_wit(),
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// Where a failure came from: the bounded `error.type` attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The plugin trapped (a panic, an invalid operation).
+    Trap,
+    /// The reconcile ran past its deadline.
+    Timeout,
+    /// The plugin ran out of its memory allowance.
+    Memory,
+    /// The plugin returned an error, or misbehaved (an oversized answer).
+    Plugin,
+    /// The plugin returned an error caused by a Kubernetes call.
+    K8s,
+    /// The plugin returned an error caused by an HTTP call.
+    Http,
+}
+
+impl FailureKind {
+    /// The attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Trap => "trap",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Memory => "memory",
+            FailureKind::Plugin => "plugin",
+            FailureKind::K8s => "k8s",
+            FailureKind::Http => "http",
+        }
+    }
+}
+
+/// A failed reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// Where it came from.
+    pub kind: FailureKind,
+    /// What happened, for people.
+    pub message: String,
+    /// Whether to retry with backoff.
+    pub retry: bool,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+/// How a reconcile ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done until something changes.
+    Done,
+    /// Run again after this long.
+    RequeueAfter(Duration),
+    /// Failed.
+    Failed(Failure),
+}
+
+impl Outcome {
+    /// The `reconcile.result` attribute: `done`, `requeue` or `error`.
+    pub fn result(&self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::RequeueAfter(_) => "requeue",
+            Outcome::Failed(_) => "error",
+        }
+    }
+
+    /// The failure, if it failed.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Outcome::Failed(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// A finished reconcile: its outcome and where its trace is.
+#[derive(Clone, Debug)]
+pub struct Reconciled {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The trace of its root span.
+    pub trace_id: TraceId,
+    /// The root span.
+    pub span_id: SpanId,
+    /// Whether the root span was sampled.
+    pub sampled: bool,
+    /// Wall-clock time of the whole call.
+    pub duration: Duration,
+}

@@ -1,0 +1,128 @@
+//! Builds the guest workspaces (`plugins/`, `tests/plugins/`) for
+//! `wasm32-wasip2`, for `cargo xtask` and for the host's tests.
+//!
+//! Both workspaces share one target directory, `target/wasm`; each built
+//! component is copied to its workspace's output directory as
+//! `<name>.wasm` (hyphens kept, as in the package name).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The guest target.
+pub const TARGET: &str = "wasm32-wasip2";
+
+/// A cargo workspace of guests and where its components go.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestWorkspace {
+    /// The workspace directory, relative to the project root.
+    pub dir: &'static str,
+    /// The output directory, relative to the project root.
+    pub out: &'static str,
+}
+
+/// The example plugins.
+pub const PLUGINS: GuestWorkspace = GuestWorkspace {
+    dir: "plugins",
+    out: "target/plugins",
+};
+/// The test plugins.
+pub const TEST_PLUGINS: GuestWorkspace = GuestWorkspace {
+    dir: "tests/plugins",
+    out: "target/test-plugins",
+};
+
+/// The project root (the parent of `xtask/`).
+pub fn project_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| manifest.to_path_buf())
+}
+
+/// Builds `workspace` in release mode and copies every component to its
+/// output directory. Returns name → path of the copies.
+pub fn build(root: &Path, workspace: GuestWorkspace) -> Result<BTreeMap<String, PathBuf>, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let dir = root.join(workspace.dir);
+    let mut child = Command::new(&cargo)
+        .current_dir(&dir)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
+        .env("CARGO_TARGET_DIR", root.join("target/wasm"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    let stderr = child.stderr.take();
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(stderr) = stderr {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        text
+    });
+    let mut built = BTreeMap::new();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if message["reason"] != "compiler-artifact" {
+                continue;
+            }
+            let name = message["target"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .replace('_', "-");
+            let wasm = message["filenames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str())
+                .find(|f| f.ends_with(".wasm"));
+            if let Some(wasm) = wasm {
+                built.insert(name, PathBuf::from(wasm));
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("cannot wait for cargo: {e}"))?;
+    let stderr = stderr_reader.join().unwrap_or_default();
+    if !status.success() {
+        let hint = if stderr.contains("may not be installed")
+            || stderr.contains("can't find crate for `core`")
+        {
+            format!("\nthe {TARGET} target is missing: run `rustup target add {TARGET}`")
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "building {} failed:\n{stderr}{hint}",
+            workspace.dir
+        ));
+    }
+    let out = root.join(workspace.out);
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let mut copies = BTreeMap::new();
+    for (name, wasm) in built {
+        let dest = out.join(format!("{name}.wasm"));
+        let tmp = out.join(format!(".{name}.wasm.{}.tmp", std::process::id()));
+        std::fs::copy(&wasm, &tmp).map_err(|e| format!("cannot copy {}: {e}", wasm.display()))?;
+        std::fs::rename(&tmp, &dest)
+            .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+        copies.insert(name, dest);
+    }
+    Ok(copies)
+}
