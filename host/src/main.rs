@@ -90,8 +90,7 @@ fn parse_level(s: &str) -> Result<Level, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // kube and the OTLP exporters use rustls; the process picks ring once.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    reconcile_host::telemetry::install_crypto_provider();
     let format = cli
         .log_format
         .unwrap_or(if std::io::stderr().is_terminal() {
@@ -99,7 +98,13 @@ fn main() -> ExitCode {
         } else {
             LogFormat::Json
         });
-    let logger = Logger::stderr(format, cli.log_level);
+    // `inspect` reports a failing metadata() in its one error line (panic
+    // message included); the plugin's own output shows only when debugging.
+    let plugin_level = match cli.command {
+        Command::Inspect { .. } if cli.log_level > Level::Debug => Level::Error,
+        _ => cli.log_level,
+    };
+    let logger = Logger::stderr(format, plugin_level);
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(level_directive(cli.log_level)));
     tracing_subscriber::registry()

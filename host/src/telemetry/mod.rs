@@ -67,7 +67,8 @@ pub enum SamplerConfig {
 }
 
 impl SamplerConfig {
-    fn build(&self) -> Sampler {
+    /// The SDK sampler.
+    pub fn build(&self) -> Sampler {
         match self {
             SamplerConfig::AlwaysOn => Sampler::AlwaysOn,
             SamplerConfig::AlwaysOff => Sampler::AlwaysOff,
@@ -324,17 +325,26 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Chooses ring as the process's TLS crypto provider, once. The OTLP
+/// exporters (and kube) use rustls, which otherwise panics when it finds no
+/// provider or two.
+pub fn install_crypto_provider() {
+    // An error only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Errors building the tracer provider.
@@ -369,6 +379,7 @@ impl Telemetry {
     /// Build the tracer provider. Must run inside a Tokio runtime (the gRPC
     /// exporter's connection lives there). Never waits for the collector.
     pub fn init(config: &TelemetryConfig) -> Result<Self, TelemetryError> {
+        install_crypto_provider();
         let resource = Resource::builder_empty()
             .with_detector(Box::new(
                 opentelemetry_sdk::resource::TelemetryResourceDetector,

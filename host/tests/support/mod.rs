@@ -1,0 +1,218 @@
+//! Shared test support: guests built from source, an engine wired to an
+//! in-memory span exporter and a captured logger, and a recording k8s backend.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use opentelemetry::trace::{SpanId, TraceContextExt};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider, SpanData};
+use reconcile_host::caps::k8s::{K8sBackend, K8sCall, K8sError, K8sErrorKind, K8sOp};
+use reconcile_host::engine::{Engine, EngineConfig, Limits, Plugin};
+use reconcile_host::reconcile::{ObjectRef, ReconcileRequest};
+use reconcile_host::telemetry::logs::{Level, LogFormat, Logger};
+use serde_json::Value;
+
+/// Every guest (example and test plugins), built once per test process.
+pub fn guests() -> &'static BTreeMap<String, PathBuf> {
+    static GUESTS: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
+    GUESTS.get_or_init(|| {
+        let root = xtask::project_root();
+        let mut all = BTreeMap::new();
+        for workspace in [xtask::PLUGINS, xtask::TEST_PLUGINS] {
+            match xtask::build(&root, workspace) {
+                Ok(built) => all.extend(built),
+                Err(e) => panic!("cannot build the guests from source: {e}"),
+            }
+        }
+        all
+    })
+}
+
+/// The path of guest `name`.
+pub fn guest(name: &str) -> PathBuf {
+    guests()
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no guest named {name}; built: {:?}", guests().keys()))
+}
+
+/// A writer tests can read back.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Every line, parsed as JSON.
+    pub fn lines(&self) -> Vec<Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+            .collect()
+    }
+}
+
+/// An engine with its exporter and log capture.
+pub struct Harness {
+    pub engine: Engine,
+    pub spans: InMemorySpanExporter,
+    pub provider: SdkTracerProvider,
+    pub logs: Captured,
+    pub logger: Logger,
+}
+
+impl Harness {
+    /// Sampling everything, 100 ms deadlines.
+    pub fn new() -> Self {
+        Self::with(
+            Sampler::AlwaysOn,
+            Limits {
+                deadline: Duration::from_millis(100),
+                ..Limits::default()
+            },
+        )
+    }
+
+    pub fn with(sampler: Sampler, limits: Limits) -> Self {
+        let spans = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .with_sampler(sampler)
+            .build();
+        let telemetry = reconcile_host::telemetry::Telemetry::from_provider(provider.clone());
+        let logs = Captured::default();
+        let logger = Logger::to_writer(LogFormat::Json, Level::Debug, logs.clone());
+        // The engine's own compile cache, shared by the tests of a checkout.
+        let cache_dir = Some(xtask::project_root().join("target/test-compile-cache"));
+        let config = EngineConfig {
+            limits,
+            max_instances: 32,
+            cache_dir,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::new(config, telemetry.tracer(), logger.clone()).unwrap();
+        Harness {
+            engine,
+            spans,
+            provider,
+            logs,
+            logger,
+        }
+    }
+
+    pub async fn load(&self, name: &str) -> Plugin {
+        self.engine
+            .load_file(&guest(name))
+            .await
+            .unwrap_or_else(|e| panic!("{name} does not load: {e}"))
+    }
+
+    /// A tracer of this harness's provider.
+    pub fn provider_tracer(&self) -> opentelemetry_sdk::trace::SdkTracer {
+        use opentelemetry::trace::TracerProvider as _;
+        self.provider.tracer("test")
+    }
+
+    /// Finished spans so far.
+    pub fn finished(&self) -> Vec<SpanData> {
+        self.spans.get_finished_spans().unwrap()
+    }
+
+    /// Routes host `tracing` events to the captured logs on this thread.
+    pub fn capture_host_logs(&self) -> tracing::subscriber::DefaultGuard {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.logger.layer()))
+    }
+}
+
+/// The example DemoApp object.
+pub fn demoapp_request() -> ReconcileRequest {
+    let body = std::fs::read_to_string(xtask::project_root().join("deploy/examples/demoapp.json"))
+        .unwrap();
+    ReconcileRequest::new(
+        ObjectRef {
+            group: "demo.reconcile.dev".into(),
+            version: "v1alpha1".into(),
+            kind: "DemoApp".into(),
+            namespace: Some("default".into()),
+            name: "hello".into(),
+        },
+        Some(body),
+    )
+}
+
+/// A ConfigMap request for the test plugins.
+pub fn configmap_request(name: &str) -> ReconcileRequest {
+    let body = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": name, "namespace": "default" }
+    });
+    ReconcileRequest::new(
+        ObjectRef {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: Some("default".into()),
+            name: name.into(),
+        },
+        Some(body.to_string()),
+    )
+}
+
+/// A span's attribute as a string.
+pub fn attr(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.as_str().into_owned())
+}
+
+/// A backend that records every call with the span id of the context it
+/// was given, and answers gets from a map of objects.
+#[derive(Clone, Default)]
+pub struct RecordingBackend {
+    pub objects: Arc<Mutex<BTreeMap<String, Value>>>,
+    pub calls: Arc<Mutex<Vec<(K8sCall, SpanId)>>>,
+}
+
+#[async_trait::async_trait]
+impl K8sBackend for RecordingBackend {
+    async fn call(
+        &self,
+        call: K8sCall,
+        cx: &opentelemetry::Context,
+    ) -> Result<Option<String>, K8sError> {
+        let parent = cx.span().span_context().span_id();
+        self.calls.lock().unwrap().push((call.clone(), parent));
+        let name = call.name.clone().unwrap_or_default();
+        match call.op {
+            K8sOp::Get => match self.objects.lock().unwrap().get(&name) {
+                Some(object) => Ok(Some(object.to_string())),
+                None => Err(K8sError::new(
+                    K8sErrorKind::NotFound,
+                    404,
+                    "NotFound",
+                    format!("configmaps \"{name}\" not found"),
+                )),
+            },
+            _ => Err(K8sError::new(
+                K8sErrorKind::Forbidden,
+                403,
+                "Forbidden",
+                "the recording backend only reads",
+            )),
+        }
+    }
+}
