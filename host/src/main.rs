@@ -89,6 +89,11 @@ fn parse_level(s: &str) -> Result<Level, String> {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: no other thread has started yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        reconcile_host::engine::disable_library_backtraces();
+    }
     let cli = Cli::parse();
     reconcile_host::telemetry::install_crypto_provider();
     let format = cli

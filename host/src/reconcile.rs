@@ -4,7 +4,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry::trace::{SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::SdkTracer;
 
 use crate::engine::bindings::types as wit;
 
@@ -231,4 +233,90 @@ pub struct Reconciled {
     pub sampled: bool,
     /// Wall-clock time of the whole call.
     pub duration: Duration,
+}
+
+/// The `reconcile` root span of one call.
+///
+/// Plugin-level attributes are computed once per plugin
+/// ([`RootSpan::plugin_attributes`]); the object's are added per call.
+#[derive(Debug)]
+pub struct RootSpan {
+    cx: Context,
+}
+
+impl RootSpan {
+    /// The attributes every reconcile of a plugin carries.
+    pub fn plugin_attributes(name: &str, version: &str, digest: &str) -> Vec<KeyValue> {
+        let name: std::sync::Arc<str> = std::sync::Arc::from(name);
+        vec![
+            KeyValue::new("k8s.controller", name.clone()),
+            KeyValue::new("plugin.name", name),
+            KeyValue::new("plugin.version", version.to_owned()),
+            KeyValue::new("plugin.digest", digest.to_owned()),
+        ]
+    }
+
+    /// Starts the span, as a child of the request's parent when it has one.
+    pub fn start(
+        tracer: &SdkTracer,
+        plugin_attributes: &[KeyValue],
+        request: &ReconcileRequest,
+    ) -> Self {
+        let object = &request.object;
+        let mut attributes = Vec::with_capacity(plugin_attributes.len() + 8);
+        attributes.extend(plugin_attributes.iter().cloned());
+        if let Some(ns) = &object.namespace {
+            attributes.push(KeyValue::new("k8s.namespace", ns.clone()));
+        }
+        attributes.push(KeyValue::new("k8s.name", object.name.clone()));
+        attributes.push(KeyValue::new("k8s.kind", object.kind.clone()));
+        attributes.push(KeyValue::new("k8s.group", object.group.clone()));
+        attributes.push(KeyValue::new("k8s.version", object.version.clone()));
+        attributes.push(KeyValue::new("reconcile.reason", request.reason.as_str()));
+        attributes.push(KeyValue::new(
+            "reconcile.attempt",
+            i64::from(request.attempt),
+        ));
+        let parent = request.parent.clone().unwrap_or_default();
+        let span = tracer
+            .span_builder("reconcile")
+            .with_kind(SpanKind::Internal)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        RootSpan {
+            cx: parent.with_span(span),
+        }
+    }
+
+    /// The context to run the reconcile in.
+    pub fn context(&self) -> &Context {
+        &self.cx
+    }
+
+    /// Records the outcome (result, and on failure status Error, an
+    /// `exception` event and `error.type`) and ends the span.
+    pub fn finish(self, outcome: &Outcome, telemetry_dropped: u32) -> (TraceId, SpanId, bool) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new("reconcile.result", outcome.result()));
+        if telemetry_dropped > 0 {
+            span.set_attribute(KeyValue::new(
+                "plugin.telemetry_dropped",
+                i64::from(telemetry_dropped),
+            ));
+        }
+        if let Outcome::Failed(failure) = outcome {
+            span.set_attribute(KeyValue::new("error.type", failure.kind.as_str()));
+            span.add_event(
+                "exception",
+                vec![
+                    KeyValue::new("exception.type", failure.kind.as_str()),
+                    KeyValue::new("exception.message", failure.message.clone()),
+                ],
+            );
+            span.set_status(Status::error(failure.message.clone()));
+        }
+        let sc = span.span_context().clone();
+        span.end();
+        (sc.trace_id(), sc.span_id(), sc.is_sampled())
+    }
 }

@@ -73,7 +73,9 @@ impl Reconciler for DemoAppReconciler {
             return Ok(Action::Done);
         };
         if app.spec.image.trim().is_empty() {
-            return Err(Error::permanent("spec.image is empty: set the container image"));
+            return Err(Error::permanent(
+                "spec.image is empty: set the container image",
+            ));
         }
         if !(0..=1000).contains(&app.spec.replicas) {
             return Err(Error::permanent(format!(
@@ -86,8 +88,14 @@ impl Reconciler for DemoAppReconciler {
         event(
             "rendered",
             &[
-                ("deployment", deployment.metadata.name.clone().unwrap_or_default().into()),
-                ("service", service.metadata.name.clone().unwrap_or_default().into()),
+                (
+                    "deployment",
+                    deployment.metadata.name.clone().unwrap_or_default().into(),
+                ),
+                (
+                    "service",
+                    service.metadata.name.clone().unwrap_or_default().into(),
+                ),
             ],
         );
         info!(image = app.spec.image, replicas = app.spec.replicas; "rendered Deployment and Service");

@@ -13,7 +13,9 @@ impl Reconciler for Panics {
         let items: Vec<u32> = Vec::new();
         // Index out of bounds: a panic, which is a trap in wasm.
         let first = items[request.attempt() as usize];
-        Ok(Action::RequeueAfter(std::time::Duration::from_millis(first.into())))
+        Ok(Action::RequeueAfter(std::time::Duration::from_millis(
+            first.into(),
+        )))
     }
 }
 

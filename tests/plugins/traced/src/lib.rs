@@ -29,7 +29,8 @@ impl Reconciler for Traced {
         span("render", || {
             span("render.inner", || warn!(stage = "inner"; "deep inside"));
         });
-        let _: std::result::Result<(), String> = try_span("validate", || Err("validation failed".to_owned()));
+        let _: std::result::Result<(), String> =
+            try_span("validate", || Err("validation failed".to_owned()));
         println!("plain stdout line");
         eprintln!("plain stderr line");
         match settings {
