@@ -247,12 +247,14 @@ pub struct RootSpan {
 impl RootSpan {
     /// The attributes every reconcile of a plugin carries.
     pub fn plugin_attributes(name: &str, version: &str, digest: &str) -> Vec<KeyValue> {
-        let name: std::sync::Arc<str> = std::sync::Arc::from(name);
+        // Shared strings: each reconcile clones pointers, not text.
+        let shared = |s: &str| -> std::sync::Arc<str> { std::sync::Arc::from(s) };
+        let name = shared(name);
         vec![
             KeyValue::new("k8s.controller", name.clone()),
             KeyValue::new("plugin.name", name),
-            KeyValue::new("plugin.version", version.to_owned()),
-            KeyValue::new("plugin.digest", digest.to_owned()),
+            KeyValue::new("plugin.version", shared(version)),
+            KeyValue::new("plugin.digest", shared(digest)),
         ]
     }
 

@@ -264,12 +264,27 @@ async fn without_a_cluster_k8s_calls_are_unavailable_and_the_error_is_k8s() {
     assert!(matches!(fetch.status, Status::Error { .. }));
 }
 
+/// The plugin with a 100 ms deadline. Only looping plugins get it, so
+/// that a loaded machine cannot turn another fault into a timeout.
+fn hurried(plugin: reconcile_host::engine::Plugin) -> reconcile_host::engine::Plugin {
+    let limits = reconcile_host::engine::Limits {
+        deadline: Duration::from_millis(100),
+        ..plugin.limits()
+    };
+    plugin.with_limits(limits).unwrap()
+}
+
 /// Runs `fault`, checks the failure and its span, then checks that the
 /// same engine still reconciles.
 async fn assert_fault(fault: &str, kind: FailureKind, message_part: &str) {
     let h = Harness::new();
     let _logs = h.capture_host_logs();
     let plugin = h.load(fault).await;
+    let plugin = if kind == FailureKind::Timeout {
+        hurried(plugin)
+    } else {
+        plugin
+    };
     let reconciled = plugin.reconcile(configmap_request("web")).await;
     let failure = reconciled
         .outcome
@@ -369,6 +384,11 @@ async fn faults_running_together_do_not_disturb_each_other() {
         "demoapp",
     ] {
         let plugin = h.load(name).await;
+        let plugin = if name == "fault-loop" {
+            hurried(plugin)
+        } else {
+            plugin
+        };
         let request = if name == "demoapp" {
             demoapp_request()
         } else {

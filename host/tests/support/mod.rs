@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use opentelemetry::trace::{SpanId, TraceContextExt};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider, SpanData};
@@ -74,15 +73,10 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// Sampling everything, 100 ms deadlines.
+    /// Sampling everything, default limits (tests that need a short
+    /// deadline set it per plugin with `Plugin::with_limits`).
     pub fn new() -> Self {
-        Self::with(
-            Sampler::AlwaysOn,
-            Limits {
-                deadline: Duration::from_millis(100),
-                ..Limits::default()
-            },
-        )
+        Self::with(Sampler::AlwaysOn, Limits::default())
     }
 
     pub fn with(sampler: Sampler, limits: Limits) -> Self {
@@ -197,22 +191,26 @@ impl K8sBackend for RecordingBackend {
         let parent = cx.span().span_context().span_id();
         self.calls.lock().unwrap().push((call.clone(), parent));
         let name = call.name.clone().unwrap_or_default();
-        match call.op {
-            K8sOp::Get => match self.objects.lock().unwrap().get(&name) {
-                Some(object) => Ok(Some(object.to_string())),
-                None => Err(K8sError::new(
-                    K8sErrorKind::NotFound,
-                    404,
-                    "NotFound",
-                    format!("configmaps \"{name}\" not found"),
-                )),
-            },
-            _ => Err(K8sError::new(
-                K8sErrorKind::Forbidden,
-                403,
-                "Forbidden",
-                "the recording backend only reads",
+        let stored = self.objects.lock().unwrap().get(&name).cloned();
+        let not_found = || {
+            K8sError::new(
+                K8sErrorKind::NotFound,
+                404,
+                "NotFound",
+                format!("\"{name}\" not found"),
+            )
+        };
+        match &call.op {
+            K8sOp::Get | K8sOp::MergePatch { .. } | K8sOp::JsonPatch { .. } => {
+                stored.map(|o| Some(o.to_string())).ok_or_else(not_found)
+            }
+            K8sOp::List(_) => Ok(Some(
+                serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "7"}, "items": []})
+                    .to_string(),
             )),
+            // Writes answer with what was sent.
+            K8sOp::Create { body } | K8sOp::Apply { body, .. } | K8sOp::Replace { body } => Ok(Some(body.clone())),
+            K8sOp::Delete { .. } => Ok(None),
         }
     }
 }
