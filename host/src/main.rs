@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceFlags, TraceState};
 use reconcile_host::engine::{Engine, EngineConfig, Limits, Plugin};
 use reconcile_host::reconcile::{ObjectRef, Outcome, Reason, ReconcileRequest};
 use reconcile_host::telemetry::logs::{Level, LogFormat, Logger};
@@ -237,19 +238,28 @@ async fn call(
     request.reason = reason;
     request.attempt = attempt;
     let reconciled = plugin.reconcile(request).await;
-    let trace_id = reconciled.trace_id.to_string();
+    // Log under the finished reconcile's span, so the line has its ids.
+    let span = SpanContext::new(
+        reconciled.trace_id,
+        reconciled.span_id,
+        TraceFlags::default(),
+        false,
+        TraceState::default(),
+    );
+    let _guard = opentelemetry::Context::new()
+        .with_remote_span_context(span)
+        .attach();
     match &reconciled.outcome {
-        Outcome::Done => tracing::info!(trace_id, result = "done", "reconcile finished"),
+        Outcome::Done => tracing::info!(result = "done", "reconcile finished"),
         Outcome::RequeueAfter(after) => {
             tracing::info!(
-                trace_id,
                 result = "requeue",
                 after_ms = after.as_millis() as u64,
                 "reconcile finished"
             )
         }
         Outcome::Failed(failure) => {
-            tracing::error!(trace_id, result = "error", error.type = failure.kind.as_str(), "reconcile failed: {}", failure.message);
+            tracing::error!(result = "error", error.type = failure.kind.as_str(), "reconcile failed: {}", failure.message);
             return Ok(ExitCode::FAILURE);
         }
     }
