@@ -1,0 +1,229 @@
+//! An embedded Kubernetes API server: a real HTTP server on loopback that
+//! the real `kube::Client`, kube-runtime watchers and controllers, and
+//! `kubectl` talk to as they would to a cluster. In-memory, no wasmtime, no
+//! cluster needed.
+//!
+//! # Where to start
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = reconcile_apiserver::ApiServer::start(Default::default()).await?;
+//! let client = server.client()?;
+//! std::fs::write("kubeconfig", server.kubeconfig())?;
+//! // ... use `client` or kubectl --kubeconfig kubeconfig ...
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`registry`]: the served types (built-ins and CRDs) and their list semantics.
+//! - [`store`]: storage and write semantics, history for watches.
+//! - [`apply`]: server-side apply and `managedFields`.
+//! - [`patch`]: merge, JSON and strategic merge patches.
+//! - [`selectors`]: label and field selectors.
+//! - [`validation`]: names and required fields.
+//! - [`discovery`], [`table`]: what kubectl needs besides objects.
+//! - [`faults`]: fault injection and the request log.
+//! - [`status`]: `Status` errors.
+
+pub mod apply;
+pub mod discovery;
+pub mod faults;
+pub mod patch;
+pub mod registry;
+pub mod selectors;
+mod server;
+pub mod status;
+pub mod store;
+pub mod table;
+pub mod validation;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use faults::{Faults, Match, RequestRecord};
+pub use server::MAX_BODY_BYTES;
+pub use store::Store;
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ApiServerConfig {
+    /// Address to listen on; port 0 picks a free one. Loopback by default.
+    pub listen: SocketAddr,
+    /// Events kept for watches to resume from.
+    pub history: usize,
+    /// How often watches that allow bookmarks get one.
+    pub bookmark_interval: Duration,
+    /// Longest a watch stays open without `timeoutSeconds`.
+    pub max_watch: Duration,
+}
+
+impl Default for ApiServerConfig {
+    fn default() -> Self {
+        ApiServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            history: 100_000,
+            bookmark_interval: Duration::from_secs(30),
+            max_watch: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// Errors starting the server or making a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiServerError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {error}; pick another port or 127.0.0.1:0")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The kube client could not be built.
+    #[error("cannot build a Kubernetes client for {url}: {error}")]
+    Client {
+        /// The server URL.
+        url: String,
+        /// Why.
+        error: String,
+    },
+}
+
+/// A running server. Dropping it stops the listener; [`shutdown`](Self::shutdown)
+/// also waits for it.
+pub struct ApiServer {
+    addr: SocketAddr,
+    store: Arc<Store>,
+    faults: Arc<Faults>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiServer {
+    /// Starts the server in this Tokio runtime. It serves at once.
+    pub async fn start(config: ApiServerConfig) -> Result<Self, ApiServerError> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| ApiServerError::Listen {
+                addr: config.listen,
+                error,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|error| ApiServerError::Listen {
+                addr: config.listen,
+                error,
+            })?;
+        let store = Arc::new(Store::new(config.history));
+        let faults = Arc::new(Faults::default());
+        let shared = Arc::new(server::Shared {
+            store: store.clone(),
+            faults: faults.clone(),
+            bookmark_interval: config.bookmark_interval,
+            max_watch: config.max_watch,
+        });
+        let app = axum::Router::new()
+            .fallback(server::handle)
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(shared);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let cut = faults.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+                // Open watches would hold a graceful shutdown forever.
+                cut.cut_watches();
+            };
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(%error, "the embedded API server stopped");
+            }
+        });
+        Ok(ApiServer {
+            addr,
+            store,
+            faults,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The address served.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kube client for this server (default namespace `default`).
+    pub fn client(&self) -> Result<kube::Client, ApiServerError> {
+        let url = self.url();
+        let error = |e: String| ApiServerError::Client {
+            url: url.clone(),
+            error: e,
+        };
+        let cluster_url = url
+            .parse()
+            .map_err(|e: axum::http::uri::InvalidUri| error(e.to_string()))?;
+        let mut config = kube::Config::new(cluster_url);
+        config.default_namespace = "default".into();
+        config.read_timeout = None;
+        kube::Client::try_from(config).map_err(|e| error(e.to_string()))
+    }
+
+    /// A kubeconfig for kubectl, with this server as the current context.
+    pub fn kubeconfig(&self) -> String {
+        kubeconfig(&self.url())
+    }
+
+    /// Fault injection and the request log.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// The store behind the server.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A kubeconfig pointing at `url`, context `reconcile-host`, namespace `default`.
+pub fn kubeconfig(url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: reconcile-host\n  cluster:\n    server: {url}\nusers:\n- name: reconcile-host\n  user: {{}}\ncontexts:\n- name: reconcile-host\n  context:\n    cluster: reconcile-host\n    user: reconcile-host\n    namespace: default\ncurrent-context: reconcile-host\npreferences: {{}}\n"
+    )
+}

@@ -1,0 +1,813 @@
+//! The HTTP side: routing of Kubernetes paths, content negotiation, fault
+//! injection, and the handlers of every verb, watch included.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::apply::Scope;
+use crate::discovery;
+use crate::faults::{Faults, Injection, RequestRecord};
+use crate::registry::ResourceDef;
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::{self, ApiError};
+use crate::store::{
+    Deleted, Event, EventType, Filter, PatchType, Propagation, Store, WriteOptions, present,
+};
+use crate::table;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// What the handlers share.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<Store>,
+    pub(crate) faults: Arc<Faults>,
+    pub(crate) bookmark_interval: Duration,
+    pub(crate) max_watch: Duration,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Version,
+    Health,
+    Api,
+    Apis,
+    ApiGroup(String),
+    GroupVersion(String, String),
+    OpenApiRoot,
+    OpenApiGroupVersion(String, String),
+    Resource(ResourcePath),
+    NotFound,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone)]
+struct ResourcePath {
+    group: String,
+    version: String,
+    plural: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn parse_route(path: &str) -> Route {
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let resource = |group: &str, version: &str, rest: &[&str]| -> Route {
+        let (namespace, rest) = if rest.len() >= 3
+            && rest[0] == "namespaces"
+            && rest[2] != "status"
+            && rest[2] != "finalize"
+        {
+            (Some(rest[1].to_owned()), &rest[2..])
+        } else {
+            (None, rest)
+        };
+        let (plural, name, subresource) = match rest {
+            [plural] => (*plural, None, None),
+            [plural, name] => (*plural, Some((*name).to_owned()), None),
+            [plural, name, sub] => (*plural, Some((*name).to_owned()), Some((*sub).to_owned())),
+            _ => return Route::NotFound,
+        };
+        Route::Resource(ResourcePath {
+            group: group.into(),
+            version: version.into(),
+            plural: plural.into(),
+            namespace,
+            name,
+            subresource,
+        })
+    };
+    match segments.as_slice() {
+        ["version"] => Route::Version,
+        ["healthz" | "readyz" | "livez"] => Route::Health,
+        ["api"] => Route::Api,
+        ["api", v] => Route::GroupVersion(String::new(), (*v).into()),
+        ["api", v, rest @ ..] => resource("", v, rest),
+        ["apis"] => Route::Apis,
+        ["apis", g] => Route::ApiGroup((*g).into()),
+        ["apis", g, v] => Route::GroupVersion((*g).into(), (*v).into()),
+        ["apis", g, v, rest @ ..] => resource(g, v, rest),
+        ["openapi", "v3"] => Route::OpenApiRoot,
+        ["openapi", "v3", "api", v] => Route::OpenApiGroupVersion(String::new(), (*v).into()),
+        ["openapi", "v3", "apis", g, v] => Route::OpenApiGroupVersion((*g).into(), (*v).into()),
+        _ => Route::NotFound,
+    }
+}
+
+fn json_response(code: u16, value: &Value) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+fn error_response(e: &ApiError) -> Response {
+    let mut response = json_response(e.code, &e.to_json());
+    if let Some(seconds) = e.retry_after
+        && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+fn verb(
+    method: &Method,
+    route: &Route,
+    query: &HashMap<String, String>,
+) -> (String, Option<ResourcePath>) {
+    let Route::Resource(r) = route else {
+        return ("discovery".into(), None);
+    };
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let verb = match (method.as_str(), r.name.is_some()) {
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "unknown",
+    };
+    (verb.into(), Some(r.clone()))
+}
+
+/// Serves one request.
+pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let raw_query = parts.uri.query().unwrap_or_default().to_owned();
+    let query: HashMap<String, String> = form_urlencoded::parse(raw_query.as_bytes())
+        .into_owned()
+        .collect();
+    let route = parse_route(&path);
+    let (verb, resource) = verb(&parts.method, &route, &query);
+    let record = RequestRecord {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        query: raw_query,
+        verb: verb.clone(),
+        resource: resource.as_ref().map(|r| r.plural.clone()),
+        subresource: resource.as_ref().and_then(|r| r.subresource.clone()),
+        namespace: resource.as_ref().and_then(|r| r.namespace.clone()),
+        name: resource.as_ref().and_then(|r| r.name.clone()),
+    };
+    for injection in shared.faults.on_request(record) {
+        match injection {
+            Injection::Delay(d) => tokio::time::sleep(d).await,
+            Injection::Fail {
+                status,
+                retry_after,
+            } => return error_response(&ApiError::injected(status, retry_after)),
+        }
+    }
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => return error_response(&ApiError::too_large(MAX_BODY_BYTES)),
+    };
+    let accept = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let registry = shared.store.registry();
+    match route {
+        Route::Version => json_response(200, &discovery::version()),
+        Route::Health => (StatusCode::OK, "ok").into_response(),
+        Route::Api | Route::Apis if accept.contains("as=APIGroupDiscoveryList") => {
+            let doc = discovery::aggregated(&registry, route == Route::Api);
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, discovery::AGGREGATED_V2)],
+                doc.to_string(),
+            )
+                .into_response()
+        }
+        Route::Api => json_response(200, &discovery::api_versions()),
+        Route::Apis => json_response(200, &discovery::api_group_list(&registry)),
+        Route::ApiGroup(g) => match registry.groups().into_iter().find(|(name, _)| *name == g) {
+            Some((g, versions)) => json_response(200, &discovery::api_group(&g, &versions)),
+            None => error_response(&ApiError::no_route(&path)),
+        },
+        Route::GroupVersion(g, v) => match discovery::api_resource_list(&registry, &g, &v) {
+            Some(doc) => json_response(200, &doc),
+            None => error_response(&ApiError::no_route(&path)),
+        },
+        Route::OpenApiRoot => json_response(200, &discovery::openapi_root(&registry)),
+        Route::OpenApiGroupVersion(g, v) => {
+            match discovery::openapi_group_version(&registry, &g, &v) {
+                Some(doc) => json_response(200, &doc),
+                None => error_response(&ApiError::no_route(&path)),
+            }
+        }
+        Route::NotFound => error_response(&ApiError::no_route(&path)),
+        Route::Resource(r) => {
+            let Some(def) = registry.find(&r.group, &r.version, &r.plural) else {
+                return error_response(&ApiError::no_route(&path));
+            };
+            let request = ResourceRequest {
+                shared: &shared,
+                def,
+                path: r,
+                query,
+                headers: parts.headers,
+                body,
+                accept,
+            };
+            match request.serve(&parts.method, &verb).await {
+                Ok(response) => response,
+                Err(e) => error_response(&e),
+            }
+        }
+    }
+}
+
+struct ResourceRequest<'a> {
+    shared: &'a Arc<Shared>,
+    def: Arc<ResourceDef>,
+    path: ResourcePath,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Bytes,
+    accept: String,
+}
+
+fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => Ok(v),
+        Err(_) if content_type.contains("yaml") => serde_yaml::from_slice::<Value>(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}"))),
+        Err(json_error) => Err(ApiError::bad_request(format!(
+            "the request body is not valid JSON: {json_error}"
+        ))),
+    }
+}
+
+impl ResourceRequest<'_> {
+    fn namespace(&self) -> Option<&str> {
+        self.path.namespace.as_deref()
+    }
+
+    fn dry_run(&self) -> Result<bool, ApiError> {
+        match self.query.get("dryRun").map(String::as_str) {
+            None | Some("") => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "dryRun: Unsupported value: {other:?}: supported values: \"All\""
+            ))),
+        }
+    }
+
+    fn manager(&self) -> String {
+        if let Some(m) = self.query.get("fieldManager").filter(|m| !m.is_empty()) {
+            return m.clone();
+        }
+        let agent = self
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown");
+        agent.split('/').next().unwrap_or("unknown").to_owned()
+    }
+
+    fn content_type(&self) -> String {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn filter(&self) -> Result<Filter, ApiError> {
+        let labels = match self.query.get("labelSelector") {
+            Some(s) => LabelSelector::parse(s).map_err(ApiError::bad_request)?,
+            None => LabelSelector::default(),
+        };
+        let fields = match self.query.get("fieldSelector") {
+            Some(s) => FieldSelector::parse(s).map_err(ApiError::bad_request)?,
+            None => FieldSelector::default(),
+        };
+        Ok(Filter {
+            namespace: self.path.namespace.clone(),
+            labels,
+            fields,
+        })
+    }
+
+    fn scope(&self) -> Result<Scope, ApiError> {
+        match self.path.subresource.as_deref() {
+            None => Ok(Scope::Main),
+            Some("status") if self.def.status => Ok(Scope::Status),
+            Some(_) => Err(ApiError::no_route(&format!(
+                "{}/{}",
+                self.def.plural,
+                self.path.subresource.as_deref().unwrap_or_default()
+            ))),
+        }
+    }
+
+    async fn serve(self, method: &Method, verb: &str) -> Result<Response, ApiError> {
+        let def = self.def.clone();
+        let no_route = || ApiError::no_route(&def.plural);
+        // A namespaced type needs a namespace except to list or watch
+        // across all; a cluster-scoped type never takes one.
+        if def.namespaced && self.path.namespace.is_none() && !matches!(verb, "list" | "watch") {
+            return Err(no_route());
+        }
+        if !def.namespaced && self.path.namespace.is_some() {
+            return Err(no_route());
+        }
+        let scope = self.scope()?;
+        let store = &self.shared.store;
+        let name = self.path.name.clone().unwrap_or_default();
+        match (method.as_str(), verb) {
+            ("GET", "get") => {
+                let object = present(&def, &*store.get(&def, self.namespace(), &name)?);
+                if table::wants_table(&self.accept) {
+                    return Ok(json_response(
+                        200,
+                        &table::table(&def, &[object], json!({})),
+                    ));
+                }
+                Ok(json_response(200, &object))
+            }
+            ("GET", "list") => self.list(),
+            ("GET", "watch") => self.watch(),
+            ("POST", _) if self.path.name.is_none() => {
+                let body = parse_body(&self.body, &self.content_type())?;
+                let options = WriteOptions {
+                    manager: self.manager(),
+                    dry_run: self.dry_run()?,
+                    force: false,
+                };
+                let created = store.create(&def, self.namespace(), body, &options)?;
+                Ok(json_response(201, &created))
+            }
+            ("PUT", _) if self.path.name.is_some() => {
+                let body = parse_body(&self.body, &self.content_type())?;
+                let options = WriteOptions {
+                    manager: self.manager(),
+                    dry_run: self.dry_run()?,
+                    force: false,
+                };
+                Ok(json_response(
+                    200,
+                    &store.update(&def, scope, self.namespace(), &name, body, &options)?,
+                ))
+            }
+            ("PATCH", _) if self.path.name.is_some() => {
+                let content_type = self.content_type();
+                let kind = match content_type.split(';').next().unwrap_or_default().trim() {
+                    "application/merge-patch+json" => PatchType::Merge,
+                    "application/json-patch+json" => PatchType::Json,
+                    "application/strategic-merge-patch+json" => PatchType::Strategic,
+                    "application/apply-patch+yaml" | "application/apply-patch+json" => {
+                        PatchType::Apply
+                    }
+                    other => {
+                        return Err(ApiError::unsupported_media_type(format!(
+                            "the body of the request was in an unknown format ({other}) - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
+                        )));
+                    }
+                };
+                let force = match self.query.get("force").map(String::as_str) {
+                    None | Some("false") => false,
+                    Some("true") if kind == PatchType::Apply => true,
+                    Some("true") => {
+                        return Err(ApiError::bad_request(
+                            "force: Forbidden: may not be specified for non-apply patch",
+                        ));
+                    }
+                    Some(other) => {
+                        return Err(ApiError::bad_request(format!(
+                            "force: invalid value {other:?}"
+                        )));
+                    }
+                };
+                if kind == PatchType::Apply
+                    && self.query.get("fieldManager").is_none_or(|m| m.is_empty())
+                {
+                    return Err(ApiError::bad_request(
+                        "PATCH, fieldManager is required for apply requests",
+                    ));
+                }
+                let body = parse_body(&self.body, &content_type)?;
+                let options = WriteOptions {
+                    manager: self.manager(),
+                    dry_run: self.dry_run()?,
+                    force,
+                };
+                let (object, created) =
+                    store.patch(&def, scope, self.namespace(), &name, kind, &body, &options)?;
+                Ok(json_response(if created { 201 } else { 200 }, &object))
+            }
+            ("DELETE", "delete") => {
+                let options: Value = if self.body.is_empty() {
+                    json!({})
+                } else {
+                    parse_body(&self.body, &self.content_type())?
+                };
+                let propagation = self.propagation(&options)?;
+                let preconditions = options.get("preconditions").cloned().unwrap_or(Value::Null);
+                match store.delete(
+                    &def,
+                    self.namespace(),
+                    &name,
+                    propagation,
+                    &preconditions,
+                    self.dry_run()?,
+                )? {
+                    Deleted::Pending(object) => Ok(json_response(200, &object)),
+                    Deleted::Gone(object) => {
+                        let uid = object["metadata"]["uid"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned();
+                        Ok(json_response(200, &status::success(&def, &name, &uid)))
+                    }
+                }
+            }
+            ("DELETE", "deletecollection") => {
+                let options: Value = if self.body.is_empty() {
+                    json!({})
+                } else {
+                    parse_body(&self.body, &self.content_type())?
+                };
+                let propagation = self.propagation(&options)?;
+                let deleted =
+                    store.delete_collection(&def, &self.filter()?, propagation, self.dry_run()?)?;
+                Ok(json_response(
+                    200,
+                    &json!({
+                        "apiVersion": def.api_version(), "kind": def.list_kind(),
+                        "metadata": {"resourceVersion": store.resource_version().to_string()}, "items": deleted,
+                    }),
+                ))
+            }
+            _ => Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on {}",
+                self.path_text()
+            ))),
+        }
+    }
+
+    fn path_text(&self) -> String {
+        match &self.path.name {
+            Some(n) => format!("{} {n}", self.def.plural),
+            None => self.def.plural.clone(),
+        }
+    }
+
+    fn propagation(&self, options: &Value) -> Result<Propagation, ApiError> {
+        let policy = options
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| self.query.get("propagationPolicy").cloned())
+            .or_else(|| {
+                options
+                    .get("orphanDependents")
+                    .and_then(Value::as_bool)
+                    .map(|o| {
+                        if o {
+                            "Orphan".into()
+                        } else {
+                            "Background".into()
+                        }
+                    })
+            });
+        match policy.as_deref() {
+            None | Some("Background") => Ok(Propagation::Background),
+            Some("Foreground") => Ok(Propagation::Foreground),
+            Some("Orphan") => Ok(Propagation::Orphan),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "propagationPolicy: Unsupported value: {other:?}"
+            ))),
+        }
+    }
+
+    fn list(&self) -> Result<Response, ApiError> {
+        let def = &self.def;
+        let limit = match self.query.get("limit").filter(|l| !l.is_empty()) {
+            None => None,
+            Some(l) => match l.parse::<usize>() {
+                Ok(0) => None,
+                Ok(n) => Some(n),
+                Err(_) => return Err(ApiError::bad_request(format!("limit: invalid value {l:?}"))),
+            },
+        };
+        let page = self.shared.store.list(
+            def,
+            &self.filter()?,
+            limit,
+            self.query
+                .get("continue")
+                .map(String::as_str)
+                .filter(|c| !c.is_empty()),
+        )?;
+        let mut metadata = json!({"resourceVersion": page.rv.to_string()});
+        if let Some(token) = &page.continue_token {
+            metadata["continue"] = token.clone().into();
+        }
+        if let Some(remaining) = page.remaining {
+            metadata["remainingItemCount"] = remaining.into();
+        }
+        let items: Vec<Value> = page.items.iter().map(|o| present(def, o)).collect();
+        if table::wants_table(&self.accept) {
+            return Ok(json_response(200, &table::table(def, &items, metadata)));
+        }
+        Ok(json_response(
+            200,
+            &json!({"apiVersion": def.api_version(), "kind": def.list_kind(), "metadata": metadata, "items": items}),
+        ))
+    }
+
+    fn watch(&self) -> Result<Response, ApiError> {
+        let flag = |k: &str| matches!(self.query.get(k).map(String::as_str), Some("true" | "1"));
+        let timeout = match self.query.get("timeoutSeconds").filter(|t| !t.is_empty()) {
+            None => self.shared.max_watch,
+            Some(t) => Duration::from_secs(t.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("timeoutSeconds: invalid value {t:?}"))
+            })?)
+            .min(self.shared.max_watch),
+        };
+        let send_initial = flag("sendInitialEvents");
+        let bookmarks = flag("allowWatchBookmarks");
+        if send_initial && !bookmarks {
+            return Err(ApiError::bad_request(
+                "sendInitialEvents requires allowWatchBookmarks=true",
+            ));
+        }
+        let start = match self.query.get("resourceVersion").map(String::as_str) {
+            None | Some("") | Some("0") => None,
+            Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("resourceVersion: invalid value {rv:?}"))
+            })?),
+        };
+        let watch = Watch {
+            store: self.shared.store.clone(),
+            def: self.def.clone(),
+            filter: self.filter()?,
+            table: table::wants_table(&self.accept),
+            start: if send_initial { None } else { start },
+            initial: send_initial || start.is_none(),
+            bookmarks,
+            initial_end_bookmark: send_initial,
+            timeout,
+            bookmark_interval: self.shared.bookmark_interval,
+            cut: self.shared.faults.cut_signal(),
+        };
+        let (tx, rx) = mpsc::channel::<Bytes>(256);
+        tokio::spawn(watch.run(tx));
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+        });
+        Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            Body::from_stream(stream),
+        )
+            .into_response())
+    }
+}
+
+/// One open watch.
+struct Watch {
+    store: Arc<Store>,
+    def: Arc<ResourceDef>,
+    filter: Filter,
+    table: bool,
+    start: Option<u64>,
+    initial: bool,
+    bookmarks: bool,
+    initial_end_bookmark: bool,
+    timeout: Duration,
+    bookmark_interval: Duration,
+    cut: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Watch {
+    fn line(kind: &str, object: Value) -> Bytes {
+        let mut line = json!({"type": kind, "object": object}).to_string();
+        line.push('\n');
+        Bytes::from(line)
+    }
+
+    fn object(&self, object: &Value) -> Value {
+        let object = present(&self.def, object);
+        if self.table {
+            table::table(&self.def, &[object], json!({}))
+        } else {
+            object
+        }
+    }
+
+    fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {
+        let mut metadata = json!({"resourceVersion": rv.to_string()});
+        if initial_end {
+            metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        Self::line(
+            "BOOKMARK",
+            json!({"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": metadata}),
+        )
+    }
+
+    /// The event as this watch sees it (selectors can turn a modification
+    /// into an ADDED or DELETED).
+    fn translate(&self, event: &Event) -> Option<Bytes> {
+        if event.key != self.def.storage_key() {
+            return None;
+        }
+        let now = self.filter.matches(&event.object);
+        let kind = match event.kind {
+            EventType::Added if now => "ADDED",
+            EventType::Deleted if now => "DELETED",
+            EventType::Modified => match (
+                event
+                    .previous
+                    .as_ref()
+                    .is_some_and(|p| self.filter.matches(p)),
+                now,
+            ) {
+                (true, true) => "MODIFIED",
+                (false, true) => "ADDED",
+                (true, false) => "DELETED",
+                (false, false) => return None,
+            },
+            _ => return None,
+        };
+        Some(Self::line(kind, self.object(&event.object)))
+    }
+
+    async fn run(mut self, tx: mpsc::Sender<Bytes>) {
+        let (mut rx, mut last) = if self.initial {
+            let (items, rv, rx) = self.store.snapshot(&self.def, &self.filter);
+            for item in items {
+                if tx
+                    .send(Self::line("ADDED", self.object(&item)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if self.initial_end_bookmark && tx.send(self.bookmark(rv, true)).await.is_err() {
+                return;
+            }
+            (rx, rv)
+        } else {
+            let from = self.start.unwrap_or_default();
+            match self.store.watch_from(from) {
+                Some((backlog, rx)) => {
+                    let mut last = from;
+                    for event in backlog {
+                        last = last.max(event.rv);
+                        if let Some(line) = self.translate(&event)
+                            && tx.send(line).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    (rx, last)
+                }
+                None => {
+                    let e = ApiError::expired(format!(
+                        "too old resource version: {from} ({})",
+                        self.store.compacted()
+                    ));
+                    let _ = tx.send(Self::line("ERROR", e.to_json())).await;
+                    return;
+                }
+            }
+        };
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(self.bookmark_interval);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = self.cut.changed() => return,
+                _ = tx.closed() => return,
+                _ = ticker.tick(), if self.bookmarks => {
+                    if tx.send(self.bookmark(last, false)).await.is_err() {
+                        return;
+                    }
+                }
+                received = rx.recv() => match received {
+                    Ok(event) => {
+                        if event.rv <= last {
+                            continue;
+                        }
+                        last = event.rv;
+                        if let Some(line) = self.translate(&event)
+                            && tx.send(line).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let e = ApiError::expired("the watch fell behind; list again");
+                        let _ = tx.send(Self::line("ERROR", e.to_json())).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(
+        group: &str,
+        plural: &str,
+        ns: Option<&str>,
+        name: Option<&str>,
+        sub: Option<&str>,
+    ) -> Route {
+        Route::Resource(ResourcePath {
+            group: group.into(),
+            version: "v1".into(),
+            plural: plural.into(),
+            namespace: ns.map(Into::into),
+            name: name.map(Into::into),
+            subresource: sub.map(Into::into),
+        })
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            parse_route("/api/v1/namespaces"),
+            r("", "namespaces", None, None, None)
+        );
+        assert_eq!(
+            parse_route("/api/v1/namespaces/default"),
+            r("", "namespaces", None, Some("default"), None)
+        );
+        assert_eq!(
+            parse_route("/api/v1/namespaces/default/status"),
+            r("", "namespaces", None, Some("default"), Some("status"))
+        );
+        assert_eq!(
+            parse_route("/api/v1/namespaces/default/configmaps"),
+            r("", "configmaps", Some("default"), None, None)
+        );
+        assert_eq!(
+            parse_route("/api/v1/namespaces/default/configmaps/a"),
+            r("", "configmaps", Some("default"), Some("a"), None)
+        );
+        assert_eq!(
+            parse_route("/apis/apps/v1/namespaces/x/deployments/d/status"),
+            Route::Resource(ResourcePath {
+                group: "apps".into(),
+                version: "v1".into(),
+                plural: "deployments".into(),
+                namespace: Some("x".into()),
+                name: Some("d".into()),
+                subresource: Some("status".into())
+            })
+        );
+        assert_eq!(
+            parse_route("/apis/rbac.authorization.k8s.io/v1/clusterroles/admin"),
+            Route::Resource(ResourcePath {
+                group: "rbac.authorization.k8s.io".into(),
+                version: "v1".into(),
+                plural: "clusterroles".into(),
+                namespace: None,
+                name: Some("admin".into()),
+                subresource: None
+            })
+        );
+        assert_eq!(parse_route("/version"), Route::Version);
+        assert_eq!(parse_route("/apis/apps"), Route::ApiGroup("apps".into()));
+        assert_eq!(parse_route("/nope"), Route::NotFound);
+    }
+}

@@ -1,0 +1,1424 @@
+//! In-memory storage and the semantics of writes: one global
+//! `resourceVersion`, uid and timestamps, generation, finalizers and
+//! `deletionTimestamp`, garbage collection by owner uid, namespaces, CRDs;
+//! and a bounded history of events that watches resume from.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast;
+
+use crate::apply::{self, Applier, Scope};
+use crate::patch;
+use crate::registry::{self, Registry, ResourceDef};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::ApiError;
+use crate::validation;
+
+/// `(group, plural)`: objects are stored once, served under every version.
+pub type StorageKey = (String, String);
+
+/// What happened to an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    /// Created.
+    Added,
+    /// Changed.
+    Modified,
+    /// Removed.
+    Deleted,
+}
+
+impl EventType {
+    /// The watch event type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change, as kept in the history.
+#[derive(Debug)]
+pub struct Event {
+    /// The resourceVersion of the change.
+    pub rv: u64,
+    /// Which type.
+    pub key: StorageKey,
+    /// The namespace (empty for cluster-scoped).
+    pub namespace: String,
+    /// What happened.
+    pub kind: EventType,
+    /// The object after (for deletes: as it was, with the new version).
+    pub object: Arc<Value>,
+    /// The object before, for modifications.
+    pub previous: Option<Arc<Value>>,
+}
+
+/// How dependents of a deleted object are handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    /// Delete the object now, dependents afterwards.
+    Background,
+    /// Delete dependents first.
+    Foreground,
+    /// Leave dependents, without the owner reference.
+    Orphan,
+}
+
+/// Patch formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchType {
+    /// `application/merge-patch+json`.
+    Merge,
+    /// `application/json-patch+json`.
+    Json,
+    /// `application/strategic-merge-patch+json`.
+    Strategic,
+    /// `application/apply-patch+yaml`.
+    Apply,
+}
+
+/// Who writes, and how.
+#[derive(Clone, Debug)]
+pub struct WriteOptions {
+    /// The field manager.
+    pub manager: String,
+    /// `dryRun=All`.
+    pub dry_run: bool,
+    /// `force=true` (apply only).
+    pub force: bool,
+}
+
+/// The result of a delete.
+#[derive(Clone, Debug)]
+pub enum Deleted {
+    /// Finalizers hold the object: it is returned with its `deletionTimestamp`.
+    Pending(Value),
+    /// It is gone.
+    Gone(Value),
+}
+
+/// A page of a list.
+#[derive(Debug)]
+pub struct ListPage {
+    /// The objects.
+    pub items: Vec<Arc<Value>>,
+    /// The list's resourceVersion.
+    pub rv: u64,
+    /// Token for the next page.
+    pub continue_token: Option<String>,
+    /// Objects after this page.
+    pub remaining: Option<u64>,
+}
+
+/// Filters of a list or watch.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Namespace; `None` for all.
+    pub namespace: Option<String>,
+    /// Labels.
+    pub labels: LabelSelector,
+    /// Fields.
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    /// Whether an object passes.
+    pub fn matches(&self, object: &Value) -> bool {
+        if let Some(ns) = &self.namespace
+            && object["metadata"]["namespace"].as_str() != Some(ns)
+        {
+            return false;
+        }
+        self.labels.matches_object(object) && self.fields.matches_object(object)
+    }
+}
+
+type Objects = BTreeMap<(String, String), Arc<Value>>;
+
+struct State {
+    registry: Registry,
+    rv: u64,
+    objects: HashMap<StorageKey, Objects>,
+    history: VecDeque<Arc<Event>>,
+    history_limit: usize,
+    /// Versions at or below this one are no longer in the history.
+    compacted: u64,
+    /// Events of the write in progress, published when it commits.
+    pending: Vec<Arc<Event>>,
+}
+
+/// The store. Cheap to share.
+pub struct Store {
+    state: std::sync::Mutex<State>,
+    events: broadcast::Sender<Arc<Event>>,
+}
+
+/// RFC 3339, whole seconds.
+pub fn now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(0).unwrap_or(now);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn meta(object: &Value) -> &Value {
+    &object["metadata"]
+}
+
+/// Runs `f` on the object's metadata map, creating it when missing.
+fn with_meta<R: Default>(object: &mut Value, f: impl FnOnce(&mut Map<String, Value>) -> R) -> R {
+    if !object.is_object() {
+        *object = json!({});
+    }
+    if !object["metadata"].is_object() {
+        object["metadata"] = json!({});
+    }
+    match object.get_mut("metadata").and_then(Value::as_object_mut) {
+        Some(m) => f(m),
+        None => R::default(),
+    }
+}
+
+fn name_of(object: &Value) -> String {
+    meta(object)["name"].as_str().unwrap_or_default().to_owned()
+}
+
+fn namespace_key(def: &ResourceDef, namespace: Option<&str>) -> String {
+    if def.namespaced {
+        namespace.unwrap_or_default().to_owned()
+    } else {
+        String::new()
+    }
+}
+
+fn finalizers(object: &Value) -> Vec<String> {
+    meta(object)["finalizers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Everything but metadata and (for types with a status subresource) status.
+fn spec_part(def: &ResourceDef, object: &Value) -> Value {
+    let mut v = object.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("apiVersion");
+        m.remove("kind");
+        if def.status {
+            m.remove("status");
+        }
+    }
+    v
+}
+
+/// The object as served under `def`'s version.
+pub fn present(def: &ResourceDef, object: &Value) -> Value {
+    let mut v = object.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.insert("apiVersion".into(), def.api_version().into());
+        m.insert("kind".into(), def.kind.clone().into());
+    }
+    v
+}
+
+fn random_suffix() -> String {
+    use rand::Rng as _;
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+impl State {
+    fn table(&self, def: &ResourceDef) -> Option<&Objects> {
+        self.objects.get(&def.storage_key())
+    }
+
+    fn get(&self, def: &ResourceDef, ns: &str, name: &str) -> Option<Arc<Value>> {
+        self.table(def)
+            .and_then(|t| t.get(&(ns.to_owned(), name.to_owned())))
+            .cloned()
+    }
+
+    fn namespace(&self, name: &str) -> Option<Arc<Value>> {
+        self.objects
+            .get(&(String::new(), "namespaces".into()))
+            .and_then(|t| t.get(&(String::new(), name.to_owned())))
+            .cloned()
+    }
+
+    fn record(
+        &mut self,
+        def_key: StorageKey,
+        ns: String,
+        kind: EventType,
+        object: Arc<Value>,
+        previous: Option<Arc<Value>>,
+    ) {
+        let event = Arc::new(Event {
+            rv: self.rv,
+            key: def_key,
+            namespace: ns,
+            kind,
+            object,
+            previous,
+        });
+        self.history.push_back(event.clone());
+        while self.history.len() > self.history_limit {
+            if let Some(old) = self.history.pop_front() {
+                self.compacted = self.compacted.max(old.rv);
+            }
+        }
+        self.pending.push(event);
+    }
+
+    /// Stores `object` (new or changed) under a new resourceVersion.
+    fn put(
+        &mut self,
+        def: &ResourceDef,
+        mut object: Value,
+        previous: Option<Arc<Value>>,
+    ) -> Arc<Value> {
+        self.rv += 1;
+        with_meta(&mut object, |m| {
+            m.insert("resourceVersion".into(), self.rv.to_string().into())
+        });
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let name = name_of(&object);
+        let object = Arc::new(object);
+        self.objects
+            .entry(def.storage_key())
+            .or_default()
+            .insert((ns.clone(), name), object.clone());
+        let kind = if previous.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
+        self.record(def.storage_key(), ns, kind, object.clone(), previous);
+        object
+    }
+
+    /// Removes an object for good, and collects its dependents.
+    fn remove(
+        &mut self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        propagation: Propagation,
+    ) -> Option<Value> {
+        let old = self
+            .objects
+            .get_mut(&def.storage_key())?
+            .remove(&(ns.to_owned(), name.to_owned()))?;
+        self.rv += 1;
+        let mut gone = (*old).clone();
+        with_meta(&mut gone, |m| {
+            m.insert("resourceVersion".into(), self.rv.to_string().into())
+        });
+        self.record(
+            def.storage_key(),
+            ns.to_owned(),
+            EventType::Deleted,
+            Arc::new(gone.clone()),
+            Some(old),
+        );
+        let uid = meta(&gone)["uid"].as_str().unwrap_or_default().to_owned();
+        if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
+            self.remove_crd(&gone);
+        }
+        self.collect_dependents(&uid, propagation);
+        self.finish_foreground_owners();
+        if !ns.is_empty() {
+            self.finish_namespace(ns);
+        }
+        Some(gone)
+    }
+
+    fn remove_crd(&mut self, crd: &Value) {
+        let group = crd["spec"]["group"].as_str().unwrap_or_default().to_owned();
+        let plural = crd["spec"]["names"]["plural"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let key = (group.clone(), plural.clone());
+        let names: Vec<(String, String)> = self
+            .objects
+            .get(&key)
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
+        if let Some(def) = self
+            .registry
+            .all()
+            .iter()
+            .find(|d| d.custom && d.group == group && d.plural == plural)
+            .cloned()
+        {
+            for (ns, name) in names {
+                self.remove(&def, &ns, &name, Propagation::Background);
+            }
+        }
+        self.objects.remove(&key);
+        self.registry.remove_crd(&group, &plural);
+    }
+
+    /// Every object whose ownerReferences name `uid`, with its type.
+    fn dependents(&self, uid: &str) -> Vec<(Arc<ResourceDef>, Arc<Value>)> {
+        if uid.is_empty() {
+            return vec![];
+        }
+        let mut out = Vec::new();
+        for (key, table) in &self.objects {
+            let Some(def) = self
+                .registry
+                .all()
+                .iter()
+                .find(|d| d.storage_key() == *key)
+                .cloned()
+            else {
+                continue;
+            };
+            for object in table.values() {
+                let owned = meta(object)["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
+                if owned {
+                    out.push((def.clone(), object.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    fn uid_exists(&self, uid: &str) -> bool {
+        self.objects
+            .values()
+            .any(|t| t.values().any(|o| meta(o)["uid"] == uid))
+    }
+
+    fn collect_dependents(&mut self, uid: &str, propagation: Propagation) {
+        for (def, object) in self.dependents(uid) {
+            let ns = meta(&object)["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let name = name_of(&object);
+            let other_owners_alive =
+                meta(&object)["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| {
+                        refs.iter()
+                            .filter(|r| r["uid"] != uid)
+                            .any(|r| self.uid_exists(r["uid"].as_str().unwrap_or_default()))
+                    });
+            if propagation == Propagation::Orphan || other_owners_alive {
+                let mut updated = (*object).clone();
+                with_meta(&mut updated, |m| {
+                    if let Some(Value::Array(refs)) = m.get_mut("ownerReferences") {
+                        refs.retain(|r| r["uid"] != uid);
+                    }
+                });
+                self.put(&def, updated, Some(object));
+            } else {
+                self.begin_delete(&def, &ns, &name, Propagation::Background);
+            }
+        }
+    }
+
+    /// Deletes an object: at once, or by setting `deletionTimestamp` while
+    /// finalizers (or foreground deletion) hold it.
+    fn begin_delete(
+        &mut self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        propagation: Propagation,
+    ) -> Option<Deleted> {
+        let old = self.get(def, ns, name)?;
+        let mut held = finalizers(&old);
+        if propagation == Propagation::Foreground
+            && !self
+                .dependents(meta(&old)["uid"].as_str().unwrap_or_default())
+                .is_empty()
+            && !held.iter().any(|f| f == "foregroundDeletion")
+        {
+            held.push("foregroundDeletion".into());
+        }
+        if held.is_empty() {
+            return self.remove(def, ns, name, propagation).map(Deleted::Gone);
+        }
+        if meta(&old)
+            .get("deletionTimestamp")
+            .is_some_and(|t| !t.is_null())
+            && held == finalizers(&old)
+        {
+            return Some(Deleted::Pending((*old).clone()));
+        }
+        let mut object = (*old).clone();
+        with_meta(&mut object, |m| {
+            if !m.contains_key("deletionTimestamp") {
+                m.insert("deletionTimestamp".into(), now().into());
+                m.insert("deletionGracePeriodSeconds".into(), 0.into());
+                let generation = m.get("generation").and_then(Value::as_i64).unwrap_or(0);
+                m.insert("generation".into(), (generation + 1).into());
+            }
+            m.insert("finalizers".into(), json!(held));
+        });
+        if def.plural == "namespaces" && def.group.is_empty() {
+            object["status"]["phase"] = "Terminating".into();
+        }
+        let stored = self.put(def, object, Some(old.clone()));
+        let uid = meta(&stored)["uid"].as_str().unwrap_or_default().to_owned();
+        match propagation {
+            Propagation::Foreground => self.collect_dependents(&uid, Propagation::Background),
+            Propagation::Orphan => self.collect_dependents(&uid, Propagation::Orphan),
+            Propagation::Background => {}
+        }
+        self.finish_foreground_owners();
+        // The finalizers may all have been foregroundDeletion.
+        let current = self.get(def, ns, name)?;
+        Some(Deleted::Pending((*current).clone()))
+    }
+
+    /// Owners in foreground deletion whose dependents are all gone lose
+    /// their `foregroundDeletion` finalizer.
+    fn finish_foreground_owners(&mut self) {
+        let waiting: Vec<(Arc<ResourceDef>, Arc<Value>)> = self
+            .objects
+            .iter()
+            .flat_map(|(key, table)| {
+                let def = self
+                    .registry
+                    .all()
+                    .iter()
+                    .find(|d| d.storage_key() == *key)
+                    .cloned();
+                table
+                    .values()
+                    .filter(|o| finalizers(o).iter().any(|f| f == "foregroundDeletion"))
+                    .filter_map(move |o| def.clone().map(|d| (d, o.clone())))
+            })
+            .collect();
+        for (def, object) in waiting {
+            if self
+                .dependents(meta(&object)["uid"].as_str().unwrap_or_default())
+                .is_empty()
+            {
+                let mut updated = (*object).clone();
+                with_meta(&mut updated, |m| {
+                    if let Some(Value::Array(list)) = m.get_mut("finalizers") {
+                        list.retain(|f| f != "foregroundDeletion");
+                    }
+                });
+                self.commit_update(&def, updated, object);
+            }
+        }
+    }
+
+    /// A terminating namespace goes once it is empty.
+    fn finish_namespace(&mut self, ns: &str) {
+        let Some(namespace) = self.namespace(ns) else {
+            return;
+        };
+        if meta(&namespace).get("deletionTimestamp").is_none() {
+            return;
+        }
+        let empty = self
+            .objects
+            .iter()
+            .all(|(key, t)| key.1 == "namespaces" || !t.keys().any(|(n, _)| n == ns));
+        if empty && let Some(def) = self.registry.find("", "v1", "namespaces") {
+            self.remove(&def, "", ns, Propagation::Background);
+        }
+    }
+
+    /// Stores an update; completes a deletion that no finalizer holds anymore.
+    fn commit_update(&mut self, def: &ResourceDef, object: Value, old: Arc<Value>) -> Value {
+        let deleting = meta(&object)
+            .get("deletionTimestamp")
+            .is_some_and(|t| !t.is_null());
+        if deleting && finalizers(&object).is_empty() {
+            let ns = meta(&object)["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let name = name_of(&object);
+            // Store the final state first so the DELETED event carries it.
+            self.put(def, object, Some(old));
+            return self
+                .remove(def, &ns, &name, Propagation::Background)
+                .unwrap_or_default();
+        }
+        (*self.put(def, object, Some(old))).clone()
+    }
+}
+
+impl Store {
+    /// A store with the built-in types, the standard namespaces, and a
+    /// history of `history_limit` events.
+    pub fn new(history_limit: usize) -> Self {
+        let (events, _) = broadcast::channel(65_536);
+        let store = Store {
+            state: std::sync::Mutex::new(State {
+                registry: Registry::new(),
+                rv: 0,
+                objects: HashMap::new(),
+                history: VecDeque::new(),
+                history_limit: history_limit.max(1),
+                compacted: 0,
+                pending: Vec::new(),
+            }),
+            events,
+        };
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            let options = WriteOptions {
+                manager: "reconcile-apiserver".into(),
+                dry_run: false,
+                force: false,
+            };
+            let _ = store.with_def("", "v1", "namespaces", |s, def| {
+                s.create(&def, None, object, &options)
+            });
+        }
+        store
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug; the data is still
+        // consistent enough to keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, state: &mut State) {
+        for event in state.pending.drain(..) {
+            // No receivers is fine.
+            let _ = self.events.send(event);
+        }
+    }
+
+    fn with_def<T>(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        f: impl FnOnce(&Self, Arc<ResourceDef>) -> T,
+    ) -> Option<T> {
+        let def = self.lock().registry.find(group, version, plural)?;
+        Some(f(self, def))
+    }
+
+    /// The served types.
+    pub fn registry(&self) -> Registry {
+        self.lock().registry.clone()
+    }
+
+    /// The current resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.lock().rv
+    }
+
+    /// Forget the whole history: watches from earlier versions get 410.
+    pub fn compact(&self) {
+        let mut state = self.lock();
+        state.history.clear();
+        state.compacted = state.rv;
+    }
+
+    /// Number of stored objects.
+    pub fn len(&self) -> usize {
+        self.lock().objects.values().map(BTreeMap::len).sum()
+    }
+
+    /// True when nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn check_namespace(state: &State, def: &ResourceDef, ns: Option<&str>) -> Result<(), ApiError> {
+        if !def.namespaced {
+            return Ok(());
+        }
+        let ns = ns.ok_or_else(|| {
+            ApiError::bad_request("a namespace is required for a namespaced resource")
+        })?;
+        if state.namespace(ns).is_none() {
+            return Err(ApiError::namespace_not_found(ns));
+        }
+        Ok(())
+    }
+
+    /// Read one object.
+    pub fn get(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Arc<Value>, ApiError> {
+        let state = self.lock();
+        state
+            .get(def, &namespace_key(def, ns), name)
+            .ok_or_else(|| ApiError::not_found(def, name))
+    }
+
+    /// List objects.
+    pub fn list(
+        &self,
+        def: &ResourceDef,
+        filter: &Filter,
+        limit: Option<usize>,
+        continue_token: Option<&str>,
+    ) -> Result<ListPage, ApiError> {
+        let state = self.lock();
+        let (start, list_rv) = match continue_token {
+            Some(token) => {
+                let (rv, key) = decode_continue(token)?;
+                if rv < state.compacted {
+                    return Err(ApiError::expired(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                    ));
+                }
+                (Some(key), rv)
+            }
+            None => (None, state.rv),
+        };
+        let mut items = Vec::new();
+        let mut next = None;
+        let mut remaining = 0u64;
+        if let Some(table) = state.table(def) {
+            let range: Box<dyn Iterator<Item = (&(String, String), &Arc<Value>)>> = match &start {
+                Some(key) => Box::new(table.range((
+                    std::ops::Bound::Excluded(key.clone()),
+                    std::ops::Bound::Unbounded,
+                ))),
+                None => Box::new(table.iter()),
+            };
+            for (_, object) in range {
+                if !filter.matches(object) {
+                    continue;
+                }
+                if limit.is_some_and(|l| items.len() >= l) {
+                    if next.is_none() {
+                        next = items.last().map(|o: &Arc<Value>| {
+                            let ns = meta(o)["namespace"].as_str().unwrap_or_default().to_owned();
+                            (ns, name_of(o))
+                        });
+                    }
+                    remaining += 1;
+                    continue;
+                }
+                items.push(object.clone());
+            }
+        }
+        Ok(ListPage {
+            items,
+            rv: list_rv,
+            continue_token: next.map(|key| encode_continue(list_rv, &key)),
+            remaining: (remaining > 0).then_some(remaining),
+        })
+    }
+
+    /// Create an object.
+    pub fn create(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        mut object: Value,
+        options: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        let mut state = self.lock();
+        check_body_type(def, &object)?;
+        let ns_key = namespace_key(def, ns);
+        if def.namespaced {
+            if let Some(body_ns) = meta(&object)["namespace"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                && body_ns != ns_key
+            {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            Self::check_namespace(&state, def, ns)?;
+            if let Some(namespace) = state.namespace(&ns_key)
+                && meta(&namespace).get("deletionTimestamp").is_some()
+            {
+                let mut e = ApiError::bad_request(format!(
+                    "unable to create new content in namespace {ns_key} because it is being terminated"
+                ));
+                e.code = 403;
+                e.reason = "Forbidden";
+                return Err(e);
+            }
+        }
+        let mut name = name_of(&object);
+        if name.is_empty() {
+            let prefix = meta(&object)["generateName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if prefix.is_empty() {
+                return Err(ApiError::invalid_field(
+                    &def.kind,
+                    "",
+                    "metadata.name",
+                    "FieldValueRequired",
+                    "Required value: name or generateName is required",
+                ));
+            }
+            loop {
+                name = format!("{prefix}{}", random_suffix());
+                if state.get(def, &ns_key, &name).is_none() {
+                    break;
+                }
+            }
+        }
+        validation::check_name(def, &name)?;
+        if state.get(def, &ns_key, &name).is_some() {
+            return Err(ApiError::already_exists(def, &name));
+        }
+        with_meta(&mut object, |m| {
+            m.insert("name".into(), name.clone().into());
+            if def.namespaced {
+                m.insert("namespace".into(), ns_key.clone().into());
+            } else {
+                m.remove("namespace");
+            }
+            m.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
+            m.insert("creationTimestamp".into(), now().into());
+            m.insert("generation".into(), 1.into());
+            for key in [
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "resourceVersion",
+                "managedFields",
+                "selfLink",
+            ] {
+                m.remove(key);
+            }
+        });
+        if let Some(map) = object.as_object_mut() {
+            map.insert("apiVersion".into(), def.api_version().into());
+            map.insert("kind".into(), def.kind.clone().into());
+            if def.status {
+                map.remove("status");
+            }
+        }
+        validation::check_object(def, &object)?;
+        let crd_defs = Self::prepare_special(def, &mut object)?;
+        apply::record_update(
+            def,
+            Scope::Main,
+            &json!({}),
+            &mut object,
+            &options.manager,
+            &now(),
+        );
+        if options.dry_run {
+            return Ok(present(def, &object));
+        }
+        if let Some(defs) = crd_defs {
+            state.registry.install_crd(defs);
+        }
+        let stored = state.put(def, object, None);
+        self.publish(&mut state);
+        Ok(present(def, &stored))
+    }
+
+    /// Type-specific preparation of a new or changed object: CRDs become
+    /// served types, namespaces get their phase.
+    fn prepare_special(
+        def: &ResourceDef,
+        object: &mut Value,
+    ) -> Result<Option<Vec<ResourceDef>>, ApiError> {
+        match (def.group.as_str(), def.plural.as_str()) {
+            ("apiextensions.k8s.io", "customresourcedefinitions") => {
+                let defs = registry::from_crd(object).map_err(|e| {
+                    ApiError::invalid_field(
+                        &def.kind,
+                        &name_of(object),
+                        &e.0.split(':').next().unwrap_or_default().to_owned(),
+                        "FieldValueInvalid",
+                        e.0.clone(),
+                    )
+                })?;
+                let time = now();
+                object["status"] = json!({
+                    "acceptedNames": object["spec"]["names"].clone(),
+                    "storedVersions": defs.iter().map(|d| d.version.clone()).take(1).collect::<Vec<_>>(),
+                    "conditions": [
+                        {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": time},
+                        {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": time}
+                    ]
+                });
+                Ok(Some(defs))
+            }
+            ("", "namespaces") => {
+                if object["status"]["phase"].is_null() {
+                    object["status"] = json!({"phase": "Active"});
+                }
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Replace an object (`PUT`), or its status.
+    pub fn update(
+        &self,
+        def: &ResourceDef,
+        scope: Scope,
+        ns: Option<&str>,
+        name: &str,
+        body: Value,
+        options: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        let mut state = self.lock();
+        check_body_type(def, &body)?;
+        let ns_key = namespace_key(def, ns);
+        let old = state
+            .get(def, &ns_key, name)
+            .ok_or_else(|| ApiError::not_found(def, name))?;
+        let body_name = name_of(&body);
+        if !body_name.is_empty() && body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        if let Some(rv) = meta(&body)["resourceVersion"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            && meta(&old)["resourceVersion"].as_str() != Some(rv)
+        {
+            return Err(ApiError::conflict(def, name));
+        }
+        let result = self.finish_write(&mut state, def, scope, old, body, options);
+        self.publish(&mut state);
+        result
+    }
+
+    /// Patch an object or its status; an apply to a missing object creates
+    /// it (the boolean is true then).
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch(
+        &self,
+        def: &ResourceDef,
+        scope: Scope,
+        ns: Option<&str>,
+        name: &str,
+        kind: PatchType,
+        body: &Value,
+        options: &WriteOptions,
+    ) -> Result<(Value, bool), ApiError> {
+        let mut state = self.lock();
+        let ns_key = namespace_key(def, ns);
+        let old = state.get(def, &ns_key, name);
+        if kind == PatchType::Apply {
+            check_body_type(def, body)?;
+            let body_name = name_of(body);
+            if body_name != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                )));
+            }
+            if def.namespaced
+                && let Some(body_ns) = meta(body)["namespace"].as_str().filter(|s| !s.is_empty())
+                && body_ns != ns_key
+            {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            let Some(old) = old else {
+                if scope == Scope::Status {
+                    return Err(ApiError::not_found(def, name));
+                }
+                drop(state);
+                let who = Applier {
+                    manager: &options.manager,
+                    force: options.force,
+                    now: &now(),
+                };
+                let applied = apply::apply(def, scope, &json!({}), body, &who)?;
+                let managed = applied["metadata"]["managedFields"].clone();
+                let mut object = applied;
+                with_meta(&mut object, |m| m.insert("name".into(), name.into()));
+                let create_options = WriteOptions {
+                    manager: options.manager.clone(),
+                    dry_run: options.dry_run,
+                    force: false,
+                };
+                let created =
+                    self.create_with_managed(def, ns, object, managed, &create_options)?;
+                return Ok((created, true));
+            };
+            if let Some(rv) = meta(body)["resourceVersion"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                && meta(&old)["resourceVersion"].as_str() != Some(rv)
+            {
+                return Err(ApiError::conflict(def, name));
+            }
+            let who = Applier {
+                manager: &options.manager,
+                force: options.force,
+                now: &now(),
+            };
+            let applied = apply::apply(def, scope, &old, body, &who)?;
+            let result = self.finish_write(
+                &mut state,
+                def,
+                scope,
+                old,
+                applied,
+                &WriteOptions {
+                    manager: String::new(),
+                    ..options.clone()
+                },
+            );
+            self.publish(&mut state);
+            return result.map(|v| (v, false));
+        }
+        let old = old.ok_or_else(|| ApiError::not_found(def, name))?;
+        let mut patched = (*old).clone();
+        match kind {
+            PatchType::Merge => patch::merge_patch(&mut patched, body),
+            PatchType::Json => patch::json_patch(&mut patched, body).map_err(|e| {
+                ApiError::invalid_field(
+                    &def.kind,
+                    name,
+                    "patch",
+                    "FieldValueInvalid",
+                    format!("the server rejected our request due to an error in our request: {e}"),
+                )
+            })?,
+            PatchType::Strategic => {
+                if def.custom {
+                    return Err(ApiError::unsupported_media_type(
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                    ));
+                }
+                patch::strategic_merge(def, &mut patched, body).map_err(ApiError::bad_request)?;
+            }
+            PatchType::Apply => {}
+        }
+        if meta(&patched)["resourceVersion"] != meta(&old)["resourceVersion"]
+            && meta(&patched)["resourceVersion"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        {
+            return Err(ApiError::conflict(def, name));
+        }
+        if name_of(&patched) != name {
+            return Err(ApiError::bad_request(
+                "a patch may not change metadata.name",
+            ));
+        }
+        let result = self.finish_write(&mut state, def, scope, old, patched, options);
+        self.publish(&mut state);
+        result.map(|v| (v, false))
+    }
+
+    fn create_with_managed(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        object: Value,
+        managed: Value,
+        options: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        // Create records an Update entry for the manager; an apply-create is
+        // an Apply: put the apply's entries back.
+        let created = self.create(
+            def,
+            ns,
+            object,
+            &WriteOptions {
+                dry_run: true,
+                ..options.clone()
+            },
+        )?;
+        let mut object = created;
+        with_meta(&mut object, |m| m.insert("managedFields".into(), managed));
+        if options.dry_run {
+            return Ok(object);
+        }
+        let mut state = self.lock();
+        let ns_key = namespace_key(def, ns);
+        let name = name_of(&object);
+        if state.get(def, &ns_key, &name).is_some() {
+            return Err(ApiError::already_exists(def, &name));
+        }
+        if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
+            let defs = registry::from_crd(&object).map_err(|e| ApiError::bad_request(e.0))?;
+            state.registry.install_crd(defs);
+        }
+        let stored = state.put(def, object, None);
+        self.publish(&mut state);
+        Ok(present(def, &stored))
+    }
+
+    /// The common end of update, patch and apply: keep what the client may
+    /// not change, bump generation, track managers, store or no-op.
+    fn finish_write(
+        &self,
+        state: &mut State,
+        def: &ResourceDef,
+        scope: Scope,
+        old: Arc<Value>,
+        body: Value,
+        options: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        let name = name_of(&old);
+        let mut new = match scope {
+            Scope::Status => {
+                let mut new = (*old).clone();
+                new["status"] = body.get("status").cloned().unwrap_or(Value::Null);
+                if new["status"].is_null()
+                    && let Some(m) = new.as_object_mut()
+                {
+                    m.remove("status");
+                }
+                if options.manager.is_empty() {
+                    // Apply already computed managedFields.
+                    with_meta(&mut new, |m| {
+                        m.insert(
+                            "managedFields".into(),
+                            body["metadata"]["managedFields"].clone(),
+                        )
+                    });
+                }
+                new
+            }
+            Scope::Main => {
+                let mut new = body;
+                if let Some(map) = new.as_object_mut() {
+                    map.insert("apiVersion".into(), def.api_version().into());
+                    map.insert("kind".into(), def.kind.clone().into());
+                    if def.status {
+                        match old.get("status") {
+                            Some(status) => map.insert("status".into(), status.clone()),
+                            None => map.remove("status"),
+                        };
+                    }
+                }
+                with_meta(&mut new, |m| {
+                    for key in [
+                        "name",
+                        "namespace",
+                        "uid",
+                        "creationTimestamp",
+                        "generation",
+                        "deletionTimestamp",
+                        "deletionGracePeriodSeconds",
+                        "generateName",
+                    ] {
+                        match old["metadata"].get(key) {
+                            Some(v) => m.insert(key.into(), v.clone()),
+                            None => m.remove(key),
+                        };
+                    }
+                    if !options.manager.is_empty() {
+                        match old["metadata"].get("managedFields") {
+                            Some(v) => m.insert("managedFields".into(), v.clone()),
+                            None => m.remove("managedFields"),
+                        };
+                    }
+                });
+                new
+            }
+        };
+        with_meta(&mut new, |m| {
+            m.insert(
+                "resourceVersion".into(),
+                old["metadata"]["resourceVersion"].clone(),
+            )
+        });
+        if meta(&new)["managedFields"].is_null()
+            && let Some(m) = new["metadata"].as_object_mut()
+        {
+            m.remove("managedFields");
+        }
+        // No new finalizers once deletion started.
+        if meta(&old).get("deletionTimestamp").is_some() {
+            let before = finalizers(&old);
+            if finalizers(&new).iter().any(|f| !before.contains(f)) {
+                return Err(ApiError::invalid_field(
+                    &def.kind,
+                    &name,
+                    "metadata.finalizers",
+                    "FieldValueForbidden",
+                    "Forbidden: no new finalizers can be added if the object is being deleted",
+                ));
+            }
+        }
+        if scope == Scope::Main {
+            validation::check_object(def, &new)?;
+            if spec_part(def, &new) != spec_part(def, &old) {
+                let generation = meta(&old)["generation"].as_i64().unwrap_or(1);
+                with_meta(&mut new, |m| {
+                    m.insert("generation".into(), (generation + 1).into())
+                });
+            }
+        }
+        if !options.manager.is_empty() {
+            apply::record_update(def, scope, &old, &mut new, &options.manager, &now());
+        }
+        let crd_defs = if scope == Scope::Main {
+            Self::prepare_special(def, &mut new)?
+        } else {
+            None
+        };
+        // A write that changes nothing keeps the resourceVersion.
+        if without_times(&new) == without_times(&old) {
+            return Ok(present(def, &old));
+        }
+        if options.dry_run {
+            return Ok(present(def, &new));
+        }
+        if let Some(defs) = crd_defs {
+            state.registry.install_crd(defs);
+        }
+        Ok(present(def, &state.commit_update(def, new, old)))
+    }
+
+    /// Delete one object.
+    pub fn delete(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        propagation: Propagation,
+        preconditions: &Value,
+        dry_run: bool,
+    ) -> Result<Deleted, ApiError> {
+        let mut state = self.lock();
+        let ns_key = namespace_key(def, ns);
+        let old = state
+            .get(def, &ns_key, name)
+            .ok_or_else(|| ApiError::not_found(def, name))?;
+        for (field, pointer) in [
+            ("uid", "/metadata/uid"),
+            ("resourceVersion", "/metadata/resourceVersion"),
+        ] {
+            if let Some(wanted) = preconditions.get(field).and_then(Value::as_str)
+                && old.pointer(pointer).and_then(Value::as_str) != Some(wanted)
+            {
+                let mut e = ApiError::conflict(def, name);
+                e.message = format!(
+                    "Precondition failed: {field}: {wanted}, {field} in object meta: {}",
+                    old.pointer(pointer)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                );
+                return Err(e);
+            }
+        }
+        if dry_run {
+            return Ok(if finalizers(&old).is_empty() {
+                Deleted::Gone((*old).clone())
+            } else {
+                Deleted::Pending((*old).clone())
+            });
+        }
+        if def.group.is_empty() && def.plural == "namespaces" {
+            let result = Self::delete_namespace(&mut state, def, name);
+            self.publish(&mut state);
+            return result;
+        }
+        let result = state
+            .begin_delete(def, &ns_key, name, propagation)
+            .ok_or_else(|| ApiError::not_found(def, name));
+        self.publish(&mut state);
+        result.map(|d| match d {
+            Deleted::Pending(v) => Deleted::Pending(present(def, &v)),
+            Deleted::Gone(v) => Deleted::Gone(present(def, &v)),
+        })
+    }
+
+    fn delete_namespace(
+        state: &mut State,
+        def: &ResourceDef,
+        name: &str,
+    ) -> Result<Deleted, ApiError> {
+        let old = state
+            .namespace(name)
+            .ok_or_else(|| ApiError::not_found(def, name))?;
+        if meta(&old).get("deletionTimestamp").is_none() {
+            let mut object = (*old).clone();
+            with_meta(&mut object, |m| {
+                m.insert("deletionTimestamp".into(), now().into())
+            });
+            object["status"]["phase"] = "Terminating".into();
+            state.put(def, object, Some(old.clone()));
+        }
+        let contents: Vec<(Arc<ResourceDef>, String)> = state
+            .objects
+            .iter()
+            .filter(|(key, _)| key.1 != "namespaces" || !key.0.is_empty())
+            .flat_map(|(key, table)| {
+                let def = state
+                    .registry
+                    .all()
+                    .iter()
+                    .find(|d| d.storage_key() == *key && d.namespaced)
+                    .cloned();
+                table
+                    .keys()
+                    .filter(|(ns, _)| ns == name)
+                    .filter_map(move |(_, n)| def.clone().map(|d| (d, n.clone())))
+            })
+            .collect();
+        for (d, n) in contents {
+            state.begin_delete(&d, name, &n, Propagation::Background);
+        }
+        state.finish_namespace(name);
+        match state.namespace(name) {
+            Some(ns) => Ok(Deleted::Pending((*ns).clone())),
+            None => Ok(Deleted::Gone((*old).clone())),
+        }
+    }
+
+    /// Delete every matching object.
+    pub fn delete_collection(
+        &self,
+        def: &ResourceDef,
+        filter: &Filter,
+        propagation: Propagation,
+        dry_run: bool,
+    ) -> Result<Vec<Value>, ApiError> {
+        let page = self.list(def, filter, None, None)?;
+        let mut deleted = Vec::new();
+        for object in page.items {
+            let ns = meta(&object)["namespace"].as_str().map(str::to_owned);
+            match self.delete(
+                def,
+                ns.as_deref(),
+                &name_of(&object),
+                propagation,
+                &Value::Null,
+                dry_run,
+            ) {
+                Ok(Deleted::Gone(v) | Deleted::Pending(v)) => deleted.push(v),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Start a watch from `rv` (exclusive): the events still in the history
+    /// and a receiver for what follows, taken atomically. `None` means the
+    /// version is too old (410).
+    pub fn watch_from(
+        &self,
+        rv: u64,
+    ) -> Option<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>)> {
+        let state = self.lock();
+        if rv < state.compacted {
+            return None;
+        }
+        let backlog = state
+            .history
+            .iter()
+            .filter(|e| e.rv > rv)
+            .cloned()
+            .collect();
+        Some((backlog, self.events.subscribe()))
+    }
+
+    /// Current objects for synthetic ADDED events, with the version they
+    /// are consistent with.
+    pub fn snapshot(
+        &self,
+        def: &ResourceDef,
+        filter: &Filter,
+    ) -> (Vec<Arc<Value>>, u64, broadcast::Receiver<Arc<Event>>) {
+        let state = self.lock();
+        let items = state
+            .table(def)
+            .map(|t| t.values().filter(|o| filter.matches(o)).cloned().collect())
+            .unwrap_or_default();
+        (items, state.rv, self.events.subscribe())
+    }
+
+    /// The oldest version a watch can resume from.
+    pub fn compacted(&self) -> u64 {
+        self.lock().compacted
+    }
+}
+
+/// The object without the things that change on every write.
+fn without_times(object: &Value) -> Value {
+    let mut v = object.clone();
+    if let Some(Value::Array(entries)) = v.pointer_mut("/metadata/managedFields") {
+        for e in entries {
+            if let Some(m) = e.as_object_mut() {
+                m.remove("time");
+            }
+        }
+    }
+    v
+}
+
+fn check_body_type(def: &ResourceDef, body: &Value) -> Result<(), ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON or YAML object",
+        ));
+    }
+    if let Some(api_version) = body.get("apiVersion").and_then(Value::as_str)
+        && api_version != def.api_version()
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({api_version}) does not match the expected API version ({})",
+            def.api_version()
+        )));
+    }
+    if let Some(kind) = body.get("kind").and_then(Value::as_str)
+        && kind != def.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            def.kind
+        )));
+    }
+    Ok(())
+}
+
+fn encode_continue(rv: u64, key: &(String, String)) -> String {
+    use base64::Engine as _;
+    let token = json!({"rv": rv, "ns": key.0, "name": key.1});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(u64, (String, String)), ApiError> {
+    use base64::Engine as _;
+    let bad = || ApiError::bad_request("the continue token is malformed");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let rv = v["rv"].as_u64().ok_or_else(bad)?;
+    Ok((
+        rv,
+        (
+            v["ns"].as_str().unwrap_or_default().to_owned(),
+            v["name"].as_str().unwrap_or_default().to_owned(),
+        ),
+    ))
+}

@@ -1,0 +1,124 @@
+//! `meta.k8s.io/v1` Table responses for `kubectl get`: NAME, the CRD's
+//! `additionalPrinterColumns`, AGE.
+
+use serde_json::{Value, json};
+
+use crate::registry::ResourceDef;
+
+/// Whether the client asked for a Table.
+pub fn wants_table(accept: &str) -> bool {
+    accept
+        .split(',')
+        .next()
+        .is_some_and(|first| first.contains("as=Table"))
+}
+
+/// Age as kubectl prints it: `45s`, `12m`, `5h`, `3d`.
+fn age(created: Option<&str>) -> String {
+    let Some(created) = created.and_then(|c| {
+        time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339).ok()
+    }) else {
+        return "<unknown>".into();
+    };
+    let secs = (time::OffsetDateTime::now_utc() - created)
+        .whole_seconds()
+        .max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// Evaluates a simple JSONPath (`.spec.replicas`, `.status.conditions[0].type`).
+fn json_path<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut node = object;
+    for part in path
+        .trim_start_matches('.')
+        .split('.')
+        .filter(|p| !p.is_empty())
+    {
+        let (field, index) = match part.split_once('[') {
+            Some((f, rest)) => (f, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        if !field.is_empty() {
+            node = node.get(field)?;
+        }
+        if let Some(i) = index {
+            node = node.get(i)?;
+        }
+    }
+    Some(node)
+}
+
+fn cell(value: Option<&Value>, type_: &str) -> Value {
+    match (value, type_) {
+        (None, _) | (Some(Value::Null), _) => Value::Null,
+        (Some(v), "date") => v
+            .as_str()
+            .map(|s| age(Some(s)).into())
+            .unwrap_or(Value::Null),
+        (Some(v), _) => v.clone(),
+    }
+}
+
+/// A Table of `objects`.
+pub fn table(def: &ResourceDef, objects: &[Value], list_meta: Value) -> Value {
+    let mut columns = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+    ];
+    for c in &def.printer_columns {
+        columns.push(json!({"name": c.name, "type": c.type_, "format": "", "description": c.description, "priority": c.priority}));
+    }
+    columns.push(json!({"name": "Age", "type": "date", "format": "", "description": "CreationTimestamp", "priority": 0}));
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let mut cells = vec![o["metadata"]["name"].clone()];
+            for c in &def.printer_columns {
+                cells.push(cell(json_path(o, &c.json_path), &c.type_));
+            }
+            cells.push(age(o["metadata"]["creationTimestamp"].as_str()).into());
+            json!({
+                "cells": cells,
+                "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]},
+            })
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "columnDefinitions": columns, "rows": rows})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::PrinterColumn;
+
+    #[test]
+    fn printer_columns() {
+        let mut def = crate::registry::Registry::new()
+            .find("", "v1", "configmaps")
+            .map(|d| (*d).clone())
+            .unwrap();
+        def.printer_columns = vec![PrinterColumn {
+            name: "Replicas".into(),
+            type_: "integer".into(),
+            json_path: ".spec.replicas".into(),
+            description: String::new(),
+            priority: 0,
+        }];
+        let t = table(
+            &def,
+            &[json!({"metadata": {"name": "a"}, "spec": {"replicas": 3}})],
+            json!({}),
+        );
+        assert_eq!(t["columnDefinitions"][1]["name"], "Replicas");
+        assert_eq!(t["rows"][0]["cells"][0], "a");
+        assert_eq!(t["rows"][0]["cells"][1], 3);
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+        ));
+        assert!(!wants_table("application/json"));
+    }
+}
