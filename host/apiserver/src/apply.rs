@@ -692,11 +692,11 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code, 409);
-        assert_eq!(err.causes.len(), 1);
-        assert_eq!(err.causes[0].reason, "FieldManagerConflict");
-        assert_eq!(err.causes[0].field, ".spec.replicas");
+        assert_eq!(err.causes().len(), 1);
+        assert_eq!(err.causes()[0].reason, "FieldManagerConflict");
+        assert_eq!(err.causes()[0].field, ".spec.replicas");
         assert_eq!(
-            err.causes[0].message,
+            err.causes()[0].message,
             "conflict with \"alice\" using apps/v1"
         );
         // Forced: bob takes replicas.
@@ -725,7 +725,10 @@ mod tests {
             &who("alice", false),
         )
         .unwrap_err();
-        assert_eq!(err.causes[0].message, "conflict with \"bob\" using apps/v1");
+        assert_eq!(
+            err.causes()[0].message,
+            "conflict with \"bob\" using apps/v1"
+        );
     }
 
     #[test]
@@ -781,7 +784,7 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(
-            err.causes[0].message,
+            err.causes()[0].message,
             "conflict with \"kubectl-edit\" using apps/v1"
         );
     }

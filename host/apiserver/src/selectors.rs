@@ -63,7 +63,11 @@ impl LabelSelector {
         for part in split_top(s) {
             let words: Vec<&str> = part.split_whitespace().collect();
             let req = if words.len() >= 2 && (words[1] == "in" || words[1] == "notin") {
-                let rest = part.splitn(2, words[1]).nth(1).unwrap_or_default().trim();
+                let rest = part
+                    .split_once(words[1])
+                    .map(|x| x.1)
+                    .unwrap_or_default()
+                    .trim();
                 let inner = rest
                     .strip_prefix('(')
                     .and_then(|r| r.strip_suffix(')'))

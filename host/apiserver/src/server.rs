@@ -119,7 +119,7 @@ fn json_response(code: u16, value: &Value) -> Response {
 
 fn error_response(e: &ApiError) -> Response {
     let mut response = json_response(e.code, &e.to_json());
-    if let Some(seconds) = e.retry_after
+    if let Some(seconds) = e.retry_after()
         && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
     {
         response.headers_mut().insert(header::RETRY_AFTER, value);

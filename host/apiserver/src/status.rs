@@ -25,16 +25,17 @@ pub struct ApiError {
     pub reason: &'static str,
     /// Message.
     pub message: String,
-    /// `details.name`.
-    pub name: Option<String>,
-    /// `details.group`.
-    pub group: Option<String>,
-    /// `details.kind`.
-    pub kind: Option<String>,
-    /// `details.causes`.
-    pub causes: Vec<Cause>,
-    /// `Retry-After` seconds (429, injected faults).
-    pub retry_after: Option<u32>,
+    details: Box<Details>,
+}
+
+/// `details` of a Status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Details {
+    name: Option<String>,
+    group: Option<String>,
+    kind: Option<String>,
+    causes: Vec<Cause>,
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -43,18 +44,24 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
-            name: None,
-            group: None,
-            kind: None,
-            causes: vec![],
-            retry_after: None,
+            details: Box::default(),
         }
     }
 
+    /// `details.causes`.
+    pub fn causes(&self) -> &[Cause] {
+        &self.details.causes
+    }
+
+    /// `Retry-After` seconds, if any.
+    pub fn retry_after(&self) -> Option<u32> {
+        self.details.retry_after
+    }
+
     fn about(mut self, def: &ResourceDef, name: &str) -> Self {
-        self.name = Some(name.to_owned());
-        self.group = Some(def.group.clone());
-        self.kind = Some(def.plural.clone());
+        self.details.name = Some(name.to_owned());
+        self.details.group = Some(def.group.clone());
+        self.details.kind = Some(def.plural.clone());
         self
     }
 
@@ -75,9 +82,9 @@ impl ApiError {
             "NotFound",
             format!("namespaces \"{namespace}\" not found"),
         );
-        e.name = Some(namespace.to_owned());
-        e.group = Some(String::new());
-        e.kind = Some("namespaces".into());
+        e.details.name = Some(namespace.to_owned());
+        e.details.group = Some(String::new());
+        e.details.kind = Some("namespaces".into());
         e
     }
 
@@ -139,7 +146,7 @@ impl ApiError {
             ),
         )
         .about(def, name);
-        e.causes = causes;
+        e.details.causes = causes;
         e
     }
 
@@ -159,9 +166,9 @@ impl ApiError {
             "Invalid",
             format!("{kind} \"{name}\" is invalid: {what}"),
         );
-        e.name = Some(name.to_owned());
-        e.kind = Some(kind.to_owned());
-        e.causes = causes;
+        e.details.name = Some(name.to_owned());
+        e.details.kind = Some(kind.to_owned());
+        e.details.causes = causes;
         e
     }
 
@@ -236,7 +243,7 @@ impl ApiError {
             _ => "Unknown",
         };
         let mut e = Self::new(code, reason, format!("injected fault: {code} {reason}"));
-        e.retry_after = retry_after;
+        e.details.retry_after = retry_after;
         e
     }
 
@@ -251,30 +258,31 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        if self.name.is_some()
-            || self.kind.is_some()
-            || !self.causes.is_empty()
-            || self.retry_after.is_some()
+        if self.details.name.is_some()
+            || self.details.kind.is_some()
+            || !self.details.causes.is_empty()
+            || self.details.retry_after.is_some()
         {
             let mut details = serde_json::Map::new();
-            if let Some(name) = &self.name {
+            if let Some(name) = &self.details.name {
                 details.insert("name".into(), name.clone().into());
             }
-            if let Some(group) = &self.group {
+            if let Some(group) = &self.details.group {
                 details.insert("group".into(), group.clone().into());
             }
-            if let Some(kind) = &self.kind {
+            if let Some(kind) = &self.details.kind {
                 details.insert("kind".into(), kind.clone().into());
             }
-            if !self.causes.is_empty() {
+            if !self.details.causes.is_empty() {
                 let causes: Vec<Value> = self
+                    .details
                     .causes
                     .iter()
                     .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
                     .collect();
                 details.insert("causes".into(), causes.into());
             }
-            if let Some(seconds) = self.retry_after {
+            if let Some(seconds) = self.details.retry_after {
                 details.insert("retryAfterSeconds".into(), seconds.into());
             }
             status["details"] = Value::Object(details);

@@ -138,7 +138,11 @@ impl Filter {
     }
 }
 
-type Objects = BTreeMap<(String, String), Arc<Value>>;
+/// `(namespace, name)`; the namespace is empty for cluster-scoped objects.
+type ObjectKey = (String, String);
+type Objects = BTreeMap<ObjectKey, Arc<Value>>;
+/// The events still in the history after a version, and a receiver for the next ones.
+pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
 
 struct State {
     registry: Registry,
@@ -700,7 +704,7 @@ impl Store {
         let mut next = None;
         let mut remaining = 0u64;
         if let Some(table) = state.table(def) {
-            let range: Box<dyn Iterator<Item = (&(String, String), &Arc<Value>)>> = match &start {
+            let range: Box<dyn Iterator<Item = (&ObjectKey, &Arc<Value>)>> = match &start {
                 Some(key) => Box::new(table.range((
                     std::ops::Bound::Excluded(key.clone()),
                     std::ops::Bound::Unbounded,
@@ -851,7 +855,7 @@ impl Store {
                     ApiError::invalid_field(
                         &def.kind,
                         &name_of(object),
-                        &e.0.split(':').next().unwrap_or_default().to_owned(),
+                        e.0.split(':').next().unwrap_or_default(),
                         "FieldValueInvalid",
                         e.0.clone(),
                     )
@@ -1324,10 +1328,7 @@ impl Store {
     /// Start a watch from `rv` (exclusive): the events still in the history
     /// and a receiver for what follows, taken atomically. `None` means the
     /// version is too old (410).
-    pub fn watch_from(
-        &self,
-        rv: u64,
-    ) -> Option<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>)> {
+    pub fn watch_from(&self, rv: u64) -> Option<WatchStart> {
         let state = self.lock();
         if rv < state.compacted {
             return None;

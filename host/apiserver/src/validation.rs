@@ -54,6 +54,7 @@ fn required(object: &Value, pointer: &str, field: &str, causes: &mut Vec<Cause>)
     let present = object.pointer(pointer).is_some_and(|v| match v {
         Value::Null => false,
         Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
         Value::String(s) => !s.is_empty(),
         _ => true,
     });
@@ -70,6 +71,12 @@ pub fn check_object(def: &ResourceDef, object: &Value) -> Result<(), ApiError> {
         ("apps", "deployments" | "statefulsets" | "daemonsets" | "replicasets") => {
             required(object, "/spec/selector", "spec.selector", &mut causes);
             required(object, "/spec/template", "spec.template", &mut causes);
+            required(
+                object,
+                "/spec/template/spec/containers",
+                "spec.template.spec.containers",
+                &mut causes,
+            );
             if let (Some(Value::Object(wanted)), Some(labels)) = (
                 object.pointer("/spec/selector/matchLabels"),
                 object.pointer("/spec/template/metadata/labels"),
@@ -83,7 +90,12 @@ pub fn check_object(def: &ResourceDef, object: &Value) -> Result<(), ApiError> {
             }
         }
         ("", "pods") => required(object, "/spec/containers", "spec.containers", &mut causes),
-        ("batch", "jobs") => required(object, "/spec/template", "spec.template", &mut causes),
+        ("batch", "jobs") => required(
+            object,
+            "/spec/template/spec/containers",
+            "spec.template.spec.containers",
+            &mut causes,
+        ),
         ("batch", "cronjobs") => {
             required(object, "/spec/schedule", "spec.schedule", &mut causes);
             required(object, "/spec/jobTemplate", "spec.jobTemplate", &mut causes);
@@ -103,7 +115,7 @@ pub fn check_object(def: &ResourceDef, object: &Value) -> Result<(), ApiError> {
             });
             if !value_ok {
                 causes.push(cause(
-                    &format!("metadata.labels"),
+                    "metadata.labels",
                     "FieldValueInvalid",
                     format!("Invalid value: {v}: label {k:?} must be a string of at most 63 characters: alphanumerics, '-', '_' or '.'"),
                 ));
@@ -138,12 +150,12 @@ fn check_schema(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Caus
         Some("boolean") => value.is_boolean(),
         _ => true,
     };
-    if !type_ok {
-        if schema
-            .get("x-kubernetes-int-or-string")
-            .and_then(Value::as_bool)
-            != Some(true)
-            || !(value.is_string() || value.is_i64())
+    let int_or_string = schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true)
+        && (value.is_string() || value.is_i64());
+    if !type_ok && !int_or_string {
         {
             causes.push(cause(
                 &field,
@@ -160,9 +172,7 @@ fn check_schema(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Caus
         for r in required.iter().filter_map(Value::as_str) {
             if value.get(r).is_none_or(Value::is_null) {
                 causes.push(cause(
-                    &format!("{}.{r}", field.trim_start_matches("<root>"))
-                        .trim_start_matches('.')
-                        .to_owned(),
+                    format!("{}.{r}", field.trim_start_matches("<root>")).trim_start_matches('.'),
                     "FieldValueRequired",
                     "Required value".into(),
                 ));
@@ -226,7 +236,7 @@ mod tests {
         let r = Registry::new();
         let d = r.find("apps", "v1", "deployments").unwrap();
         let err = check_object(&d, &json!({"metadata": {"name": "x"}, "spec": {}})).unwrap_err();
-        assert_eq!(err.causes.len(), 2);
-        assert_eq!(err.causes[0].field, "spec.selector");
+        assert_eq!(err.causes().len(), 3);
+        assert_eq!(err.causes()[0].field, "spec.selector");
     }
 }
