@@ -51,6 +51,16 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Serve the embedded Kubernetes API server on loopback until Ctrl-C or
+    /// SIGTERM, with a kubeconfig for kubectl.
+    Cluster {
+        /// Address to listen on (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: std::net::SocketAddr,
+        /// Where to write the kubeconfig.
+        #[arg(long, default_value = "target/reconcile-host.kubeconfig")]
+        kubeconfig: PathBuf,
+    },
     /// Run one reconcile of a plugin on an object read from a JSON file,
     /// without a cluster (Kubernetes calls fail as unavailable). Spans go
     /// to the console unless OTEL_TRACES_EXPORTER says otherwise.
@@ -185,6 +195,7 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cluster { listen, kubeconfig } => cluster(listen, &kubeconfig).await,
         Command::Call {
             plugin,
             object,
@@ -216,6 +227,45 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
                 tracing::warn!("spans may be lost: {e}");
             }
             result
+        }
+    }
+}
+
+async fn cluster(listen: std::net::SocketAddr, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
+    let config = reconcile_apiserver::ApiServerConfig {
+        listen,
+        ..Default::default()
+    };
+    let server = reconcile_apiserver::ApiServer::start(config).await?;
+    if let Some(dir) = kubeconfig.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(kubeconfig, server.kubeconfig())
+        .with_context(|| format!("cannot write {}", kubeconfig.display()))?;
+    println!("serving the Kubernetes API at {}", server.url());
+    println!(
+        "kubeconfig: {0}  (try: kubectl --kubeconfig {0} get namespaces)",
+        kubeconfig.display()
+    );
+    tracing::info!(url = %server.url(), kubeconfig = %kubeconfig.display(), "embedded API server running");
+    shutdown_signal().await;
+    tracing::info!("stopping the embedded API server");
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
         }
     }
 }

@@ -191,6 +191,16 @@ impl ApiError {
         )
     }
 
+    /// 403: refused.
+    pub fn forbidden(def: &ResourceDef, name: &str, why: &str) -> Self {
+        Self::new(
+            403,
+            "Forbidden",
+            format!("{} \"{name}\" is forbidden: {why}", def.qualified()),
+        )
+        .about(def, name)
+    }
+
     /// 400: a malformed request.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)

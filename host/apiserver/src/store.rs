@@ -1240,6 +1240,13 @@ impl Store {
             });
         }
         if def.group.is_empty() && def.plural == "namespaces" {
+            if ["default", "kube-system", "kube-public"].contains(&name) {
+                return Err(ApiError::forbidden(
+                    def,
+                    name,
+                    "this namespace may not be deleted",
+                ));
+            }
             let result = Self::delete_namespace(&mut state, def, name);
             self.publish(&mut state);
             return result;
