@@ -1,10 +1,14 @@
 //! Fault injection for tests: fail or delay requests that match a verb and
 //! resource, cut open watch streams; and a log of every request received.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+/// How many requests the log keeps.
+pub const REQUEST_LOG: usize = 10_000;
 
 /// Which requests a rule applies to; `None` matches anything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -105,7 +109,7 @@ pub(crate) enum Injection {
 #[derive(Debug)]
 pub struct Faults {
     rules: Mutex<Vec<Rule>>,
-    requests: Mutex<Vec<RequestRecord>>,
+    requests: Mutex<VecDeque<RequestRecord>>,
     cut: watch::Sender<u64>,
 }
 
@@ -163,12 +167,14 @@ impl Faults {
         self.cut.send_modify(|n| *n += 1);
     }
 
-    /// Every request received so far.
+    /// The requests received, the most recent [`REQUEST_LOG`] of them.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.requests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Requests received that match.
@@ -223,10 +229,11 @@ impl Faults {
             }
             rules.retain(|r| r.remaining != Some(0));
         }
-        self.requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(request);
+        let mut log = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() == REQUEST_LOG {
+            log.pop_front();
+        }
+        log.push_back(request);
         injections
     }
 }

@@ -64,7 +64,7 @@ impl Default for ApiServerConfig {
     fn default() -> Self {
         ApiServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            history: 100_000,
+            history: 10_000,
             bookmark_interval: Duration::from_secs(30),
             max_watch: Duration::from_secs(1800),
         }
@@ -99,7 +99,7 @@ pub struct ApiServer {
     store: Arc<Store>,
     faults: Arc<Faults>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    finished: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -113,18 +113,14 @@ impl std::fmt::Debug for ApiServer {
 impl ApiServer {
     /// Starts the server in this Tokio runtime. It serves at once.
     pub async fn start(config: ApiServerConfig) -> Result<Self, ApiServerError> {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|error| ApiServerError::Listen {
-                addr: config.listen,
-                error,
-            })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|error| ApiServerError::Listen {
-                addr: config.listen,
-                error,
-            })?;
+        let listen_error = |error| ApiServerError::Listen {
+            addr: config.listen,
+            error,
+        };
+        // Bound here, so the port accepts connections as soon as this returns.
+        let listener = std::net::TcpListener::bind(config.listen).map_err(listen_error)?;
+        listener.set_nonblocking(true).map_err(listen_error)?;
+        let addr = listener.local_addr().map_err(listen_error)?;
         let store = Arc::new(Store::new(config.history));
         let faults = Arc::new(Faults::default());
         let shared = Arc::new(server::Shared {
@@ -133,31 +129,64 @@ impl ApiServer {
             bookmark_interval: config.bookmark_interval,
             max_watch: config.max_watch,
         });
-        let app = axum::Router::new()
-            .fallback(server::handle)
-            .layer(axum::extract::DefaultBodyLimit::disable())
-            .with_state(shared);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
         let cut = faults.clone();
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.await;
-                // Open watches would hold a graceful shutdown forever.
-                cut.cut_watches();
-            };
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(%error, "the embedded API server stopped");
-            }
-        });
+        // The server runs on a thread of its own with a single-threaded
+        // runtime: the store is behind one lock anyway, and this avoids the
+        // wake-ups of a work-stealing scheduler on every request (and any
+        // dependence on the caller's runtime).
+        std::thread::Builder::new()
+            .name("kube-apiserver".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot start the embedded API server's runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(error) => {
+                            tracing::error!(%error, "the embedded API server cannot listen");
+                            return;
+                        }
+                    };
+                    // Answers are small and latency matters: no Nagle delays.
+                    use axum::serve::ListenerExt as _;
+                    let listener = listener.tap_io(|stream| {
+                        let _ = stream.set_nodelay(true);
+                    });
+                    let app = axum::Router::new()
+                        .fallback(server::handle)
+                        .layer(axum::extract::DefaultBodyLimit::disable())
+                        .with_state(shared);
+                    let shutdown = async move {
+                        let _ = stopped.await;
+                        // Open watches would hold a graceful shutdown forever.
+                        cut.cut_watches();
+                    };
+                    if let Err(error) = axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                    {
+                        tracing::error!(%error, "the embedded API server stopped");
+                    }
+                });
+                let _ = done.send(());
+            })
+            .map_err(listen_error)?;
         Ok(ApiServer {
             addr,
             store,
             faults,
             stop: Some(stop),
-            task: Some(task),
+            finished: Some(finished),
         })
     }
 
@@ -207,8 +236,8 @@ impl ApiServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        if let Some(finished) = self.finished.take() {
+            let _ = finished.await;
         }
     }
 }

@@ -181,6 +181,18 @@ impl FieldSelector {
         Ok(FieldSelector(reqs))
     }
 
+    /// Whether an object of this name and namespace matches.
+    pub fn matches(&self, name: &str, namespace: &str) -> bool {
+        self.0.iter().all(|(field, equal, value)| {
+            let actual = if field == "metadata.name" {
+                name
+            } else {
+                namespace
+            };
+            (actual == value) == *equal
+        })
+    }
+
     /// Whether the object matches.
     pub fn matches_object(&self, object: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {

@@ -20,7 +20,7 @@ use crate::registry::ResourceDef;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{self, ApiError};
 use crate::store::{
-    Deleted, Event, EventType, Filter, PatchType, Propagation, Store, WriteOptions, present,
+    Deleted, Event, EventType, Filter, PatchType, Propagation, Store, Stored, WriteOptions, present,
 };
 use crate::table;
 
@@ -105,6 +105,21 @@ fn parse_route(path: &str) -> Route {
         ["openapi", "v3", "apis", g, v] => Route::OpenApiGroupVersion((*g).into(), (*v).into()),
         _ => Route::NotFound,
     }
+}
+
+/// A stored object's JSON as served under `def`: its bytes as they are when
+/// the versions agree (every built-in type, most CRDs).
+fn object_json(def: &ResourceDef, stored: &Stored) -> Bytes {
+    if stored.api_version == def.api_version() {
+        stored.json.clone()
+    } else {
+        Bytes::from(present(def, &stored.value()).to_string())
+    }
+}
+
+fn bytes_response(code: u16, body: Bytes) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn json_response(code: u16, value: &Value) -> Response {
@@ -349,14 +364,15 @@ impl ResourceRequest<'_> {
         let name = self.path.name.clone().unwrap_or_default();
         match (method.as_str(), verb) {
             ("GET", "get") => {
-                let object = present(&def, &*store.get(&def, self.namespace(), &name)?);
+                let stored = store.get(&def, self.namespace(), &name)?;
                 if table::wants_table(&self.accept) {
+                    let object = present(&def, &stored.value());
                     return Ok(json_response(
                         200,
                         &table::table(&def, &[object], json!({})),
                     ));
                 }
-                Ok(json_response(200, &object))
+                Ok(bytes_response(200, object_json(&def, &stored)))
             }
             ("GET", "list") => self.list(),
             ("GET", "watch") => self.watch(),
@@ -368,7 +384,7 @@ impl ResourceRequest<'_> {
                     force: false,
                 };
                 let created = store.create(&def, self.namespace(), body, &options)?;
-                Ok(json_response(201, &created))
+                Ok(bytes_response(201, object_json(&def, &created)))
             }
             ("PUT", _) if self.path.name.is_some() => {
                 let body = parse_body(&self.body, &self.content_type())?;
@@ -377,10 +393,8 @@ impl ResourceRequest<'_> {
                     dry_run: self.dry_run()?,
                     force: false,
                 };
-                Ok(json_response(
-                    200,
-                    &store.update(&def, scope, self.namespace(), &name, body, &options)?,
-                ))
+                let updated = store.update(&def, scope, self.namespace(), &name, body, &options)?;
+                Ok(bytes_response(200, object_json(&def, &updated)))
             }
             ("PATCH", _) if self.path.name.is_some() => {
                 let content_type = self.content_type();
@@ -426,7 +440,10 @@ impl ResourceRequest<'_> {
                 };
                 let (object, created) =
                     store.patch(&def, scope, self.namespace(), &name, kind, &body, &options)?;
-                Ok(json_response(if created { 201 } else { 200 }, &object))
+                Ok(bytes_response(
+                    if created { 201 } else { 200 },
+                    object_json(&def, &object),
+                ))
             }
             ("DELETE", "delete") => {
                 let options: Value = if self.body.is_empty() {
@@ -539,14 +556,31 @@ impl ResourceRequest<'_> {
         if let Some(remaining) = page.remaining {
             metadata["remainingItemCount"] = remaining.into();
         }
-        let items: Vec<Value> = page.items.iter().map(|o| present(def, o)).collect();
         if table::wants_table(&self.accept) {
+            let items: Vec<Value> = page
+                .items
+                .iter()
+                .map(|o| present(def, &o.value()))
+                .collect();
             return Ok(json_response(200, &table::table(def, &items, metadata)));
         }
-        Ok(json_response(
-            200,
-            &json!({"apiVersion": def.api_version(), "kind": def.list_kind(), "metadata": metadata, "items": items}),
-        ))
+        // The stored bytes, joined: no object is parsed or copied twice.
+        let head =
+            json!({"apiVersion": def.api_version(), "kind": def.list_kind(), "metadata": metadata})
+                .to_string();
+        let mut body = Vec::with_capacity(
+            head.len() + page.items.iter().map(|o| o.json.len() + 1).sum::<usize>() + 16,
+        );
+        body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+        body.extend_from_slice(b",\"items\":[");
+        for (i, object) in page.items.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&object_json(def, object));
+        }
+        body.extend_from_slice(b"]}");
+        Ok(bytes_response(200, Bytes::from(body)))
     }
 
     fn watch(&self) -> Result<Response, ApiError> {
@@ -620,6 +654,21 @@ impl Watch {
         Bytes::from(line)
     }
 
+    /// An event line around a stored object, from its bytes.
+    fn stored_line(&self, kind: &str, object: &Stored) -> Bytes {
+        if self.table {
+            return Self::line(kind, self.object(&object.value()));
+        }
+        let json = object_json(&self.def, object);
+        let mut line = Vec::with_capacity(json.len() + 32);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(kind.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(&json);
+        line.extend_from_slice(b"}\n");
+        Bytes::from(line)
+    }
+
     fn object(&self, object: &Value) -> Value {
         let object = present(&self.def, object);
         if self.table {
@@ -664,18 +713,14 @@ impl Watch {
             },
             _ => return None,
         };
-        Some(Self::line(kind, self.object(&event.object)))
+        Some(self.stored_line(kind, &event.object))
     }
 
     async fn run(mut self, tx: mpsc::Sender<Bytes>) {
         let (mut rx, mut last) = if self.initial {
             let (items, rv, rx) = self.store.snapshot(&self.def, &self.filter);
             for item in items {
-                if tx
-                    .send(Self::line("ADDED", self.object(&item)))
-                    .await
-                    .is_err()
-                {
+                if tx.send(self.stored_line("ADDED", &item)).await.is_err() {
                     return;
                 }
             }

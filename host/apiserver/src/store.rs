@@ -53,9 +53,9 @@ pub struct Event {
     /// What happened.
     pub kind: EventType,
     /// The object after (for deletes: as it was, with the new version).
-    pub object: Arc<Value>,
+    pub object: Arc<Stored>,
     /// The object before, for modifications.
-    pub previous: Option<Arc<Value>>,
+    pub previous: Option<Arc<Stored>>,
 }
 
 /// How dependents of a deleted object are handled.
@@ -106,7 +106,7 @@ pub enum Deleted {
 #[derive(Debug)]
 pub struct ListPage {
     /// The objects.
-    pub items: Vec<Arc<Value>>,
+    pub items: Vec<Arc<Stored>>,
     /// The list's resourceVersion.
     pub rv: u64,
     /// Token for the next page.
@@ -128,19 +128,19 @@ pub struct Filter {
 
 impl Filter {
     /// Whether an object passes.
-    pub fn matches(&self, object: &Value) -> bool {
+    pub fn matches(&self, object: &Stored) -> bool {
         if let Some(ns) = &self.namespace
-            && object["metadata"]["namespace"].as_str() != Some(ns)
+            && object.namespace != *ns
         {
             return false;
         }
-        self.labels.matches_object(object) && self.fields.matches_object(object)
+        self.labels.matches(&object.labels) && self.fields.matches(&object.name, &object.namespace)
     }
 }
 
 /// `(namespace, name)`; the namespace is empty for cluster-scoped objects.
 type ObjectKey = (String, String);
-type Objects = BTreeMap<ObjectKey, Arc<Value>>;
+type Objects = BTreeMap<ObjectKey, Arc<Stored>>;
 /// The events still in the history after a version, and a receiver for the next ones.
 pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
 
@@ -154,6 +154,72 @@ struct State {
     compacted: u64,
     /// Events of the write in progress, published when it commits.
     pending: Vec<Arc<Event>>,
+}
+
+/// A stored object: its JSON, and what the store needs to know about it
+/// without parsing (reads serve the bytes as they are).
+#[derive(Debug)]
+pub struct Stored {
+    /// The object, serialized.
+    pub json: bytes::Bytes,
+    /// `apiVersion` it was written with.
+    pub api_version: String,
+    /// Namespace (empty for cluster-scoped).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// uid.
+    pub uid: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// uids of its owners.
+    pub owners: Vec<String>,
+    /// Finalizers.
+    pub finalizers: Vec<String>,
+    /// Whether `deletionTimestamp` is set.
+    pub deleting: bool,
+}
+
+impl Stored {
+    fn new(object: &Value) -> Self {
+        let m = &object["metadata"];
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        Stored {
+            json: bytes::Bytes::from(object.to_string()),
+            api_version: text(&object["apiVersion"]),
+            namespace: text(&m["namespace"]),
+            name: text(&m["name"]),
+            uid: text(&m["uid"]),
+            labels: m["labels"]
+                .as_object()
+                .map(|l| {
+                    l.iter()
+                        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            owners: m["ownerReferences"]
+                .as_array()
+                .map(|refs| {
+                    refs.iter()
+                        .filter_map(|r| r["uid"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            finalizers: finalizers(object),
+            deleting: m.get("deletionTimestamp").is_some_and(|t| !t.is_null()),
+        }
+    }
+
+    /// The object, parsed.
+    pub fn value(&self) -> Value {
+        // The bytes were written from a Value by `new`.
+        serde_json::from_slice(&self.json).unwrap_or(Value::Null)
+    }
+
+    fn key(&self) -> ObjectKey {
+        (self.namespace.clone(), self.name.clone())
+    }
 }
 
 /// The store. Cheap to share.
@@ -211,18 +277,20 @@ fn finalizers(object: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Everything but metadata and (for types with a status subresource) status.
-fn spec_part(def: &ResourceDef, object: &Value) -> Value {
-    let mut v = object.clone();
-    if let Some(m) = v.as_object_mut() {
-        m.remove("metadata");
-        m.remove("apiVersion");
-        m.remove("kind");
-        if def.status {
-            m.remove("status");
+/// Whether anything but metadata (and, for types with a status
+/// subresource, status) differs: what bumps `generation`.
+fn spec_changed(def: &ResourceDef, a: &Value, b: &Value) -> bool {
+    let skip =
+        |k: &str| matches!(k, "metadata" | "apiVersion" | "kind") || (def.status && k == "status");
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            a.iter()
+                .filter(|(k, _)| !skip(k))
+                .any(|(k, v)| b.get(k) != Some(v))
+                || b.keys().filter(|k| !skip(k)).any(|k| !a.contains_key(k))
         }
+        _ => a != b,
     }
-    v
 }
 
 /// The object as served under `def`'s version.
@@ -249,13 +317,13 @@ impl State {
         self.objects.get(&def.storage_key())
     }
 
-    fn get(&self, def: &ResourceDef, ns: &str, name: &str) -> Option<Arc<Value>> {
+    fn get(&self, def: &ResourceDef, ns: &str, name: &str) -> Option<Arc<Stored>> {
         self.table(def)
             .and_then(|t| t.get(&(ns.to_owned(), name.to_owned())))
             .cloned()
     }
 
-    fn namespace(&self, name: &str) -> Option<Arc<Value>> {
+    fn namespace(&self, name: &str) -> Option<Arc<Stored>> {
         self.objects
             .get(&(String::new(), "namespaces".into()))
             .and_then(|t| t.get(&(String::new(), name.to_owned())))
@@ -267,8 +335,8 @@ impl State {
         def_key: StorageKey,
         ns: String,
         kind: EventType,
-        object: Arc<Value>,
-        previous: Option<Arc<Value>>,
+        object: Arc<Stored>,
+        previous: Option<Arc<Stored>>,
     ) {
         let event = Arc::new(Event {
             rv: self.rv,
@@ -287,34 +355,31 @@ impl State {
         self.pending.push(event);
     }
 
-    /// Stores `object` (new or changed) under a new resourceVersion.
+    /// Stores `object` (new or changed) under a new resourceVersion; returns
+    /// it as stored.
     fn put(
         &mut self,
         def: &ResourceDef,
         mut object: Value,
-        previous: Option<Arc<Value>>,
-    ) -> Arc<Value> {
+        previous: Option<Arc<Stored>>,
+    ) -> Arc<Stored> {
         self.rv += 1;
         with_meta(&mut object, |m| {
             m.insert("resourceVersion".into(), self.rv.to_string().into())
         });
-        let ns = object["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let name = name_of(&object);
-        let object = Arc::new(object);
+        let stored = Arc::new(Stored::new(&object));
+        let ns = stored.namespace.clone();
         self.objects
             .entry(def.storage_key())
             .or_default()
-            .insert((ns.clone(), name), object.clone());
+            .insert(stored.key(), stored.clone());
         let kind = if previous.is_some() {
             EventType::Modified
         } else {
             EventType::Added
         };
-        self.record(def.storage_key(), ns, kind, object.clone(), previous);
-        object
+        self.record(def.storage_key(), ns, kind, stored.clone(), previous);
+        stored
     }
 
     /// Removes an object for good, and collects its dependents.
@@ -330,7 +395,7 @@ impl State {
             .get_mut(&def.storage_key())?
             .remove(&(ns.to_owned(), name.to_owned()))?;
         self.rv += 1;
-        let mut gone = (*old).clone();
+        let mut gone = old.value();
         with_meta(&mut gone, |m| {
             m.insert("resourceVersion".into(), self.rv.to_string().into())
         });
@@ -338,14 +403,13 @@ impl State {
             def.storage_key(),
             ns.to_owned(),
             EventType::Deleted,
-            Arc::new(gone.clone()),
-            Some(old),
+            Arc::new(Stored::new(&gone)),
+            Some(old.clone()),
         );
-        let uid = meta(&gone)["uid"].as_str().unwrap_or_default().to_owned();
         if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
             self.remove_crd(&gone);
         }
-        self.collect_dependents(&uid, propagation);
+        self.collect_dependents(&old.uid, propagation);
         self.finish_foreground_owners();
         if !ns.is_empty() {
             self.finish_namespace(ns);
@@ -381,7 +445,7 @@ impl State {
     }
 
     /// Every object whose ownerReferences name `uid`, with its type.
-    fn dependents(&self, uid: &str) -> Vec<(Arc<ResourceDef>, Arc<Value>)> {
+    fn dependents(&self, uid: &str) -> Vec<(Arc<ResourceDef>, Arc<Stored>)> {
         if uid.is_empty() {
             return vec![];
         }
@@ -396,13 +460,8 @@ impl State {
             else {
                 continue;
             };
-            for object in table.values() {
-                let owned = meta(object)["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
-                if owned {
-                    out.push((def.clone(), object.clone()));
-                }
+            for object in table.values().filter(|o| o.owners.iter().any(|o| o == uid)) {
+                out.push((def.clone(), object.clone()));
             }
         }
         out
@@ -411,26 +470,18 @@ impl State {
     fn uid_exists(&self, uid: &str) -> bool {
         self.objects
             .values()
-            .any(|t| t.values().any(|o| meta(o)["uid"] == uid))
+            .any(|t| t.values().any(|o| o.uid == uid))
     }
 
     fn collect_dependents(&mut self, uid: &str, propagation: Propagation) {
         for (def, object) in self.dependents(uid) {
-            let ns = meta(&object)["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let name = name_of(&object);
-            let other_owners_alive =
-                meta(&object)["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| {
-                        refs.iter()
-                            .filter(|r| r["uid"] != uid)
-                            .any(|r| self.uid_exists(r["uid"].as_str().unwrap_or_default()))
-                    });
+            let other_owners_alive = object
+                .owners
+                .iter()
+                .filter(|o| *o != uid)
+                .any(|o| self.uid_exists(o));
             if propagation == Propagation::Orphan || other_owners_alive {
-                let mut updated = (*object).clone();
+                let mut updated = object.value();
                 with_meta(&mut updated, |m| {
                     if let Some(Value::Array(refs)) = m.get_mut("ownerReferences") {
                         refs.retain(|r| r["uid"] != uid);
@@ -438,7 +489,12 @@ impl State {
                 });
                 self.put(&def, updated, Some(object));
             } else {
-                self.begin_delete(&def, &ns, &name, Propagation::Background);
+                self.begin_delete(
+                    &def,
+                    &object.namespace,
+                    &object.name,
+                    Propagation::Background,
+                );
             }
         }
     }
@@ -453,11 +509,9 @@ impl State {
         propagation: Propagation,
     ) -> Option<Deleted> {
         let old = self.get(def, ns, name)?;
-        let mut held = finalizers(&old);
+        let mut held = old.finalizers.clone();
         if propagation == Propagation::Foreground
-            && !self
-                .dependents(meta(&old)["uid"].as_str().unwrap_or_default())
-                .is_empty()
+            && !self.dependents(&old.uid).is_empty()
             && !held.iter().any(|f| f == "foregroundDeletion")
         {
             held.push("foregroundDeletion".into());
@@ -465,14 +519,10 @@ impl State {
         if held.is_empty() {
             return self.remove(def, ns, name, propagation).map(Deleted::Gone);
         }
-        if meta(&old)
-            .get("deletionTimestamp")
-            .is_some_and(|t| !t.is_null())
-            && held == finalizers(&old)
-        {
-            return Some(Deleted::Pending((*old).clone()));
+        if old.deleting && held == old.finalizers {
+            return Some(Deleted::Pending(old.value()));
         }
-        let mut object = (*old).clone();
+        let mut object = old.value();
         with_meta(&mut object, |m| {
             if !m.contains_key("deletionTimestamp") {
                 m.insert("deletionTimestamp".into(), now().into());
@@ -485,23 +535,22 @@ impl State {
         if def.plural == "namespaces" && def.group.is_empty() {
             object["status"]["phase"] = "Terminating".into();
         }
-        let stored = self.put(def, object, Some(old.clone()));
-        let uid = meta(&stored)["uid"].as_str().unwrap_or_default().to_owned();
+        self.put(def, object, Some(old.clone()));
         match propagation {
-            Propagation::Foreground => self.collect_dependents(&uid, Propagation::Background),
-            Propagation::Orphan => self.collect_dependents(&uid, Propagation::Orphan),
+            Propagation::Foreground => self.collect_dependents(&old.uid, Propagation::Background),
+            Propagation::Orphan => self.collect_dependents(&old.uid, Propagation::Orphan),
             Propagation::Background => {}
         }
         self.finish_foreground_owners();
         // The finalizers may all have been foregroundDeletion.
         let current = self.get(def, ns, name)?;
-        Some(Deleted::Pending((*current).clone()))
+        Some(Deleted::Pending(current.value()))
     }
 
     /// Owners in foreground deletion whose dependents are all gone lose
     /// their `foregroundDeletion` finalizer.
     fn finish_foreground_owners(&mut self) {
-        let waiting: Vec<(Arc<ResourceDef>, Arc<Value>)> = self
+        let waiting: Vec<(Arc<ResourceDef>, Arc<Stored>)> = self
             .objects
             .iter()
             .flat_map(|(key, table)| {
@@ -513,16 +562,13 @@ impl State {
                     .cloned();
                 table
                     .values()
-                    .filter(|o| finalizers(o).iter().any(|f| f == "foregroundDeletion"))
+                    .filter(|o| o.finalizers.iter().any(|f| f == "foregroundDeletion"))
                     .filter_map(move |o| def.clone().map(|d| (d, o.clone())))
             })
             .collect();
         for (def, object) in waiting {
-            if self
-                .dependents(meta(&object)["uid"].as_str().unwrap_or_default())
-                .is_empty()
-            {
-                let mut updated = (*object).clone();
+            if self.dependents(&object.uid).is_empty() {
+                let mut updated = object.value();
                 with_meta(&mut updated, |m| {
                     if let Some(Value::Array(list)) = m.get_mut("finalizers") {
                         list.retain(|f| f != "foregroundDeletion");
@@ -538,7 +584,7 @@ impl State {
         let Some(namespace) = self.namespace(ns) else {
             return;
         };
-        if meta(&namespace).get("deletionTimestamp").is_none() {
+        if !namespace.deleting {
             return;
         }
         let empty = self
@@ -551,7 +597,7 @@ impl State {
     }
 
     /// Stores an update; completes a deletion that no finalizer holds anymore.
-    fn commit_update(&mut self, def: &ResourceDef, object: Value, old: Arc<Value>) -> Value {
+    fn commit_update(&mut self, def: &ResourceDef, object: Value, old: Arc<Stored>) -> Arc<Stored> {
         let deleting = meta(&object)
             .get("deletionTimestamp")
             .is_some_and(|t| !t.is_null());
@@ -563,11 +609,12 @@ impl State {
             let name = name_of(&object);
             // Store the final state first so the DELETED event carries it.
             self.put(def, object, Some(old));
-            return self
+            let gone = self
                 .remove(def, &ns, &name, Propagation::Background)
                 .unwrap_or_default();
+            return Arc::new(Stored::new(&gone));
         }
-        (*self.put(def, object, Some(old))).clone()
+        self.put(def, object, Some(old))
     }
 }
 
@@ -672,7 +719,7 @@ impl Store {
         def: &ResourceDef,
         ns: Option<&str>,
         name: &str,
-    ) -> Result<Arc<Value>, ApiError> {
+    ) -> Result<Arc<Stored>, ApiError> {
         let state = self.lock();
         state
             .get(def, &namespace_key(def, ns), name)
@@ -704,7 +751,7 @@ impl Store {
         let mut next = None;
         let mut remaining = 0u64;
         if let Some(table) = state.table(def) {
-            let range: Box<dyn Iterator<Item = (&ObjectKey, &Arc<Value>)>> = match &start {
+            let range: Box<dyn Iterator<Item = (&ObjectKey, &Arc<Stored>)>> = match &start {
                 Some(key) => Box::new(table.range((
                     std::ops::Bound::Excluded(key.clone()),
                     std::ops::Bound::Unbounded,
@@ -717,10 +764,7 @@ impl Store {
                 }
                 if limit.is_some_and(|l| items.len() >= l) {
                     if next.is_none() {
-                        next = items.last().map(|o: &Arc<Value>| {
-                            let ns = meta(o)["namespace"].as_str().unwrap_or_default().to_owned();
-                            (ns, name_of(o))
-                        });
+                        next = items.last().map(|o: &Arc<Stored>| o.key());
                     }
                     remaining += 1;
                     continue;
@@ -743,7 +787,7 @@ impl Store {
         ns: Option<&str>,
         mut object: Value,
         options: &WriteOptions,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Arc<Stored>, ApiError> {
         let mut state = self.lock();
         check_body_type(def, &object)?;
         let ns_key = namespace_key(def, ns);
@@ -759,7 +803,7 @@ impl Store {
             }
             Self::check_namespace(&state, def, ns)?;
             if let Some(namespace) = state.namespace(&ns_key)
-                && meta(&namespace).get("deletionTimestamp").is_some()
+                && namespace.deleting
             {
                 let mut e = ApiError::bad_request(format!(
                     "unable to create new content in namespace {ns_key} because it is being terminated"
@@ -833,14 +877,14 @@ impl Store {
             &now(),
         );
         if options.dry_run {
-            return Ok(present(def, &object));
+            return Ok(Arc::new(Stored::new(&object)));
         }
         if let Some(defs) = crd_defs {
             state.registry.install_crd(defs);
         }
         let stored = state.put(def, object, None);
         self.publish(&mut state);
-        Ok(present(def, &stored))
+        Ok(stored)
     }
 
     /// Type-specific preparation of a new or changed object: CRDs become
@@ -890,7 +934,7 @@ impl Store {
         name: &str,
         body: Value,
         options: &WriteOptions,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Arc<Stored>, ApiError> {
         let mut state = self.lock();
         check_body_type(def, &body)?;
         let ns_key = namespace_key(def, ns);
@@ -906,7 +950,7 @@ impl Store {
         if let Some(rv) = meta(&body)["resourceVersion"]
             .as_str()
             .filter(|s| !s.is_empty())
-            && meta(&old)["resourceVersion"].as_str() != Some(rv)
+            && old.value()["metadata"]["resourceVersion"].as_str() != Some(rv)
         {
             return Err(ApiError::conflict(def, name));
         }
@@ -927,7 +971,7 @@ impl Store {
         kind: PatchType,
         body: &Value,
         options: &WriteOptions,
-    ) -> Result<(Value, bool), ApiError> {
+    ) -> Result<(Arc<Stored>, bool), ApiError> {
         let mut state = self.lock();
         let ns_key = namespace_key(def, ns);
         let old = state.get(def, &ns_key, name);
@@ -970,10 +1014,11 @@ impl Store {
                     self.create_with_managed(def, ns, object, managed, &create_options)?;
                 return Ok((created, true));
             };
+            let old_value = old.value();
             if let Some(rv) = meta(body)["resourceVersion"]
                 .as_str()
                 .filter(|s| !s.is_empty())
-                && meta(&old)["resourceVersion"].as_str() != Some(rv)
+                && meta(&old_value)["resourceVersion"].as_str() != Some(rv)
             {
                 return Err(ApiError::conflict(def, name));
             }
@@ -982,7 +1027,7 @@ impl Store {
                 force: options.force,
                 now: &now(),
             };
-            let applied = apply::apply(def, scope, &old, body, &who)?;
+            let applied = apply::apply(def, scope, &old_value, body, &who)?;
             let result = self.finish_write(
                 &mut state,
                 def,
@@ -998,7 +1043,8 @@ impl Store {
             return result.map(|v| (v, false));
         }
         let old = old.ok_or_else(|| ApiError::not_found(def, name))?;
-        let mut patched = (*old).clone();
+        let old_value = old.value();
+        let mut patched = old_value.clone();
         match kind {
             PatchType::Merge => patch::merge_patch(&mut patched, body),
             PatchType::Json => patch::json_patch(&mut patched, body).map_err(|e| {
@@ -1020,7 +1066,7 @@ impl Store {
             }
             PatchType::Apply => {}
         }
-        if meta(&patched)["resourceVersion"] != meta(&old)["resourceVersion"]
+        if meta(&patched)["resourceVersion"] != meta(&old_value)["resourceVersion"]
             && meta(&patched)["resourceVersion"]
                 .as_str()
                 .is_some_and(|s| !s.is_empty())
@@ -1044,7 +1090,7 @@ impl Store {
         object: Value,
         managed: Value,
         options: &WriteOptions,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Arc<Stored>, ApiError> {
         // Create records an Update entry for the manager; an apply-create is
         // an Apply: put the apply's entries back.
         let created = self.create(
@@ -1056,10 +1102,10 @@ impl Store {
                 ..options.clone()
             },
         )?;
-        let mut object = created;
+        let mut object = created.value();
         with_meta(&mut object, |m| m.insert("managedFields".into(), managed));
         if options.dry_run {
-            return Ok(object);
+            return Ok(Arc::new(Stored::new(&object)));
         }
         let mut state = self.lock();
         let ns_key = namespace_key(def, ns);
@@ -1073,7 +1119,7 @@ impl Store {
         }
         let stored = state.put(def, object, None);
         self.publish(&mut state);
-        Ok(present(def, &stored))
+        Ok(stored)
     }
 
     /// The common end of update, patch and apply: keep what the client may
@@ -1083,14 +1129,15 @@ impl Store {
         state: &mut State,
         def: &ResourceDef,
         scope: Scope,
-        old: Arc<Value>,
+        stored: Arc<Stored>,
         body: Value,
         options: &WriteOptions,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Arc<Stored>, ApiError> {
+        let old = stored.value();
         let name = name_of(&old);
         let mut new = match scope {
             Scope::Status => {
-                let mut new = (*old).clone();
+                let mut new = old.clone();
                 new["status"] = body.get("status").cloned().unwrap_or(Value::Null);
                 if new["status"].is_null()
                     && let Some(m) = new.as_object_mut()
@@ -1172,7 +1219,7 @@ impl Store {
         }
         if scope == Scope::Main {
             validation::check_object(def, &new)?;
-            if spec_part(def, &new) != spec_part(def, &old) {
+            if spec_changed(def, &new, &old) {
                 let generation = meta(&old)["generation"].as_i64().unwrap_or(1);
                 with_meta(&mut new, |m| {
                     m.insert("generation".into(), (generation + 1).into())
@@ -1188,16 +1235,16 @@ impl Store {
             None
         };
         // A write that changes nothing keeps the resourceVersion.
-        if without_times(&new) == without_times(&old) {
-            return Ok(present(def, &old));
+        if same_but_times(&new, &old) {
+            return Ok(stored);
         }
         if options.dry_run {
-            return Ok(present(def, &new));
+            return Ok(Arc::new(Stored::new(&new)));
         }
         if let Some(defs) = crd_defs {
             state.registry.install_crd(defs);
         }
-        Ok(present(def, &state.commit_update(def, new, old)))
+        Ok(state.commit_update(def, new, stored))
     }
 
     /// Delete one object.
@@ -1212,9 +1259,10 @@ impl Store {
     ) -> Result<Deleted, ApiError> {
         let mut state = self.lock();
         let ns_key = namespace_key(def, ns);
-        let old = state
+        let stored = state
             .get(def, &ns_key, name)
             .ok_or_else(|| ApiError::not_found(def, name))?;
+        let old = stored.value();
         for (field, pointer) in [
             ("uid", "/metadata/uid"),
             ("resourceVersion", "/metadata/resourceVersion"),
@@ -1233,10 +1281,10 @@ impl Store {
             }
         }
         if dry_run {
-            return Ok(if finalizers(&old).is_empty() {
-                Deleted::Gone((*old).clone())
+            return Ok(if stored.finalizers.is_empty() {
+                Deleted::Gone(old)
             } else {
-                Deleted::Pending((*old).clone())
+                Deleted::Pending(old)
             });
         }
         if def.group.is_empty() && def.plural == "namespaces" {
@@ -1269,8 +1317,8 @@ impl Store {
         let old = state
             .namespace(name)
             .ok_or_else(|| ApiError::not_found(def, name))?;
-        if meta(&old).get("deletionTimestamp").is_none() {
-            let mut object = (*old).clone();
+        if !old.deleting {
+            let mut object = old.value();
             with_meta(&mut object, |m| {
                 m.insert("deletionTimestamp".into(), now().into())
             });
@@ -1299,8 +1347,8 @@ impl Store {
         }
         state.finish_namespace(name);
         match state.namespace(name) {
-            Some(ns) => Ok(Deleted::Pending((*ns).clone())),
-            None => Ok(Deleted::Gone((*old).clone())),
+            Some(ns) => Ok(Deleted::Pending(ns.value())),
+            None => Ok(Deleted::Gone(old.value())),
         }
     }
 
@@ -1315,11 +1363,11 @@ impl Store {
         let page = self.list(def, filter, None, None)?;
         let mut deleted = Vec::new();
         for object in page.items {
-            let ns = meta(&object)["namespace"].as_str().map(str::to_owned);
+            let ns = (!object.namespace.is_empty()).then(|| object.namespace.clone());
             match self.delete(
                 def,
                 ns.as_deref(),
-                &name_of(&object),
+                &object.name,
                 propagation,
                 &Value::Null,
                 dry_run,
@@ -1355,7 +1403,7 @@ impl Store {
         &self,
         def: &ResourceDef,
         filter: &Filter,
-    ) -> (Vec<Arc<Value>>, u64, broadcast::Receiver<Arc<Event>>) {
+    ) -> (Vec<Arc<Stored>>, u64, broadcast::Receiver<Arc<Event>>) {
         let state = self.lock();
         let items = state
             .table(def)
@@ -1370,17 +1418,49 @@ impl Store {
     }
 }
 
-/// The object without the things that change on every write.
-fn without_times(object: &Value) -> Value {
-    let mut v = object.clone();
-    if let Some(Value::Array(entries)) = v.pointer_mut("/metadata/managedFields") {
-        for e in entries {
-            if let Some(m) = e.as_object_mut() {
-                m.remove("time");
+/// Equal except for the `time` of managedFields entries: a write that
+/// changes nothing else is a no-op.
+fn same_but_times(a: &Value, b: &Value) -> bool {
+    fn same_entries(a: &Value, b: &Value) -> bool {
+        match (a.as_array(), b.as_array()) {
+            (Some(a), Some(b)) => {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|(x, y)| match (x.as_object(), y.as_object()) {
+                            (Some(x), Some(y)) => {
+                                x.len() == y.len()
+                                    && x.iter().all(|(k, v)| k == "time" || y.get(k) == Some(v))
+                            }
+                            _ => x == y,
+                        })
             }
+            _ => a == b,
         }
     }
-    v
+    fn same_map(a: &Value, b: &Value, inner: fn(&str, &Value, &Value) -> bool) -> bool {
+        match (a.as_object(), b.as_object()) {
+            (Some(a), Some(b)) => {
+                a.len() == b.len()
+                    && a.iter()
+                        .all(|(k, v)| b.get(k).is_some_and(|w| inner(k, v, w)))
+            }
+            _ => a == b,
+        }
+    }
+    same_map(a, b, |k, v, w| {
+        if k == "metadata" {
+            same_map(v, w, |k, v, w| {
+                if k == "managedFields" {
+                    same_entries(v, w)
+                } else {
+                    v == w
+                }
+            })
+        } else {
+            v == w
+        }
+    })
 }
 
 fn check_body_type(def: &ResourceDef, body: &Value) -> Result<(), ApiError> {
