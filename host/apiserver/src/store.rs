@@ -16,6 +16,10 @@ use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use crate::validation;
 
+/// Events buffered for watches; a watch further behind gets ERROR 410 and
+/// re-lists (each buffered event keeps its object version alive).
+const EVENT_BUFFER: usize = 8_192;
+
 /// `(group, plural)`: objects are stored once, served under every version.
 pub type StorageKey = (String, String);
 
@@ -622,7 +626,7 @@ impl Store {
     /// A store with the built-in types, the standard namespaces, and a
     /// history of `history_limit` events.
     pub fn new(history_limit: usize) -> Self {
-        let (events, _) = broadcast::channel(65_536);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
         let store = Store {
             state: std::sync::Mutex::new(State {
                 registry: Registry::new(),

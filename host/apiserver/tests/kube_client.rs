@@ -469,7 +469,30 @@ async fn watcher_resumes_after_a_cut_and_relists_after_410() {
         .faults()
         .requests_matching(&Match::any().verb("list").resource("configmaps"))
         .len();
+    let watches_before_cut = server
+        .faults()
+        .requests_matching(&Match::any().verb("watch").resource("configmaps"))
+        .len();
     server.faults().cut_watches();
+    // Wait for the re-watch, so that the next event travels on it.
+    eventually("a re-watch after the cut", || async {
+        server
+            .faults()
+            .requests_matching(&Match::any().verb("watch").resource("configmaps"))
+            .len()
+            > watches_before_cut
+    })
+    .await;
+    let rewatch = server
+        .faults()
+        .requests_matching(&Match::any().verb("watch").resource("configmaps"));
+    assert!(
+        rewatch.last().is_some_and(
+            |r| r.query.contains("resourceVersion=") && !r.query.contains("resourceVersion=0&")
+        ),
+        "the re-watch resumes from a version: {:?}",
+        rewatch.last()
+    );
     api.create(&PostParams::default(), &cm("after-cut", &[]))
         .await
         .unwrap();
@@ -485,12 +508,25 @@ async fn watcher_resumes_after_a_cut_and_relists_after_410() {
 
     // Keep the watcher away while the version moves past a compaction:
     // its resume then gets ERROR 410 inside a 200 stream, and it re-lists.
+    let watches = || {
+        server
+            .faults()
+            .requests_matching(&Match::any().verb("watch").resource("configmaps"))
+            .len()
+    };
+    let watches_before = watches();
     server.faults().fail(
         Match::any().verb("watch").resource("configmaps"),
         1_000,
         500,
     );
     server.faults().cut_watches();
+    // Only once a re-watch has been refused can the watcher no longer see
+    // what happens next.
+    eventually("a refused re-watch", || async {
+        watches() > watches_before
+    })
+    .await;
     api.create(&PostParams::default(), &cm("after-410", &[]))
         .await
         .unwrap();
@@ -591,6 +627,17 @@ async fn raw_get(url: &str) -> String {
 
 /// A minimal HTTP/1.1 request over a TcpStream (Connection: close).
 async fn raw(method: &str, url: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    let (status, _, body) = raw_with_head(method, url, content_type, body).await;
+    (status, body)
+}
+
+/// Like `raw`, with the response head too.
+async fn raw_with_head(
+    method: &str,
+    url: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap());
@@ -617,6 +664,7 @@ async fn raw(method: &str, url: &str, content_type: &str, body: &[u8]) -> (u16, 
         .contains("transfer-encoding: chunked");
     (
         status,
+        head.to_owned(),
         if chunked {
             dechunk(body)
         } else {
@@ -1012,7 +1060,7 @@ async fn injected_faults() {
         .await
         .unwrap();
     server.faults().throttle(Match::any().verb("get"), 1, 7);
-    let (status, text) = raw(
+    let (status, head, text) = raw_with_head(
         "GET",
         &format!("{}/api/v1/namespaces/default/configmaps/f", server.url()),
         "",
@@ -1020,6 +1068,10 @@ async fn injected_faults() {
     )
     .await;
     assert_eq!(status, 429, "{text}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 7"),
+        "{head}"
+    );
     server.faults().fail(Match::any().verb("patch"), 1, 409);
     let err = api
         .patch("f", &PatchParams::default(), &Patch::Merge(json!({})))
