@@ -135,7 +135,7 @@ fn main() {
                 async move {
                     let span = RootSpan::start(&tracer, &attributes, &request);
                     let outcome = native_noop(&request);
-                    span.finish(&outcome, 0);
+                    span.finish(&outcome, &reconcile_host::reconcile::CallStats::default());
                     outcome
                 }
             })

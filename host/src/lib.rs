@@ -19,6 +19,7 @@
 
 pub mod caps;
 pub mod engine;
+pub mod grants;
 pub mod metadata;
 pub mod reconcile;
 pub mod telemetry;

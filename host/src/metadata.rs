@@ -9,7 +9,9 @@ use crate::caps::k8s::ResourceType;
 use crate::engine::bindings::types as wit;
 
 /// A Kubernetes verb a plugin asks for (named as in RBAC).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Verb {
     /// Read one.

@@ -235,6 +235,15 @@ pub struct Reconciled {
     pub duration: Duration,
 }
 
+/// Counts from one call of a plugin.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Guest spans, events and attributes dropped over the limits.
+    pub telemetry_dropped: u32,
+    /// Kubernetes reads served from the host's cache.
+    pub cache_reads: u32,
+}
+
 /// The `reconcile` root span of one call.
 ///
 /// Plugin-level attributes are computed once per plugin
@@ -295,11 +304,16 @@ impl RootSpan {
         &self.cx
     }
 
-    /// Records the outcome (result, and on failure status Error, an
-    /// `exception` event and `error.type`) and ends the span.
-    pub fn finish(self, outcome: &Outcome, telemetry_dropped: u32) -> (TraceId, SpanId, bool) {
+    /// Records the outcome (result, cache reads, and on failure status
+    /// Error, an `exception` event and `error.type`) and ends the span.
+    pub fn finish(self, outcome: &Outcome, stats: &CallStats) -> (TraceId, SpanId, bool) {
+        let telemetry_dropped = stats.telemetry_dropped;
         let span = self.cx.span();
         span.set_attribute(KeyValue::new("reconcile.result", outcome.result()));
+        span.set_attribute(KeyValue::new(
+            "k8s.cache_reads",
+            i64::from(stats.cache_reads),
+        ));
         if telemetry_dropped > 0 {
             span.set_attribute(KeyValue::new(
                 "plugin.telemetry_dropped",

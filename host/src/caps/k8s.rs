@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use crate::engine::HostState;
 use crate::engine::bindings::k8s as wit;
 use crate::engine::bindings::types::ResourceType as WitResourceType;
+use crate::metadata::Verb;
 
 /// Largest object or patch a plugin may send, the API server's own limit.
 pub const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024;
@@ -264,20 +265,40 @@ impl fmt::Display for K8sError {
 
 impl std::error::Error for K8sError {}
 
+/// What a backend gets besides the call.
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    /// The OpenTelemetry context of the plugin's current span: a backend
+    /// that reaches the API server starts its `k8s.<verb>` span from it.
+    pub otel: opentelemetry::Context,
+    /// When the reconcile's deadline passes: retries stop before it.
+    pub deadline: std::time::Instant,
+}
+
+/// A backend's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct K8sResponse {
+    /// The object (or list) as JSON; `None` only for a delete that completed.
+    pub body: Option<String>,
+    /// True when served from a local cache (no request, no span).
+    pub from_cache: bool,
+}
+
+impl K8sResponse {
+    /// An answer from the API server.
+    pub fn remote(body: Option<String>) -> Self {
+        K8sResponse {
+            body,
+            from_cache: false,
+        }
+    }
+}
+
 /// Serves a plugin's Kubernetes calls.
-///
-/// `cx` is the OpenTelemetry context of the plugin's current span: a
-/// backend that reaches the API server starts its `k8s.<verb>` child span
-/// from it.
 #[async_trait]
 pub trait K8sBackend: Send + Sync + 'static {
-    /// Perform one call. Returns the object (or list) as JSON; `None` only
-    /// for a delete that completed.
-    async fn call(
-        &self,
-        call: K8sCall,
-        cx: &opentelemetry::Context,
-    ) -> Result<Option<String>, K8sError>;
+    /// Perform one call.
+    async fn call(&self, call: K8sCall, cx: &CallContext) -> Result<K8sResponse, K8sError>;
 }
 
 /// The backend of a host with no Kubernetes API: every call is `unavailable`.
@@ -286,11 +307,7 @@ pub struct NoCluster;
 
 #[async_trait]
 impl K8sBackend for NoCluster {
-    async fn call(
-        &self,
-        call: K8sCall,
-        _cx: &opentelemetry::Context,
-    ) -> Result<Option<String>, K8sError> {
+    async fn call(&self, call: K8sCall, _cx: &CallContext) -> Result<K8sResponse, K8sError> {
         Err(K8sError::new(
             K8sErrorKind::Unavailable,
             503,
@@ -307,6 +324,20 @@ impl K8sBackend for NoCluster {
 /// Shared handle to a backend.
 pub type SharedBackend = Arc<dyn K8sBackend>;
 
+impl K8sCall {
+    /// The RBAC verb the call needs.
+    pub fn rbac_verb(&self) -> Verb {
+        match self.op {
+            K8sOp::Get => Verb::Get,
+            K8sOp::List(_) => Verb::List,
+            K8sOp::Create { .. } => Verb::Create,
+            K8sOp::Apply { .. } | K8sOp::MergePatch { .. } | K8sOp::JsonPatch { .. } => Verb::Patch,
+            K8sOp::Replace { .. } => Verb::Update,
+            K8sOp::Delete { .. } => Verb::Delete,
+        }
+    }
+}
+
 impl HostState {
     async fn k8s_call(&mut self, call: K8sCall) -> Result<Option<String>, wit::Error> {
         let size = call.op.body_len();
@@ -322,9 +353,48 @@ impl HostState {
             )
             .into_wit());
         }
-        let cx = self.trace.current_context();
+        if let Some(grant) = &self.grant
+            && !grant.allows(&call.resource, call.rbac_verb(), call.namespace.as_deref())
+        {
+            let verb = call.rbac_verb();
+            let namespace = call.namespace.clone().unwrap_or_default();
+            self.trace.access_denied(
+                &call.resource.gvk(),
+                &verb.to_string(),
+                &namespace,
+                call.name.as_deref(),
+            );
+            let place = if namespace.is_empty() {
+                String::new()
+            } else {
+                format!(" in namespace {namespace}")
+            };
+            return Err(K8sError::new(
+                K8sErrorKind::Forbidden,
+                403,
+                "Forbidden",
+                format!(
+                    "{verb} on {}{place} is not in the plugin's grant ({}); nothing was sent",
+                    call.resource.gvk(),
+                    grant.source
+                ),
+            )
+            .into_wit());
+        }
+        let cx = CallContext {
+            otel: self.trace.current_context(),
+            deadline: self.deadline,
+        };
         let backend = self.k8s.clone();
-        backend.call(call, &cx).await.map_err(K8sError::into_wit)
+        match backend.call(call, &cx).await {
+            Ok(response) => {
+                if response.from_cache {
+                    self.cache_reads += 1;
+                }
+                Ok(response.body)
+            }
+            Err(e) => Err(e.into_wit()),
+        }
     }
 
     async fn k8s_object(&mut self, call: K8sCall) -> wasmtime::Result<Result<String, wit::Error>> {

@@ -136,6 +136,27 @@ impl GuestTrace {
         }
     }
 
+    /// Records a Kubernetes call refused by the grant on the current span.
+    pub(crate) fn access_denied(
+        &self,
+        resource: &str,
+        verb: &str,
+        namespace: &str,
+        name: Option<&str>,
+    ) {
+        let mut attributes = vec![
+            KeyValue::new("k8s.resource", resource.to_owned()),
+            KeyValue::new("k8s.verb", verb.to_owned()),
+            KeyValue::new("k8s.namespace", namespace.to_owned()),
+        ];
+        if let Some(name) = name {
+            attributes.push(KeyValue::new("k8s.name", name.to_owned()));
+        }
+        self.current_context()
+            .span()
+            .add_event("access.denied", attributes);
+    }
+
     fn start_span(&mut self, name: String) -> u64 {
         let Some(tracer) = self.tracer.clone() else {
             return 0;

@@ -26,13 +26,19 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
 pub use limits::Limits;
+use state::CallSetup;
 pub use state::HostState;
 
-use crate::caps::k8s::{K8sBackend, K8sCall, K8sError, K8sErrorKind, NoCluster, SharedBackend};
+use crate::caps::k8s::{
+    CallContext, K8sBackend, K8sCall, K8sError, K8sErrorKind, K8sResponse, NoCluster, SharedBackend,
+};
 use crate::caps::log::GuestLog;
 use crate::caps::trace::GuestTrace;
+use crate::grants::Grant;
 use crate::metadata::{MetadataError, PluginMetadata};
-use crate::reconcile::{Failure, FailureKind, Outcome, ReconcileRequest, Reconciled, RootSpan};
+use crate::reconcile::{
+    CallStats, Failure, FailureKind, Outcome, ReconcileRequest, Reconciled, RootSpan,
+};
 use crate::telemetry::logs::Logger;
 use bindings::{ReconcilerPre, types as wit};
 use limits::{DeadlineExceeded, classify};
@@ -401,6 +407,7 @@ impl Engine {
                 attributes,
                 limits: self.inner.config.limits,
                 backend: Arc::new(NoCluster),
+                grant: None,
             }),
         })
     }
@@ -451,6 +458,7 @@ impl Engine {
         let mut store = self.store(
             limits,
             Arc::new(DenyDuringMetadata),
+            None,
             GuestTrace::disabled(),
             log,
         );
@@ -488,16 +496,20 @@ impl Engine {
         &self,
         limits: Limits,
         backend: SharedBackend,
+        grant: Option<Arc<Grant>>,
         trace: GuestTrace,
         log: GuestLog,
     ) -> Store<HostState> {
-        let mut store = Store::new(
-            &self.inner.wasmtime,
-            HostState::new(limits.memory, backend, trace, log),
-        );
-        store.limiter(|s| &mut s.limiter);
         let deadline = limits.deadline;
         let until = Instant::now() + deadline;
+        let setup = CallSetup {
+            memory: limits.memory,
+            deadline: until,
+            backend,
+            grant,
+        };
+        let mut store = Store::new(&self.inner.wasmtime, HostState::new(setup, trace, log));
+        store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
         // Yield to the executor at every tick, so that a busy plugin shares
         // its thread, and trap once the wall-clock deadline has passed.
@@ -582,7 +594,7 @@ struct DenyDuringMetadata;
 
 #[async_trait::async_trait]
 impl K8sBackend for DenyDuringMetadata {
-    async fn call(&self, call: K8sCall, _cx: &Context) -> Result<Option<String>, K8sError> {
+    async fn call(&self, call: K8sCall, _cx: &CallContext) -> Result<K8sResponse, K8sError> {
         Err(K8sError::new(
             K8sErrorKind::Forbidden,
             403,
@@ -613,6 +625,7 @@ struct PluginInner {
     attributes: Vec<KeyValue>,
     limits: Limits,
     backend: SharedBackend,
+    grant: Option<Arc<Grant>>,
 }
 
 impl fmt::Debug for Plugin {
@@ -672,21 +685,56 @@ impl Plugin {
         }
     }
 
+    /// This plugin with its Kubernetes calls checked against `grant`.
+    pub fn with_grant(&self, grant: Arc<Grant>) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.grant = Some(grant);
+        Plugin {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The grant, if one is enforced.
+    pub fn grant(&self) -> Option<&Arc<Grant>> {
+        self.inner.grant.as_ref()
+    }
+
     /// Run one reconcile in a fresh instance, inside a `reconcile` span.
     pub async fn reconcile(&self, request: ReconcileRequest) -> Reconciled {
         let started = Instant::now();
-        let root = RootSpan::start(
+        let root = self.start_span(&request);
+        let (outcome, stats) = self.run(&request, &root).await;
+        self.finish(&request, root, outcome, stats, started)
+    }
+
+    /// Starts the `reconcile` root span of `request`. With [`run`](Self::run)
+    /// and [`finish`](Self::finish), a caller can do its own work (a
+    /// finalizer, say) inside the same span.
+    pub fn start_span(&self, request: &ReconcileRequest) -> RootSpan {
+        RootSpan::start(
             &self.inner.engine.inner.tracer,
             &self.inner.attributes,
-            &request,
-        );
+            request,
+        )
+    }
+
+    /// Runs the plugin in a fresh instance under `root`.
+    pub async fn run(&self, request: &ReconcileRequest, root: &RootSpan) -> (Outcome, CallStats) {
         let cx = root.context().clone();
-        let (outcome, dropped) = self
-            .call(&request, cx.clone())
-            .with_context(cx.clone())
-            .await;
+        self.call(request, cx.clone()).with_context(cx).await
+    }
+
+    /// Logs the outcome under the root span, and ends it.
+    pub fn finish(
+        &self,
+        request: &ReconcileRequest,
+        root: RootSpan,
+        outcome: Outcome,
+        stats: CallStats,
+        started: Instant,
+    ) -> Reconciled {
         {
-            let _guard = cx.attach();
+            let _guard = root.context().clone().attach();
             match &outcome {
                 Outcome::Failed(failure) => tracing::warn!(
                     plugin = &*self.inner.name,
@@ -701,7 +749,7 @@ impl Plugin {
                 }
             }
         }
-        let (trace_id, span_id, sampled) = root.finish(&outcome, dropped);
+        let (trace_id, span_id, sampled) = root.finish(&outcome, &stats);
         Reconciled {
             outcome,
             trace_id,
@@ -713,7 +761,7 @@ impl Plugin {
 
     /// Instantiates and calls the plugin; returns the outcome and the count
     /// of guest telemetry dropped over the limits.
-    async fn call(&self, request: &ReconcileRequest, cx: Context) -> (Outcome, u32) {
+    async fn call(&self, request: &ReconcileRequest, cx: Context) -> (Outcome, CallStats) {
         let engine = &self.inner.engine;
         let limits = self.inner.limits;
         let log = GuestLog {
@@ -721,7 +769,13 @@ impl Plugin {
             plugin: self.inner.name.clone(),
         };
         let trace = GuestTrace::new(engine.inner.tracer.clone(), cx);
-        let mut store = engine.store(limits, self.inner.backend.clone(), trace, log);
+        let mut store = engine.store(
+            limits,
+            self.inner.backend.clone(),
+            self.inner.grant.clone(),
+            trace,
+            log,
+        );
         let wit_request = request.to_wit();
         let result = tokio::time::timeout(limits.deadline, async {
             let instance = self.inner.pre.instantiate_async(&mut store).await?;
@@ -732,7 +786,10 @@ impl Plugin {
         })
         .await;
         store.data_mut().trace.finish();
-        let dropped = store.data().trace.dropped();
+        let stats = CallStats {
+            telemetry_dropped: store.data().trace.dropped(),
+            cache_reads: store.data().cache_reads,
+        };
         let failed = |kind, message| {
             Outcome::Failed(Failure {
                 kind,
@@ -759,7 +816,7 @@ impl Plugin {
             }
             Ok(Ok(Err(error))) => plugin_error(error),
         };
-        (outcome, dropped)
+        (outcome, stats)
     }
 }
 

@@ -2,6 +2,7 @@
 //! per-call state.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -10,6 +11,7 @@ use crate::caps::k8s::SharedBackend;
 use crate::caps::log::{GuestLog, GuestOutput, StderrTail, Stream};
 use crate::caps::trace::GuestTrace;
 use crate::engine::limits::CallLimiter;
+use crate::grants::Grant;
 
 /// Store data of one plugin call.
 pub struct HostState {
@@ -20,10 +22,19 @@ pub struct HostState {
     pub(crate) trace: GuestTrace,
     pub(crate) log: GuestLog,
     pub(crate) stderr_tail: StderrTail,
+    pub(crate) grant: Option<Arc<Grant>>,
+    pub(crate) deadline: Instant,
+    pub(crate) cache_reads: u32,
 }
 
 impl HostState {
-    pub(crate) fn new(memory: usize, k8s: SharedBackend, trace: GuestTrace, log: GuestLog) -> Self {
+    pub(crate) fn new(call: CallSetup, trace: GuestTrace, log: GuestLog) -> Self {
+        let CallSetup {
+            memory,
+            deadline,
+            backend: k8s,
+            grant,
+        } = call;
         let written = Arc::new(Mutex::new(0));
         let current = trace.current_span().clone();
         let stderr_tail = StderrTail::default();
@@ -53,8 +64,23 @@ impl HostState {
             trace,
             log,
             stderr_tail,
+            grant,
+            deadline,
+            cache_reads: 0,
         }
     }
+}
+
+/// What one call is allowed and given.
+pub(crate) struct CallSetup {
+    /// Linear memory cap.
+    pub(crate) memory: usize,
+    /// When the call's deadline passes.
+    pub(crate) deadline: Instant,
+    /// Serves Kubernetes calls.
+    pub(crate) backend: SharedBackend,
+    /// Checked before every Kubernetes call, when set.
+    pub(crate) grant: Option<Arc<Grant>>,
 }
 
 impl WasiView for HostState {

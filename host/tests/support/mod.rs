@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use opentelemetry::trace::{SpanId, TraceContextExt};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider, SpanData};
-use reconcile_host::caps::k8s::{K8sBackend, K8sCall, K8sError, K8sErrorKind, K8sOp};
+use reconcile_host::caps::k8s::{
+    CallContext, K8sBackend, K8sCall, K8sError, K8sErrorKind, K8sOp, K8sResponse,
+};
 use reconcile_host::engine::{Engine, EngineConfig, Limits, Plugin};
 use reconcile_host::reconcile::{ObjectRef, ReconcileRequest};
 use reconcile_host::telemetry::logs::{Level, LogFormat, Logger};
@@ -183,12 +185,8 @@ pub struct RecordingBackend {
 
 #[async_trait::async_trait]
 impl K8sBackend for RecordingBackend {
-    async fn call(
-        &self,
-        call: K8sCall,
-        cx: &opentelemetry::Context,
-    ) -> Result<Option<String>, K8sError> {
-        let parent = cx.span().span_context().span_id();
+    async fn call(&self, call: K8sCall, cx: &CallContext) -> Result<K8sResponse, K8sError> {
+        let parent = cx.otel.span().span_context().span_id();
         self.calls.lock().unwrap().push((call.clone(), parent));
         let name = call.name.clone().unwrap_or_default();
         let stored = self.objects.lock().unwrap().get(&name).cloned();
@@ -200,7 +198,7 @@ impl K8sBackend for RecordingBackend {
                 format!("\"{name}\" not found"),
             )
         };
-        match &call.op {
+        let answer = match &call.op {
             K8sOp::Get | K8sOp::MergePatch { .. } | K8sOp::JsonPatch { .. } => {
                 stored.map(|o| Some(o.to_string())).ok_or_else(not_found)
             }
@@ -211,6 +209,7 @@ impl K8sBackend for RecordingBackend {
             // Writes answer with what was sent.
             K8sOp::Create { body } | K8sOp::Apply { body, .. } | K8sOp::Replace { body } => Ok(Some(body.clone())),
             K8sOp::Delete { .. } => Ok(None),
-        }
+        };
+        answer.map(K8sResponse::remote)
     }
 }
