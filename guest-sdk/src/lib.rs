@@ -44,6 +44,7 @@
 //! - [`k8s`]: [`Api`](k8s::Api), the typed Kubernetes client served by the host.
 //! - [`log`](mod@log): logging macros ([`info!`], [`warn!`], ...) and functions.
 //! - [`trace`]: [`span`](trace::span), [`event`](trace::event), [`set_attribute`](trace::set_attribute).
+//! - [`status`]: conditions and `observedGeneration`; [`events`]: Kubernetes Events.
 //! - [`prelude`]: everything a plugin usually needs, in one `use`.
 #![deny(missing_docs)]
 
@@ -51,9 +52,11 @@
 pub mod __private;
 #[doc(hidden)]
 pub mod bindings;
+pub mod events;
 pub mod k8s;
 pub mod log;
 pub mod plugin;
+pub mod status;
 pub mod trace;
 
 pub use k8s_openapi;
@@ -67,6 +70,7 @@ pub mod prelude {
     pub use crate::plugin::{
         Action, Error, ErrorKind, Metadata, Reason, Reconciler, Request, Result, Verb,
     };
+    pub use crate::status::Conditions;
     pub use crate::trace::{Value, event, set_attribute, span, try_span};
     pub use crate::{debug, error, info, trace, warn};
     pub use kube_core::{Resource, ResourceExt};

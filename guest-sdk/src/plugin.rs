@@ -151,6 +151,11 @@ impl Metadata {
         self
     }
 
+    /// Ask to create Events (`events.k8s.io/v1`), for [`events::record`](crate::events::record).
+    pub fn records_events(self) -> Self {
+        self.access_type(crate::events::event_type(), &[Verb::Create])
+    }
+
     /// Ask to call `host` over HTTP.
     pub fn http_host(mut self, host: impl Into<String>) -> Self {
         self.http_hosts.push(host.into());

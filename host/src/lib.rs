@@ -21,5 +21,6 @@ pub mod caps;
 pub mod engine;
 pub mod grants;
 pub mod metadata;
+pub mod operator;
 pub mod reconcile;
 pub mod telemetry;

@@ -51,6 +51,32 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Run the plugins as controllers against the embedded Kubernetes API
+    /// server, after applying manifests; each plugin is granted what it asks.
+    /// Spans go to the console unless OTEL_TRACES_EXPORTER says otherwise.
+    Dev {
+        /// Manifests to apply first: files or directories (CRDs go first).
+        #[arg(long)]
+        apply: Vec<PathBuf>,
+        #[command(flatten)]
+        operator: OperatorArgs,
+        /// Address of the embedded API server.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Where to write the kubeconfig for kubectl.
+        #[arg(long, default_value = "target/reconcile-host-dev.kubeconfig")]
+        kubeconfig: PathBuf,
+    },
+    /// Run the plugins as controllers against the cluster of the kubeconfig
+    /// (or the in-cluster configuration), with their grant files.
+    Run {
+        #[command(flatten)]
+        operator: OperatorArgs,
+        /// Directory of grant files (<plugin-name>.toml); by default each
+        /// plugin's grant is <file>.grants.toml next to its .wasm.
+        #[arg(long)]
+        grants: Option<PathBuf>,
+    },
     /// Serve the embedded Kubernetes API server on loopback until Ctrl-C or
     /// SIGTERM, with a kubeconfig for kubectl.
     Cluster {
@@ -61,13 +87,13 @@ enum Command {
         #[arg(long, default_value = "target/reconcile-host.kubeconfig")]
         kubeconfig: PathBuf,
     },
-    /// Run one reconcile of a plugin on an object read from a JSON file,
+    /// Run one reconcile of a plugin on an object read from a YAML or JSON file,
     /// without a cluster (Kubernetes calls fail as unavailable). Spans go
     /// to the console unless OTEL_TRACES_EXPORTER says otherwise.
     Call {
         /// The plugin (`.wasm`).
         plugin: PathBuf,
-        /// The object to reconcile, as JSON.
+        /// The object to reconcile, as YAML or JSON.
         #[arg(long)]
         object: PathBuf,
         /// The trigger reason.
@@ -83,6 +109,24 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         memory_mib: usize,
     },
+}
+
+/// Options shared by `dev` and `run`.
+#[derive(clap::Args, Debug)]
+struct OperatorArgs {
+    /// Directory of plugins (*.wasm).
+    #[arg(long, default_value = "target/plugins")]
+    plugins: PathBuf,
+    /// Reconciles of one plugin at once (a grant may set its own).
+    #[arg(long, default_value_t = 4)]
+    concurrency: u16,
+    /// Longest retry delay after errors, in seconds.
+    #[arg(long, default_value_t = 300)]
+    max_backoff_s: u64,
+    /// Stop once no reconcile is running or waiting for a retry for one
+    /// second; exit non-zero if any object's latest reconcile failed.
+    #[arg(long)]
+    exit_when_idle: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -196,6 +240,37 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster { listen, kubeconfig } => cluster(listen, &kubeconfig).await,
+        Command::Dev {
+            apply,
+            operator,
+            listen,
+            kubeconfig,
+        } => {
+            let config = TelemetryConfig::from_env().default_exporter(TracesExporter::Console);
+            operate(
+                &config,
+                cache_dir,
+                logger,
+                operator,
+                Target::Dev {
+                    apply,
+                    listen,
+                    kubeconfig,
+                },
+            )
+            .await
+        }
+        Command::Run { operator, grants } => {
+            let config = TelemetryConfig::from_env();
+            operate(
+                &config,
+                cache_dir,
+                logger,
+                operator,
+                Target::Cluster { grants },
+            )
+            .await
+        }
         Command::Call {
             plugin,
             object,
@@ -229,6 +304,99 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
             result
         }
     }
+}
+
+/// Where `dev` and `run` reconcile.
+enum Target {
+    Dev {
+        apply: Vec<PathBuf>,
+        listen: std::net::SocketAddr,
+        kubeconfig: PathBuf,
+    },
+    Cluster {
+        grants: Option<PathBuf>,
+    },
+}
+
+async fn operate(
+    config: &TelemetryConfig,
+    cache_dir: Option<PathBuf>,
+    logger: Logger,
+    args: OperatorArgs,
+    target: Target,
+) -> anyhow::Result<ExitCode> {
+    use reconcile_host::operator::{self, ControllerSettings, GrantPolicy, Operator};
+    // Telemetry first: it never waits for the collector.
+    let telemetry = Telemetry::init(config)?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let result = async {
+        let (server, client, policy) = match target {
+            Target::Dev { apply, listen, kubeconfig } => {
+                let server = reconcile_apiserver::ApiServer::start(reconcile_apiserver::ApiServerConfig { listen, ..Default::default() }).await?;
+                if let Some(dir) = kubeconfig.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                }
+                std::fs::write(&kubeconfig, server.kubeconfig()).with_context(|| format!("cannot write {}", kubeconfig.display()))?;
+                let client = server.client()?;
+                let manifests = operator::manifests::read(&apply)?;
+                for applied in operator::manifests::apply(&client, &manifests).await? {
+                    tracing::info!(object = %applied, "applied");
+                }
+                tracing::info!(url = %server.url(), kubeconfig = %kubeconfig.display(), "embedded API server running: kubectl --kubeconfig {}", kubeconfig.display());
+                (Some(server), client, GrantPolicy::AsRequested)
+            }
+            Target::Cluster { grants } => {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("cannot reach a cluster: set KUBECONFIG, or run inside a pod")?;
+                (None, client, GrantPolicy::Files(grants))
+            }
+        };
+        let engine = Engine::new(EngineConfig { cache_dir, ..EngineConfig::default() }, telemetry.tracer(), logger)?;
+        let plugins = operator::load_plugins(&engine, &args.plugins, &policy).await?;
+        for plugin in &plugins {
+            let m = plugin.metadata();
+            let granted = plugin.grant().map(ToString::to_string).unwrap_or_default();
+            tracing::info!(plugin = %m.name, version = %m.version, digest = %plugin.digest(), "loaded; granted:\n{}", granted.trim_end());
+        }
+        let settings = ControllerSettings {
+            concurrency: args.concurrency.max(1),
+            backoff_max: Duration::from_secs(args.max_backoff_s.max(1)),
+            ..ControllerSettings::default()
+        };
+        let operator = Operator::start(client, plugins, settings, telemetry.tracer());
+        if args.exit_when_idle {
+            let activity = operator.activity().clone();
+            tokio::select! {
+                _ = async {
+                    while !activity.idle_for(Duration::from_secs(1)) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                } => {}
+                _ = shutdown_signal() => {}
+            }
+        } else {
+            shutdown_signal().await;
+        }
+        let failures = operator.activity().failures();
+        let reconciles = operator.activity().reconciles();
+        operator.stop().await;
+        if let Some(server) = server {
+            server.shutdown().await;
+        }
+        for (object, failure) in &failures {
+            tracing::error!(object = %object, "latest reconcile failed: {failure}");
+        }
+        tracing::info!(reconciles, failed = failures.len(), "stopped");
+        Ok::<_, anyhow::Error>(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    }
+    .await;
+    if let Err(e) = telemetry.shutdown(config.shutdown_timeout) {
+        tracing::warn!("spans may be lost: {e}");
+    }
+    result
 }
 
 async fn cluster(listen: std::net::SocketAddr, kubeconfig: &Path) -> anyhow::Result<ExitCode> {

@@ -61,7 +61,7 @@ async fn demoapp_reconcile_is_one_root_span_with_every_attribute() {
             .iter()
             .map(|e| e.name.as_ref())
             .collect::<Vec<_>>(),
-        vec!["rendered"]
+        vec!["ready changed"]
     );
     let render = spans
         .iter()
@@ -75,7 +75,7 @@ async fn demoapp_reconcile_is_one_root_span_with_every_attribute() {
     let lines = h.logs.lines();
     let rendered = lines
         .iter()
-        .find(|l| l["message"] == "rendered Deployment and Service")
+        .find(|l| l["message"] == "reconciled DemoApp")
         .expect("log line");
     assert_eq!(
         rendered["trace_id"],
@@ -209,7 +209,7 @@ async fn k8s_answers_reach_the_plugin() {
     let h = Harness::new();
     let backend = RecordingBackend::default();
     backend.objects.lock().unwrap().insert(
-        "settings".into(),
+        "ConfigMap/settings".into(),
         serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "default"}, "data": {"a": "b"}}),
     );
     let plugin = h
@@ -221,7 +221,12 @@ async fn k8s_answers_reach_the_plugin() {
         Outcome::RequeueAfter(Duration::from_secs(30))
     );
 
-    backend.objects.lock().unwrap().get_mut("settings").unwrap()["data"]["fail"] = "yes".into();
+    backend
+        .objects
+        .lock()
+        .unwrap()
+        .get_mut("ConfigMap/settings")
+        .unwrap()["data"]["fail"] = "yes".into();
     let reconciled = plugin.reconcile(configmap_request("web")).await;
     let failure = reconciled.outcome.failure().expect("failed").clone();
     assert_eq!(failure.kind, FailureKind::Plugin);

@@ -56,7 +56,11 @@ fn engine(telemetry: &Telemetry) -> Engine {
 /// Runs `n` demoapp reconciles and shuts telemetry down (flushing).
 async fn reconcile_and_flush(telemetry: Telemetry, n: usize) {
     let engine = engine(&telemetry);
-    let plugin = engine.load_file(&guest("demoapp")).await.unwrap();
+    let plugin = engine
+        .load_file(&guest("demoapp"))
+        .await
+        .unwrap()
+        .with_backend(Arc::new(support::demoapp_backend()));
     for _ in 0..n {
         assert_eq!(
             plugin.reconcile(demoapp_request()).await.outcome,
@@ -274,7 +278,11 @@ async fn reconciles_succeed_while_the_collector_is_stuck(protocol: &str) {
     vars.push(("OTEL_EXPORTER_OTLP_TIMEOUT", "600000".into()));
     let telemetry = Telemetry::init(&config(&vars)).unwrap();
     let engine = engine(&telemetry);
-    let plugin = engine.load_file(&guest("demoapp")).await.unwrap();
+    let plugin = engine
+        .load_file(&guest("demoapp"))
+        .await
+        .unwrap()
+        .with_backend(Arc::new(support::demoapp_backend()));
     assert_eq!(
         plugin.reconcile(demoapp_request()).await.outcome,
         Outcome::Done
@@ -316,7 +324,11 @@ async fn a_collector_that_is_down_changes_nothing_for_reconciles() {
         let telemetry =
             Telemetry::init(&config(&vars(protocol, format!("http://{addr}")))).unwrap();
         let engine = engine(&telemetry);
-        let plugin = engine.load_file(&guest("demoapp")).await.unwrap();
+        let plugin = engine
+            .load_file(&guest("demoapp"))
+            .await
+            .unwrap()
+            .with_backend(Arc::new(support::demoapp_backend()));
         for _ in 0..10 {
             assert_eq!(
                 plugin.reconcile(demoapp_request()).await.outcome,

@@ -61,7 +61,7 @@ async fn always_off_exports_nothing_but_logs_keep_the_trace_id() {
     let lines = h.logs.lines();
     let line = lines
         .iter()
-        .find(|l| l["message"] == "rendered Deployment and Service")
+        .find(|l| l["message"] == "reconciled DemoApp")
         .unwrap();
     assert_eq!(line["trace_id"], reconciled.trace_id.to_string());
 }

@@ -30,8 +30,8 @@ async fn every_sdk_call_reaches_the_backend_as_sent() {
     let backend = RecordingBackend::default();
     {
         let mut objects = backend.objects.lock().unwrap();
-        objects.insert("settings".into(), json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "apps"}}));
-        objects.insert("admin".into(), json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "admin"}}));
+        objects.insert("ConfigMap/settings".into(), json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "apps"}}));
+        objects.insert("ClusterRole/admin".into(), json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "admin"}}));
     }
     let plugin = h
         .load("k8s-calls")

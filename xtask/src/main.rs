@@ -2,7 +2,7 @@
 //!
 //! - `plugins`: build the example plugins into `target/plugins/` and the
 //!   test plugins into `target/test-plugins/`.
-//! - `dev`: build the plugins, then run the host on the examples.
+//! - `dev`: build the plugins, then run `reconcile-host dev` on the examples.
 
 use std::process::{Command, ExitCode};
 
@@ -21,10 +21,18 @@ fn main() -> ExitCode {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
             let status = Command::new(cargo)
                 .current_dir(&root)
-                .args(["run", "--quiet", "-p", "reconcile-host", "--", "call"])
-                .arg(root.join("target/plugins/demoapp.wasm"))
-                .arg("--object")
-                .arg(root.join("deploy/examples/demoapp.json"))
+                .args([
+                    "run",
+                    "--quiet",
+                    "-p",
+                    "reconcile-host",
+                    "--",
+                    "dev",
+                    "--apply",
+                    "deploy/crds",
+                    "--apply",
+                    "deploy/examples",
+                ])
                 .args(&args[1..])
                 .status();
             match status {
@@ -39,7 +47,7 @@ fn main() -> ExitCode {
                 "  plugins  build plugins/ into target/plugins and tests/plugins into target/test-plugins"
             );
             eprintln!(
-                "  dev      build the plugins and run demoapp on deploy/examples through the host"
+                "  dev      build the plugins and run `reconcile-host dev` on deploy/crds and deploy/examples\n           (extra arguments go to it, such as --exit-when-idle)"
             );
             ExitCode::from(2)
         }

@@ -108,11 +108,18 @@ impl Harness {
         }
     }
 
+    /// Loads a guest; demoapp gets a backend holding its example object.
     pub async fn load(&self, name: &str) -> Plugin {
-        self.engine
+        let plugin = self
+            .engine
             .load_file(&guest(name))
             .await
-            .unwrap_or_else(|e| panic!("{name} does not load: {e}"))
+            .unwrap_or_else(|e| panic!("{name} does not load: {e}"));
+        if name == "demoapp" {
+            plugin.with_backend(Arc::new(demoapp_backend()))
+        } else {
+            plugin
+        }
     }
 
     /// A tracer of this harness's provider.
@@ -135,8 +142,10 @@ impl Harness {
 
 /// The example DemoApp object.
 pub fn demoapp_request() -> ReconcileRequest {
-    let body = std::fs::read_to_string(xtask::project_root().join("deploy/examples/demoapp.json"))
+    let text = std::fs::read_to_string(xtask::project_root().join("deploy/examples/demoapp.yaml"))
         .unwrap();
+    let object: Value = serde_yaml::from_str(&text).unwrap();
+    let body = object.to_string();
     ReconcileRequest::new(
         ObjectRef {
             group: "demo.reconcile.dev".into(),
@@ -147,6 +156,19 @@ pub fn demoapp_request() -> ReconcileRequest {
         },
         Some(body),
     )
+}
+
+/// A backend holding the example DemoApp, so that demoapp's calls succeed.
+pub fn demoapp_backend() -> RecordingBackend {
+    let backend = RecordingBackend::default();
+    let request = demoapp_request();
+    let object: Value = serde_json::from_str(request.body.as_deref().unwrap()).unwrap();
+    backend
+        .objects
+        .lock()
+        .unwrap()
+        .insert("DemoApp/hello".into(), object);
+    backend
 }
 
 /// A ConfigMap request for the test plugins.
@@ -176,7 +198,7 @@ pub fn attr(span: &SpanData, key: &str) -> Option<String> {
 }
 
 /// A backend that records every call with the span id of the context it
-/// was given, and answers gets from a map of objects.
+/// was given, and answers gets from a map of objects keyed `Kind/name`.
 #[derive(Clone, Default)]
 pub struct RecordingBackend {
     pub objects: Arc<Mutex<BTreeMap<String, Value>>>,
@@ -189,7 +211,12 @@ impl K8sBackend for RecordingBackend {
         let parent = cx.otel.span().span_context().span_id();
         self.calls.lock().unwrap().push((call.clone(), parent));
         let name = call.name.clone().unwrap_or_default();
-        let stored = self.objects.lock().unwrap().get(&name).cloned();
+        let stored = self
+            .objects
+            .lock()
+            .unwrap()
+            .get(&format!("{}/{name}", call.resource.kind))
+            .cloned();
         let not_found = || {
             K8sError::new(
                 K8sErrorKind::NotFound,

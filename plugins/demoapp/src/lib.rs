@@ -1,14 +1,22 @@
 //! `demoapp`: reconciles a `DemoApp` (group `demo.reconcile.dev`) into a
-//! Deployment and a Service.
+//! Deployment and a Service it owns, and reports readiness in its status.
 //!
-//! This version validates the spec and renders the desired Deployment and
-//! Service inside a `render` span; applying them arrives with the host's
-//! Kubernetes API.
+//! Each reconcile server-side applies both children (owner references
+//! included), reads the Deployment back from the host's cache, and writes
+//! `status.observedGeneration`, `status.readyReplicas` and a `Ready`
+//! condition. An Event is recorded when readiness changes. The host manages
+//! the `demo.reconcile.dev/cleanup` finalizer: on deletion the plugin is
+//! called with reason `deleting`, and garbage collection removes the
+//! children through their owner references.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
+use reconcile_sdk::events::{EventType, record};
+use reconcile_sdk::k8s::Patch;
 use reconcile_sdk::prelude::*;
+use reconcile_sdk::status::{condition, generation};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -50,20 +58,26 @@ pub struct DemoAppStatus {
     pub observed_generation: Option<i64>,
     /// Ready replicas of the Deployment.
     pub ready_replicas: Option<i32>,
+    /// `Ready`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
 }
+
+const NAME: &str = "demoapp";
 
 /// The reconciler.
 pub struct DemoAppReconciler;
 
 impl Reconciler for DemoAppReconciler {
     fn metadata() -> Metadata {
-        Metadata::new("demoapp", env!("CARGO_PKG_VERSION"))
+        Metadata::new(NAME, env!("CARGO_PKG_VERSION"))
             .reconciles::<DemoApp>()
             .owns::<Deployment>()
             .owns::<Service>()
             .access::<DemoApp>(&[Verb::Patch])
             .access::<Deployment>(&[Verb::Patch])
             .access::<Service>(&[Verb::Patch])
+            .records_events()
             .finalizer("demo.reconcile.dev/cleanup")
     }
 
@@ -72,6 +86,13 @@ impl Reconciler for DemoAppReconciler {
             debug!(name = request.name(); "DemoApp is gone");
             return Ok(Action::Done);
         };
+        let namespace = app.namespace().unwrap_or_else(|| "default".into());
+        if request.reason() == Reason::Deleting {
+            // The Deployment and Service go with their owner (garbage
+            // collection); nothing else to clean up.
+            info!("DemoApp deleted; its Deployment and Service follow through owner references");
+            return Ok(Action::Done);
+        }
         if app.spec.image.trim().is_empty() {
             return Err(Error::permanent(
                 "spec.image is empty: set the container image",
@@ -85,32 +106,72 @@ impl Reconciler for DemoAppReconciler {
         }
         set_attribute("demoapp.replicas", app.spec.replicas);
         let (deployment, service) = span("render", || render(&app));
-        event(
-            "rendered",
-            &[
-                (
-                    "deployment",
-                    deployment.metadata.name.clone().unwrap_or_default().into(),
-                ),
-                (
-                    "service",
-                    service.metadata.name.clone().unwrap_or_default().into(),
-                ),
-            ],
-        );
-        info!(image = app.spec.image, replicas = app.spec.replicas; "rendered Deployment and Service");
+        Api::<Deployment>::namespaced(&namespace).apply(&deployment)?;
+        Api::<Service>::namespaced(&namespace).apply(&service)?;
+
+        // Owned objects are read from the host's cache: no API request.
+        let ready = Api::<Deployment>::namespaced(&namespace)
+            .get_opt(&app.name_any())?
+            .and_then(|d| d.status)
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
+        let is_ready = ready >= app.spec.replicas;
+        let mut conditions = app
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let (reason, message) = if is_ready {
+            (
+                "Available",
+                format!("{ready}/{} replicas are ready", app.spec.replicas),
+            )
+        } else {
+            (
+                "Progressing",
+                format!("{ready}/{} replicas are ready", app.spec.replicas),
+            )
+        };
+        let changed = conditions.set(condition(
+            "Ready",
+            is_ready,
+            reason,
+            &message,
+            generation(&app),
+        ));
+        let status = DemoAppStatus {
+            observed_generation: generation(&app),
+            ready_replicas: Some(ready),
+            conditions,
+        };
+        Api::<DemoApp>::namespaced(&namespace).patch_status(
+            &app.name_any(),
+            &Patch::Merge(serde_json::json!({ "status": status })),
+        )?;
+        if changed {
+            let type_ = if is_ready {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            record(&app, NAME, type_, reason, "Reconcile", &message)?;
+            event("ready changed", &[("ready", is_ready.into())]);
+        }
+        info!(image = app.spec.image, replicas = app.spec.replicas, ready = ready; "reconciled DemoApp");
         Ok(Action::Done)
     }
 }
 
-/// The Deployment and Service a DemoApp wants.
+/// The Deployment and Service a DemoApp wants, owned by it.
 pub fn render(app: &DemoApp) -> (Deployment, Service) {
     let name = app.name_any();
-    let labels = serde_json::json!({ "app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "demoapp" });
+    let owner = app.controller_owner_ref(&()).map(|o| vec![o]);
+    let labels =
+        serde_json::json!({ "app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": NAME });
     let deployment = serde_json::json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": { "name": name, "namespace": app.namespace(), "labels": labels },
+        "metadata": { "name": name, "namespace": app.namespace(), "labels": labels, "ownerReferences": owner },
         "spec": {
             "replicas": app.spec.replicas,
             "selector": { "matchLabels": labels },
@@ -127,7 +188,7 @@ pub fn render(app: &DemoApp) -> (Deployment, Service) {
     let service = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": { "name": name, "namespace": app.namespace(), "labels": labels },
+        "metadata": { "name": name, "namespace": app.namespace(), "labels": labels, "ownerReferences": owner },
         "spec": {
             "selector": labels,
             "ports": [{ "port": app.spec.port, "targetPort": app.spec.port }]

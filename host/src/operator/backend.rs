@@ -1,0 +1,439 @@
+//! The `k8s` backend against a real API server.
+//!
+//! Reads of the plugin's primary and owned types come from the controller's
+//! reflector stores: no request, no span, counted as cache reads. Every
+//! other call goes to the API server inside a `k8s.<verb>` client span
+//! (kind Client, bounded attributes, no object bodies) with the W3C
+//! `traceparent` header; 429 and 5xx answers are retried until the
+//! reconcile's deadline before the plugin sees them.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+    PropagationPolicy,
+};
+use kube::runtime::reflector::{ObjectRef, Store};
+use opentelemetry::propagation::{Injector, TextMapPropagator as _};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracer;
+use reconcile_apiserver::selectors::{FieldSelector, LabelSelector};
+use serde_json::{Value, json};
+
+use crate::caps::k8s::{
+    CallContext, K8sBackend, K8sCall, K8sError, K8sErrorKind, K8sOp, K8sResponse, Propagation,
+    ResourceType,
+};
+
+/// A reflector store of one type, and what it serves.
+#[derive(Clone)]
+pub struct Cache {
+    /// The type.
+    pub resource: ApiResource,
+    /// The store.
+    pub store: Store<DynamicObject>,
+}
+
+/// The backend of one plugin.
+#[derive(Clone)]
+pub struct KubeBackend {
+    client: kube::Client,
+    field_manager: String,
+    tracer: SdkTracer,
+    caches: Vec<Cache>,
+}
+
+impl std::fmt::Debug for KubeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeBackend")
+            .field("field_manager", &self.field_manager)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `ApiResource` of a plugin's resource type.
+pub fn api_resource(r: &ResourceType) -> ApiResource {
+    let api_version = if r.group.is_empty() {
+        r.version.clone()
+    } else {
+        format!("{}/{}", r.group, r.version)
+    };
+    ApiResource {
+        group: r.group.clone(),
+        version: r.version.clone(),
+        api_version,
+        kind: r.kind.clone(),
+        plural: r.plural.clone(),
+    }
+}
+
+fn collection_path(r: &ResourceType, namespace: Option<&str>) -> String {
+    let base = if r.group.is_empty() {
+        format!("/api/{}", r.version)
+    } else {
+        format!("/apis/{}/{}", r.group, r.version)
+    };
+    match namespace {
+        Some(ns) if r.namespaced => format!("{base}/namespaces/{ns}/{}", r.plural),
+        _ => format!("{base}/{}", r.plural),
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::header::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+fn error_kind_label(kind: K8sErrorKind) -> &'static str {
+    match kind {
+        K8sErrorKind::NotFound => "not_found",
+        K8sErrorKind::Conflict => "conflict",
+        K8sErrorKind::Forbidden => "forbidden",
+        K8sErrorKind::Invalid => "invalid",
+        K8sErrorKind::Unavailable => "unavailable",
+        K8sErrorKind::Other => "other",
+    }
+}
+
+/// Whether the host retries an answer with this code.
+fn retryable(code: u16) -> bool {
+    code == 429 || (500..=599).contains(&code)
+}
+
+/// First wait between retries; it doubles, and never passes the deadline.
+const RETRY_BASE: Duration = Duration::from_millis(50);
+
+impl KubeBackend {
+    /// A backend writing as `field_manager`, reading the `caches` locally.
+    pub fn new(
+        client: kube::Client,
+        field_manager: &str,
+        tracer: SdkTracer,
+        caches: Vec<Cache>,
+    ) -> Self {
+        KubeBackend {
+            client,
+            field_manager: field_manager.to_owned(),
+            tracer,
+            caches,
+        }
+    }
+
+    fn cache_for(&self, r: &ResourceType) -> Option<&Cache> {
+        self.caches.iter().find(|c| {
+            c.resource.group == r.group
+                && c.resource.kind == r.kind
+                && c.resource.version == r.version
+        })
+    }
+
+    async fn read_cache(&self, cache: &Cache, call: &K8sCall) -> Result<K8sResponse, K8sError> {
+        // Before the first list completes, an empty store would answer
+        // "not found" for objects that exist.
+        let _ = cache.store.wait_until_ready().await;
+        let body = match &call.op {
+            K8sOp::Get => {
+                let name = call.name.clone().unwrap_or_default();
+                let mut reference =
+                    ObjectRef::<DynamicObject>::new_with(&name, cache.resource.clone());
+                if let Some(ns) = &call.namespace {
+                    reference = reference.within(ns);
+                }
+                let object = cache.store.get(&reference).ok_or_else(|| {
+                    K8sError::new(
+                        K8sErrorKind::NotFound,
+                        404,
+                        "NotFound",
+                        format!("{} \"{name}\" not found", call.resource.plural),
+                    )
+                })?;
+                serde_json::to_string(&*object)
+            }
+            K8sOp::List(options) => {
+                let labels =
+                    LabelSelector::parse(options.label_selector.as_deref().unwrap_or_default())
+                        .map_err(|e| K8sError::new(K8sErrorKind::Invalid, 400, "BadRequest", e))?;
+                let fields =
+                    FieldSelector::parse(options.field_selector.as_deref().unwrap_or_default())
+                        .map_err(|e| K8sError::new(K8sErrorKind::Invalid, 400, "BadRequest", e))?;
+                let mut items: Vec<Value> = Vec::new();
+                for object in cache.store.state() {
+                    let value = serde_json::to_value(&*object).unwrap_or(Value::Null);
+                    let in_namespace = call
+                        .namespace
+                        .as_ref()
+                        .is_none_or(|ns| value["metadata"]["namespace"].as_str() == Some(ns));
+                    if in_namespace
+                        && labels.matches_object(&value)
+                        && fields.matches_object(&value)
+                    {
+                        items.push(value);
+                    }
+                }
+                items.sort_by(|a, b| {
+                    let key = |v: &Value| {
+                        (
+                            v["metadata"]["namespace"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                            v["metadata"]["name"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                        )
+                    };
+                    key(a).cmp(&key(b))
+                });
+                if let Some(limit) = options.limit {
+                    items.truncate(limit as usize);
+                }
+                serde_json::to_string(&json!({
+                    "apiVersion": cache.resource.api_version,
+                    "kind": format!("{}List", cache.resource.kind),
+                    "metadata": {},
+                    "items": items,
+                }))
+            }
+            _ => {
+                return Err(K8sError::new(
+                    K8sErrorKind::Other,
+                    500,
+                    "InternalError",
+                    "only reads are served from the cache",
+                ));
+            }
+        };
+        let body = body
+            .map_err(|e| K8sError::new(K8sErrorKind::Other, 500, "InternalError", e.to_string()))?;
+        Ok(K8sResponse {
+            body: Some(body),
+            from_cache: true,
+        })
+    }
+
+    fn request(&self, call: &K8sCall) -> Result<http::Request<Vec<u8>>, K8sError> {
+        let invalid = |e: String| K8sError::new(K8sErrorKind::Invalid, 400, "BadRequest", e);
+        let parse = |body: &str| {
+            serde_json::from_str::<Value>(body)
+                .map_err(|e| invalid(format!("the object is not valid JSON: {e}")))
+        };
+        let request =
+            kube::core::Request::new(collection_path(&call.resource, call.namespace.as_deref()));
+        let name = call.name.clone().unwrap_or_default();
+        let manager = Some(self.field_manager.clone());
+        let post = PostParams {
+            field_manager: manager.clone(),
+            ..Default::default()
+        };
+        let patch_params = PatchParams {
+            field_manager: manager.clone(),
+            ..Default::default()
+        };
+        let built = match (&call.op, call.status) {
+            (K8sOp::Get, false) => request.get(&name, &Default::default()),
+            (K8sOp::Get, true) => request.get_subresource("status", &name),
+            (K8sOp::List(o), _) => request.list(&ListParams {
+                label_selector: o.label_selector.clone(),
+                field_selector: o.field_selector.clone(),
+                limit: o.limit,
+                continue_token: o.continue_token.clone(),
+                ..Default::default()
+            }),
+            (K8sOp::Create { body }, _) => request.create(&post, body.clone().into_bytes()),
+            (K8sOp::Apply { body, force }, status) => {
+                let mut params = PatchParams::apply(&self.field_manager);
+                params.force = *force;
+                let patch = Patch::Apply(parse(body)?);
+                if status {
+                    request.patch_subresource("status", &name, &params, &patch)
+                } else {
+                    request.patch(&name, &params, &patch)
+                }
+            }
+            (K8sOp::MergePatch { body } | K8sOp::JsonPatch { body }, status) => {
+                let patch = Patch::Merge(parse(body)?);
+                let built = if status {
+                    request.patch_subresource("status", &name, &patch_params, &patch)
+                } else {
+                    request.patch(&name, &patch_params, &patch)
+                };
+                // kube has no JSON patch without its json-patch types; the
+                // body is the same JSON, only the media type differs.
+                built.map(|mut r| {
+                    if matches!(call.op, K8sOp::JsonPatch { .. }) {
+                        r.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json-patch+json"),
+                        );
+                    }
+                    r
+                })
+            }
+            (K8sOp::Replace { body }, false) => {
+                request.replace(&name, &post, body.clone().into_bytes())
+            }
+            (K8sOp::Replace { body }, true) => {
+                request.replace_subresource("status", &name, &post, body.clone().into_bytes())
+            }
+            (K8sOp::Delete { propagation }, _) => {
+                let params = DeleteParams {
+                    propagation_policy: propagation.map(|p| match p {
+                        Propagation::Background => PropagationPolicy::Background,
+                        Propagation::Foreground => PropagationPolicy::Foreground,
+                        Propagation::Orphan => PropagationPolicy::Orphan,
+                    }),
+                    ..Default::default()
+                };
+                request.delete(&name, &params)
+            }
+        };
+        built.map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Sends one request; returns the status and the body text.
+    async fn send(&self, request: http::Request<Vec<u8>>) -> Result<(u16, String), K8sError> {
+        let unavailable =
+            |e: String| K8sError::new(K8sErrorKind::Unavailable, 503, "ServiceUnavailable", e);
+        let response = self
+            .client
+            .send(request.map(kube::client::Body::from))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect_bytes()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    async fn remote(&self, call: &K8sCall, cx: &CallContext) -> Result<K8sResponse, K8sError> {
+        let mut span = self
+            .tracer
+            .span_builder(call.span_name())
+            .with_kind(SpanKind::Client)
+            .with_attributes(span_attributes(call))
+            .start_with_context(&self.tracer, &cx.otel);
+        let span_cx = Context::new().with_remote_span_context(span.span_context().clone());
+        let mut attempt = 0u32;
+        let result = loop {
+            let mut request = match self.request(call) {
+                Ok(r) => r,
+                Err(e) => break Err(e),
+            };
+            TraceContextPropagator::new()
+                .inject_context(&span_cx, &mut HeaderInjector(request.headers_mut()));
+            let answer = self.send(request).await;
+            let retry_code = match &answer {
+                Ok((status, _)) if retryable(*status) => Some(*status),
+                Err(e) if e.kind == K8sErrorKind::Unavailable => Some(e.code),
+                _ => None,
+            };
+            let wait = RETRY_BASE.saturating_mul(1 << attempt.min(10));
+            if let Some(code) = retry_code
+                && Instant::now() + wait < cx.deadline
+            {
+                attempt += 1;
+                span.add_event(
+                    "retry",
+                    vec![
+                        KeyValue::new("http.response.status_code", i64::from(code)),
+                        KeyValue::new("retry.attempt", i64::from(attempt)),
+                    ],
+                );
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            break answer.and_then(|(status, body)| interpret(call, status, body));
+        };
+        if attempt > 0 {
+            span.set_attribute(KeyValue::new(
+                "http.request.resend_count",
+                i64::from(attempt),
+            ));
+        }
+        match &result {
+            Ok((status, _)) => span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(*status),
+            )),
+            Err(e) => {
+                if e.code > 0 {
+                    span.set_attribute(KeyValue::new(
+                        "http.response.status_code",
+                        i64::from(e.code),
+                    ));
+                }
+                span.set_attribute(KeyValue::new("error.type", error_kind_label(e.kind)));
+                span.set_status(Status::error(format!("{} {}", e.code, e.reason)));
+            }
+        }
+        span.end();
+        result.map(|(_, body)| K8sResponse::remote(body))
+    }
+}
+
+fn span_attributes(call: &K8sCall) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("k8s.resource", call.resource.gvk()),
+        KeyValue::new("k8s.verb", call.op.verb()),
+    ];
+    if let Some(ns) = &call.namespace {
+        attributes.push(KeyValue::new("k8s.namespace", ns.clone()));
+    }
+    if let Some(name) = &call.name {
+        attributes.push(KeyValue::new("k8s.name", name.clone()));
+    }
+    if call.status {
+        attributes.push(KeyValue::new("k8s.subresource", "status"));
+    }
+    attributes
+}
+
+/// Turns an answer into the plugin's result: the object, `None` for a
+/// completed delete, or a typed error from the `Status`.
+fn interpret(call: &K8sCall, status: u16, body: String) -> Result<(u16, Option<String>), K8sError> {
+    if (200..300).contains(&status) {
+        let gone = matches!(call.op, K8sOp::Delete { .. })
+            && serde_json::from_str::<Value>(&body).is_ok_and(|v| v["kind"] == "Status");
+        return Ok((status, if gone { None } else { Some(body) }));
+    }
+    let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let reason = parsed["reason"].as_str().unwrap_or_default().to_owned();
+    let message = parsed["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| body.chars().take(500).collect());
+    Err(K8sError::new(
+        K8sErrorKind::from_code(status),
+        status,
+        reason,
+        message,
+    ))
+}
+
+#[async_trait]
+impl K8sBackend for KubeBackend {
+    async fn call(&self, call: K8sCall, cx: &CallContext) -> Result<K8sResponse, K8sError> {
+        if matches!(call.op, K8sOp::Get | K8sOp::List(_))
+            && !call.status
+            && let Some(cache) = self.cache_for(&call.resource)
+        {
+            return self.read_cache(cache, &call).await;
+        }
+        self.remote(&call, cx).await
+    }
+}

@@ -1,0 +1,441 @@
+//! One kube-runtime `Controller` per plugin.
+//!
+//! The controller watches the plugin's primary type and, through reflectors
+//! of its own, every owned type (their stores serve the plugin's reads).
+//! Each reconcile runs the plugin in a fresh instance inside the
+//! `reconcile` root span, with the host-managed finalizer added before it
+//! and removed after a successful `deleting` reconcile. Errors are retried
+//! with capped exponential backoff; `reconcile.reason` and
+//! `reconcile.attempt` come from per-object bookkeeping.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::ResourceExt as _;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use serde_json::{Value, json};
+
+use super::backend::{Cache, KubeBackend, api_resource};
+use crate::caps::k8s::{CallContext, K8sBackend, K8sCall, K8sOp, ResourceType};
+use crate::engine::Plugin;
+use crate::reconcile::{Failure, FailureKind, ObjectRef, Outcome, Reason, ReconcileRequest};
+
+/// Settings of the controllers.
+#[derive(Clone, Debug)]
+pub struct ControllerSettings {
+    /// Reconciles of one plugin at once, unless its grant says otherwise.
+    pub concurrency: u16,
+    /// First retry delay after an error; it doubles per attempt.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for ControllerSettings {
+    fn default() -> Self {
+        ControllerSettings {
+            concurrency: 4,
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+type Key = (String, String, String);
+
+/// What the controllers are doing, for `--exit-when-idle` and for tests.
+#[derive(Debug, Default)]
+pub struct Activity {
+    state: Mutex<ActivityState>,
+}
+
+#[derive(Debug)]
+struct ActivityState {
+    running: usize,
+    retrying: HashSet<Key>,
+    failed: HashMap<Key, String>,
+    reconciles: u64,
+    last_change: Instant,
+}
+
+impl Default for ActivityState {
+    fn default() -> Self {
+        ActivityState {
+            running: 0,
+            retrying: HashSet::new(),
+            failed: HashMap::new(),
+            reconciles: 0,
+            last_change: Instant::now(),
+        }
+    }
+}
+
+impl Activity {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn begin(&self) {
+        let mut s = self.lock();
+        s.running += 1;
+        s.last_change = Instant::now();
+    }
+
+    fn end(&self, key: Key, failure: Option<&Failure>) {
+        let mut s = self.lock();
+        s.running = s.running.saturating_sub(1);
+        s.reconciles += 1;
+        s.last_change = Instant::now();
+        match failure {
+            Some(f) => {
+                s.failed.insert(key.clone(), f.to_string());
+                if f.retry {
+                    s.retrying.insert(key);
+                } else {
+                    s.retrying.remove(&key);
+                }
+            }
+            None => {
+                s.failed.remove(&key);
+                s.retrying.remove(&key);
+            }
+        }
+    }
+
+    /// Nothing running or waiting for a retry, for at least `quiet`.
+    pub fn idle_for(&self, quiet: Duration) -> bool {
+        let s = self.lock();
+        s.running == 0 && s.retrying.is_empty() && s.last_change.elapsed() >= quiet
+    }
+
+    /// Objects whose latest reconcile failed, with the failure.
+    pub fn failures(&self) -> Vec<(String, String)> {
+        let s = self.lock();
+        let mut out: Vec<(String, String)> = s
+            .failed
+            .iter()
+            .map(|((p, ns, n), f)| (format!("{p}: {ns}/{n}"), f.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Reconciles finished so far.
+    pub fn reconciles(&self) -> u64 {
+        self.lock().reconciles
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct ObjectState {
+    last_version: Option<String>,
+    failures: u32,
+    requeued: bool,
+    digest: String,
+}
+
+/// A failed reconcile, as the controller's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReconcileFailed(Failure);
+
+struct Context {
+    plugin: Plugin,
+    backend: Arc<dyn K8sBackend>,
+    primary: ResourceType,
+    finalizer: Option<String>,
+    settings: ControllerSettings,
+    objects: Mutex<HashMap<(String, String), ObjectState>>,
+    activity: Arc<Activity>,
+}
+
+fn key_of(obj: &DynamicObject) -> (String, String) {
+    (obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+impl Context {
+    fn state(&self, key: &(String, String)) -> ObjectState {
+        self.objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn update(&self, key: (String, String), f: impl FnOnce(&mut ObjectState)) {
+        let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+        f(objects.entry(key).or_default());
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let factor = 1u32 << failures.saturating_sub(1).min(20);
+        self.settings
+            .backoff_base
+            .saturating_mul(factor)
+            .min(self.settings.backoff_max)
+    }
+
+    /// Why this reconcile happens, and which attempt it is.
+    fn reason(&self, obj: &DynamicObject, state: &ObjectState, deleting: bool) -> (Reason, u32) {
+        let attempt = state.failures + 1;
+        if deleting {
+            return (Reason::Deleting, attempt);
+        }
+        if state.failures > 0 {
+            return (Reason::Retry, attempt);
+        }
+        if state.last_version.is_some() && state.digest != self.plugin.digest() {
+            return (Reason::PluginReloaded, attempt);
+        }
+        if state.last_version != obj.resource_version() {
+            return (Reason::ObjectChanged, attempt);
+        }
+        if state.requeued {
+            return (Reason::Requeue, attempt);
+        }
+        (Reason::OwnedObjectChanged, attempt)
+    }
+
+    /// A JSON patch on the primary object, made by the host.
+    async fn patch_finalizers(
+        &self,
+        obj: &DynamicObject,
+        patch: Value,
+        root: &opentelemetry::Context,
+    ) -> Result<(), Failure> {
+        let call = K8sCall {
+            resource: self.primary.clone(),
+            namespace: obj.namespace(),
+            name: Some(obj.name_any()),
+            status: false,
+            op: K8sOp::JsonPatch {
+                body: patch.to_string(),
+            },
+        };
+        let deadline = Instant::now() + self.plugin.limits().deadline;
+        let cx = CallContext {
+            otel: root.clone(),
+            deadline,
+        };
+        self.backend
+            .call(call, &cx)
+            .await
+            .map(|_| ())
+            .map_err(|e| Failure {
+                kind: FailureKind::K8s,
+                message: format!("cannot update the finalizers of {}: {e}", obj.name_any()),
+                retry: true,
+            })
+    }
+}
+
+async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, ReconcileFailed> {
+    let key = key_of(&obj);
+    let activity_key = (
+        ctx.plugin.metadata().name.clone(),
+        key.0.clone(),
+        key.1.clone(),
+    );
+    let deleting = obj.metadata.deletion_timestamp.is_some();
+    let finalized = ctx
+        .finalizer
+        .as_ref()
+        .is_some_and(|f| obj.finalizers().contains(f));
+    // Being deleted without our finalizer: nothing left for the plugin.
+    if deleting && (ctx.finalizer.is_none() || !finalized) {
+        return Ok(Action::await_change());
+    }
+    ctx.activity.begin();
+    let started = Instant::now();
+    let state = ctx.state(&key);
+    let (reason, attempt) = ctx.reason(&obj, &state, deleting);
+    let primary = &ctx.primary;
+    let request = ReconcileRequest {
+        object: ObjectRef {
+            group: primary.group.clone(),
+            version: primary.version.clone(),
+            kind: primary.kind.clone(),
+            namespace: obj.namespace(),
+            name: obj.name_any(),
+        },
+        body: serde_json::to_string(&*obj).ok(),
+        reason,
+        attempt,
+        parent: None,
+    };
+    let root = ctx.plugin.start_span(&request);
+    let root_cx = root.context().clone();
+
+    // The finalizer goes on before the plugin first runs.
+    let mut outcome = None;
+    if let Some(finalizer) = &ctx.finalizer
+        && !deleting
+        && !finalized
+    {
+        let patch = match &obj.metadata.finalizers {
+            None => json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}
+            ]),
+            Some(current) => json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": current},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}
+            ]),
+        };
+        if let Err(failure) = ctx.patch_finalizers(&obj, patch, &root_cx).await {
+            outcome = Some((Outcome::Failed(failure), Default::default()));
+        }
+    }
+    let (mut outcome, stats) = match outcome {
+        Some(o) => o,
+        None => ctx.plugin.run(&request, &root).await,
+    };
+    // A finished `deleting` reconcile releases the object.
+    if deleting
+        && outcome == Outcome::Done
+        && let Some(finalizer) = &ctx.finalizer
+    {
+        let current = obj.finalizers().to_vec();
+        let remaining: Vec<&String> = current.iter().filter(|f| *f != finalizer).collect();
+        let patch = json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": current},
+            {"op": "replace", "path": "/metadata/finalizers", "value": remaining}
+        ]);
+        if let Err(failure) = ctx.patch_finalizers(&obj, patch, &root_cx).await {
+            outcome = Outcome::Failed(failure);
+        }
+    }
+    let reconciled = ctx.plugin.finish(&request, root, outcome, stats, started);
+    let failure = reconciled.outcome.failure().cloned();
+    ctx.activity.end(activity_key, failure.as_ref());
+    let version = obj.resource_version();
+    let digest = ctx.plugin.digest().to_owned();
+    match reconciled.outcome {
+        Outcome::Done => {
+            ctx.update(key, |s| {
+                *s = ObjectState {
+                    last_version: version,
+                    failures: 0,
+                    requeued: false,
+                    digest,
+                }
+            });
+            Ok(Action::await_change())
+        }
+        Outcome::RequeueAfter(after) => {
+            ctx.update(key, |s| {
+                *s = ObjectState {
+                    last_version: version,
+                    failures: 0,
+                    requeued: true,
+                    digest,
+                }
+            });
+            Ok(Action::requeue(after))
+        }
+        Outcome::Failed(failure) => {
+            ctx.update(key, |s| {
+                s.failures += 1;
+                s.last_version = version;
+                s.digest = digest;
+            });
+            Err(ReconcileFailed(failure))
+        }
+    }
+}
+
+fn error_policy(obj: Arc<DynamicObject>, error: &ReconcileFailed, ctx: Arc<Context>) -> Action {
+    if !error.0.retry {
+        return Action::await_change();
+    }
+    Action::requeue(ctx.backoff(ctx.state(&key_of(&obj)).failures))
+}
+
+/// A reflector of one type: its store and the stream that feeds it.
+fn reflect(
+    client: &kube::Client,
+    resource: &ApiResource,
+) -> (
+    Cache,
+    impl futures::Stream<Item = Result<DynamicObject, watcher::Error>> + Send + 'static,
+) {
+    let writer = reflector::store::Writer::new(resource.clone());
+    let store = writer.as_reader();
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), resource);
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    (
+        Cache {
+            resource: resource.clone(),
+            store,
+        },
+        stream,
+    )
+}
+
+/// Runs the controller of `plugin` until `shutdown` resolves.
+///
+/// Its Kubernetes calls go through a [`KubeBackend`] writing as the plugin
+/// (field manager = plugin name), reading the controller's stores.
+pub async fn run(
+    client: kube::Client,
+    plugin: Plugin,
+    settings: ControllerSettings,
+    activity: Arc<Activity>,
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let metadata = plugin.metadata().clone();
+    let primary = api_resource(&metadata.primary);
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &primary);
+    let mut controller = Controller::new_with(api, watcher::Config::default(), primary.clone());
+    let mut caches = vec![Cache {
+        resource: primary.clone(),
+        store: controller.store(),
+    }];
+    for owned in &metadata.owns {
+        let resource = api_resource(owned);
+        let (cache, stream) = reflect(&client, &resource);
+        caches.push(cache);
+        controller = controller.owns_stream_with(stream, resource);
+    }
+    let backend: Arc<dyn K8sBackend> =
+        Arc::new(KubeBackend::new(client, &metadata.name, tracer, caches));
+    let concurrency = plugin
+        .grant()
+        .and_then(|g| g.limits.concurrency)
+        .unwrap_or(settings.concurrency);
+    let plugin = plugin.with_backend(backend.clone());
+    let ctx = Arc::new(Context {
+        plugin,
+        backend,
+        primary: metadata.primary.clone(),
+        finalizer: metadata.finalizer.clone(),
+        settings,
+        objects: Mutex::default(),
+        activity,
+    });
+    controller
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                // Plugin failures are logged with their trace by the engine;
+                // this covers the controller's own errors.
+                if !matches!(
+                    error,
+                    kube::runtime::controller::Error::ReconcilerFailed(..)
+                ) {
+                    tracing::debug!(%error, "controller event");
+                }
+            }
+        })
+        .await;
+}
