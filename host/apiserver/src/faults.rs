@@ -77,6 +77,8 @@ pub struct RequestRecord {
     pub namespace: Option<String>,
     /// Object name.
     pub name: Option<String>,
+    /// The W3C `traceparent` header, if the client sent one.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -184,6 +184,11 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         subresource: resource.as_ref().and_then(|r| r.subresource.clone()),
         namespace: resource.as_ref().and_then(|r| r.namespace.clone()),
         name: resource.as_ref().and_then(|r| r.name.clone()),
+        traceparent: parts
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     };
     for injection in shared.faults.on_request(record) {
         match injection {
