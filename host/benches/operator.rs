@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use reconcile_apiserver::ApiServer;
@@ -43,21 +45,32 @@ fn percentile(mut samples: Vec<Duration>, q: f64) -> Duration {
 /// Marks every Deployment ready as soon as it appears or changes.
 async fn fake_deployment_controller(client: kube::Client) {
     let api: Api<Deployment> = Api::namespaced(client, "default");
-    let mut events = api.watch(&WatchParams::default().timeout(290), "0").await.unwrap().boxed();
+    let mut events = api
+        .watch(&WatchParams::default().timeout(290), "0")
+        .await
+        .unwrap()
+        .boxed();
     while let Some(Ok(event)) = events.next().await {
         if let WatchEvent::Added(d) | WatchEvent::Modified(d) = event {
             let want = d.spec.replicas.unwrap_or(1);
             if d.status.as_ref().and_then(|s| s.ready_replicas) != Some(want) {
                 let name = d.metadata.name.clone().unwrap_or_default();
                 let status = json!({"status": {"replicas": want, "readyReplicas": want}});
-                let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await;
+                let _ = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                    .await;
             }
         }
     }
 }
 
 fn ready(app: &DynamicObject) -> bool {
-    app.data["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    app.data["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 fn main() {
@@ -69,7 +82,10 @@ fn main() {
     let root = xtask::project_root();
     let plugins = xtask::build(&root, xtask::PLUGINS).unwrap();
     let test_plugins = xtask::build(&root, xtask::TEST_PLUGINS).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let provider = SdkTracerProvider::builder().with_batch_exporter(Discard).build();
         let telemetry = Telemetry::from_provider(provider);

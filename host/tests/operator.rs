@@ -690,3 +690,84 @@ fn dev_applies_reconciles_prints_spans_and_exits_when_idle() {
     );
     assert!(kubeconfig.path().join("kubeconfig").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_uses_the_kubeconfig_cluster_and_grant_files() {
+    let c = cluster().await;
+    c.apply(&["deploy/crds", "deploy/examples"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, c.server.kubeconfig()).unwrap();
+    let grants = dir.path().join("grants");
+    std::fs::create_dir(&grants).unwrap();
+    std::fs::write(
+        grants.join("demoapp.toml"),
+        r#"
+        [[resources]]
+        group = "demo.reconcile.dev"
+        kind = "DemoApp"
+        verbs = ["get", "list", "watch", "patch"]
+        namespaces = ["default"]
+        [[resources]]
+        group = "apps"
+        kind = "Deployment"
+        verbs = ["get", "list", "watch", "patch"]
+        [[resources]]
+        kind = "Service"
+        verbs = ["get", "list", "watch", "patch"]
+        [[resources]]
+        group = "events.k8s.io"
+        kind = "Event"
+        verbs = ["create"]
+        "#,
+    )
+    .unwrap();
+    let plugins = guest("demoapp").parent().unwrap().to_owned();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--exit-when-idle",
+            "--plugins",
+        ])
+        .arg(&plugins)
+        .arg("--grants")
+        .arg(&grants)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    assert!(
+        deployments.get_opt("hello").await.unwrap().is_some(),
+        "run reconciled the example"
+    );
+    assert_eq!(
+        ready(&demoapps(&c.client).get("hello").await.unwrap()).as_deref(),
+        Some("False")
+    );
+
+    // Without its grant file, run refuses the plugin and names the file.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
+        .args(["run", "--exit-when-idle", "--plugins"])
+        .arg(&plugins)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("plugin demoapp has no grant: write")
+            && stderr.contains("demoapp.grants.toml"),
+        "{stderr}"
+    );
+}
