@@ -112,15 +112,6 @@ pub enum MetadataError {
     },
 }
 
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 impl PluginMetadata {
     pub(crate) fn from_wit(m: wit::PluginMetadata) -> Self {
         let verb = |v: wit::Verb| match v {
@@ -156,7 +147,7 @@ impl PluginMetadata {
     /// Checks what the host relies on: a DNS-label name, a version,
     /// complete resource types and a qualified finalizer.
     pub fn validate(&self) -> Result<(), MetadataError> {
-        if !is_dns_label(&self.name) {
+        if !reconcile_apiserver::validation::is_label(&self.name) {
             return Err(MetadataError::Name(self.name.clone()));
         }
         if self.version.trim().is_empty() {
