@@ -771,3 +771,38 @@ async fn run_uses_the_kubeconfig_cluster_and_grant_files() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_object_that_is_deleted_is_forgotten() {
+    let mut c = cluster().await;
+    let plugin = c.plugin("configmap-writer").await;
+    let plugin = plugin
+        .with_limits(Limits {
+            deadline: Duration::from_millis(200),
+            ..plugin.limits()
+        })
+        .unwrap();
+    c.start(vec![plugin]).await;
+    c.server.faults().fail(
+        Match::any().verb("patch").resource("configmaps"),
+        100_000,
+        500,
+    );
+    let maps: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("doomed".into());
+    maps.create(&PostParams::default(), &cm).await.unwrap();
+    let activity = c.operator.as_ref().unwrap().activity().clone();
+    eventually("a failure", || async { !activity.failures().is_empty() }).await;
+    assert!(!activity.idle_for(Duration::ZERO), "a retry is pending");
+    maps.delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The next retry finds it gone: nothing failing, nothing pending.
+    eventually("idle", || async {
+        activity.idle_for(Duration::from_millis(100))
+    })
+    .await;
+    assert!(activity.failures().is_empty(), "{:?}", activity.failures());
+    c.stop().await;
+}

@@ -106,6 +106,13 @@ impl Activity {
         }
     }
 
+    fn forget(&self, key: &Key) {
+        let mut s = self.lock();
+        s.retrying.remove(key);
+        s.failed.remove(key);
+        s.last_change = Instant::now();
+    }
+
     /// Nothing running or waiting for a retry, for at least `quiet`.
     pub fn idle_for(&self, quiet: Duration) -> bool {
         let s = self.lock();
@@ -151,6 +158,7 @@ struct Context {
     settings: ControllerSettings,
     objects: Mutex<HashMap<(String, String), ObjectState>>,
     activity: Arc<Activity>,
+    store: reflector::Store<DynamicObject>,
 }
 
 fn key_of(obj: &DynamicObject) -> (String, String) {
@@ -170,6 +178,31 @@ impl Context {
     fn update(&self, key: (String, String), f: impl FnOnce(&mut ObjectState)) {
         let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
         f(objects.entry(key).or_default());
+    }
+
+    /// Forgets an object that no longer exists.
+    fn forget(&self, namespace: &str, name: &str) {
+        self.objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(namespace.to_owned(), name.to_owned()));
+        self.activity.forget(&(
+            self.plugin.metadata().name.clone(),
+            namespace.to_owned(),
+            name.to_owned(),
+        ));
+    }
+
+    /// Drops the state of objects gone from the store, once the map has
+    /// grown well past the store (deleted objects are not reconciled again).
+    fn prune(&self) {
+        let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+        if objects.len() <= self.store.len().saturating_mul(2) + 64 {
+            return;
+        }
+        let present: HashSet<(String, String)> =
+            self.store.state().iter().map(|o| key_of(o)).collect();
+        objects.retain(|key, _| present.contains(key));
     }
 
     fn backoff(&self, failures: u32) -> Duration {
@@ -315,6 +348,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
     ctx.activity.end(activity_key, failure.as_ref());
     let version = obj.resource_version();
     let digest = ctx.plugin.digest().to_owned();
+    ctx.prune();
     match reconciled.outcome {
         Outcome::Done => {
             ctx.update(key, |s| {
@@ -405,6 +439,7 @@ pub async fn run(
         caches.push(cache);
         controller = controller.owns_stream_with(stream, resource);
     }
+    let store = controller.store();
     let backend: Arc<dyn K8sBackend> =
         Arc::new(KubeBackend::new(client, &metadata.name, tracer, caches));
     let concurrency = plugin
@@ -420,20 +455,28 @@ pub async fn run(
         settings,
         objects: Mutex::default(),
         activity,
+        store,
     });
+    let results = ctx.clone();
     controller
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                // Plugin failures are logged with their trace by the engine;
-                // this covers the controller's own errors.
-                if !matches!(
-                    error,
-                    kube::runtime::controller::Error::ReconcilerFailed(..)
-                ) {
-                    tracing::debug!(%error, "controller event");
+        .for_each(move |result| {
+            let ctx = results.clone();
+            async move {
+                match result {
+                    // A retry found the object gone: forget it, or it would
+                    // count as failing (and pending) forever.
+                    Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                        ctx.forget(
+                            object.namespace.as_deref().unwrap_or_default(),
+                            &object.name,
+                        );
+                    }
+                    // Plugin failures are logged with their trace by the engine.
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(..)) | Ok(_) => {}
+                    Err(error) => tracing::debug!(%error, "controller event"),
                 }
             }
         })
