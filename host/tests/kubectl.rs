@@ -554,3 +554,101 @@ fn the_cluster_stops_cleanly_on_sigterm() {
     let status = cluster.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn typed_creates_send_protobuf_and_are_decoded() {
+    let cluster = Cluster::start();
+    for args in [
+        &["create", "namespace", "team-a"][..],
+        &[
+            "create",
+            "configmap",
+            "web",
+            "-n",
+            "team-a",
+            "--from-literal=a=1",
+            "--from-literal=b=two",
+        ],
+        &[
+            "create",
+            "secret",
+            "generic",
+            "db",
+            "-n",
+            "team-a",
+            "--from-literal=password=s3cr3t",
+        ],
+        &["create", "serviceaccount", "robot", "-n", "team-a"],
+        &[
+            "create",
+            "role",
+            "reader",
+            "-n",
+            "team-a",
+            "--verb=get,list",
+            "--resource=pods,configmaps",
+        ],
+        &[
+            "create",
+            "rolebinding",
+            "reader",
+            "-n",
+            "team-a",
+            "--role=reader",
+            "--user=alice",
+            "--serviceaccount=team-a:robot",
+        ],
+        &[
+            "create",
+            "clusterrole",
+            "viewer",
+            "--verb=get",
+            "--resource=nodes",
+        ],
+        &[
+            "create",
+            "clusterrolebinding",
+            "viewer",
+            "--clusterrole=viewer",
+            "--group=ops",
+        ],
+    ] {
+        assert!(cluster.ok(args).contains("created"), "{args:?}");
+    }
+    assert_eq!(
+        cluster.json(&["get", "ns", "team-a"])["status"]["phase"],
+        "Active"
+    );
+    let cm = cluster.json(&["get", "cm", "web", "-n", "team-a"]);
+    assert_eq!(cm["data"], serde_json::json!({"a": "1", "b": "two"}));
+    let secret = cluster.json(&["get", "secret", "db", "-n", "team-a"]);
+    assert_eq!(secret["data"]["password"], "czNjcjN0", "base64 of s3cr3t");
+    let role = cluster.json(&["get", "role", "reader", "-n", "team-a"]);
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["pods", "configmaps"], "verbs": ["get", "list"]}])
+    );
+    let binding = cluster.json(&["get", "rolebinding", "reader", "-n", "team-a"]);
+    assert_eq!(
+        binding["roleRef"],
+        serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"})
+    );
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"},
+            {"kind": "ServiceAccount", "name": "robot", "namespace": "team-a"}
+        ])
+    );
+    assert_eq!(
+        cluster.json(&["get", "clusterrole", "viewer"])["rules"][0]["resources"],
+        serde_json::json!(["nodes"])
+    );
+    // Kinds the server does not decode from protobuf are refused clearly.
+    let deployment = cluster.kubectl(&["create", "deployment", "web", "--image=nginx"]);
+    assert!(!deployment.status.success());
+    assert!(
+        String::from_utf8_lossy(&deployment.stderr)
+            .contains("send JSON (kubectl create -f, kubectl apply)")
+    );
+}

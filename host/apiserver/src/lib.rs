@@ -20,7 +20,7 @@
 //! - [`registry`]: the served types (built-ins and CRDs) and their list semantics.
 //! - [`store`]: storage and write semantics, history for watches.
 //! - [`apply`]: server-side apply and `managedFields`.
-//! - [`patch`]: merge, JSON and strategic merge patches.
+//! - [`patch`]: merge, JSON and strategic merge patches; [`protobuf`]: protobuf bodies of simple kinds.
 //! - [`selectors`]: label and field selectors.
 //! - [`validation`]: names and required fields.
 //! - [`discovery`], [`table`]: what kubectl needs besides objects.
@@ -31,6 +31,7 @@ pub mod apply;
 pub mod discovery;
 pub mod faults;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod selectors;
 mod server;

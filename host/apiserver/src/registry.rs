@@ -257,6 +257,17 @@ pub fn builtins() -> Vec<ResourceDef> {
             false,
         ),
         builtin(
+            "",
+            "v1",
+            "PersistentVolume",
+            "persistentvolumes",
+            &["pv"],
+            false,
+            true,
+            false,
+        ),
+        builtin("", "v1", "Node", "nodes", &["no"], false, true, false),
+        builtin(
             "apps",
             "v1",
             "Deployment",

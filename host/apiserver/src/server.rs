@@ -272,9 +272,12 @@ struct ResourceRequest<'a> {
 }
 
 fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, ApiError> {
-    if content_type.contains("protobuf") || content_type.contains("cbor") {
+    if content_type.contains("protobuf") {
+        return crate::protobuf::decode(body).map_err(ApiError::unsupported_media_type);
+    }
+    if content_type.contains("cbor") {
         return Err(ApiError::unsupported_media_type(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (this server does not decode {content_type})"
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (not {content_type})"
         )));
     }
     if body.is_empty() {
