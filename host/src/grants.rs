@@ -184,7 +184,10 @@ impl Grant {
                 && r.kind == resource.kind
                 && r.verbs.contains(&verb)
                 && (r.namespaces.is_empty()
-                    || namespace.is_some_and(|ns| r.namespaces.iter().any(|n| n == ns)))
+                    // A rule limited to namespaces never covers a
+                    // cluster-scoped type, whatever namespace the call names.
+                    || (resource.namespaced
+                        && namespace.is_some_and(|ns| r.namespaces.iter().any(|n| n == ns))))
         })
     }
 
@@ -300,6 +303,21 @@ mod tests {
         assert!(!grant.allows(&rt("apps", "Deployment"), Verb::Delete, Some("default")));
         assert!(!grant.allows(&rt("", "Secret"), Verb::Get, Some("default")));
         assert!(grant.check(&metadata(vec![Verb::Get, Verb::Patch])).is_ok());
+    }
+
+    #[test]
+    fn a_namespace_limited_rule_does_not_cover_cluster_scoped_types() {
+        let grant = Grant::from_toml(
+            "[[resources]]\nkind = \"Node\"\nverbs = [\"get\"]\nnamespaces = [\"default\"]\n",
+            Path::new("g.toml"),
+        )
+        .unwrap();
+        let mut node = rt("", "Node");
+        node.namespaced = false;
+        assert!(!grant.allows(&node, Verb::Get, Some("default")));
+        assert!(!grant.allows(&node, Verb::Get, None));
+        node.namespaced = true;
+        assert!(grant.allows(&node, Verb::Get, Some("default")));
     }
 
     #[test]

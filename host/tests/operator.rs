@@ -806,3 +806,109 @@ async fn a_failing_object_that_is_deleted_is_forgotten() {
     assert!(activity.failures().is_empty(), "{:?}", activity.failures());
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_of_a_deleted_object_is_forgotten() {
+    let mut c = cluster().await;
+    let plugin = c.plugin("configmap-writer").await;
+    c.start(vec![plugin]).await;
+    let maps: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("invalid".into());
+    cm.data = Some([("fail".to_owned(), "permanent".to_owned())].into());
+    maps.create(&PostParams::default(), &cm).await.unwrap();
+    let activity = c.operator.as_ref().unwrap().activity().clone();
+    eventually("a failure", || async { !activity.failures().is_empty() }).await;
+    // Not retried: the controller is idle with the failure on record.
+    eventually("idle", || async {
+        activity.idle_for(Duration::from_millis(100))
+    })
+    .await;
+    let failures = activity.failures();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].0, "configmap-writer: default/invalid");
+    assert!(failures[0].1.contains("asks to fail"), "{failures:?}");
+    // Deleting it triggers no reconcile; the failure goes all the same.
+    maps.delete("invalid", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the failure forgotten", || async {
+        activity.failures().is_empty()
+    })
+    .await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_the_api_server_serves_differently_is_refused() {
+    let c = cluster().await;
+    let tracer = c.h.provider_tracer();
+    let backend =
+        reconcile_host::operator::backend::KubeBackend::new(c.client.clone(), "t", tracer, vec![]);
+    let mut configmaps = reconcile_host::caps::k8s::ResourceType {
+        group: String::new(),
+        version: "v1".into(),
+        kind: "ConfigMap".into(),
+        plural: "configmaps".into(),
+        namespaced: true,
+    };
+    backend.check_type(&configmaps).await.unwrap();
+    // A plural that is not the kind's would send the call elsewhere.
+    configmaps.plural = "secrets".into();
+    let e = backend.check_type(&configmaps).await.unwrap_err();
+    assert_eq!(e.code, 400, "{e}");
+    assert!(
+        e.message.contains("serves core/v1/ConfigMap as configmaps"),
+        "{e}"
+    );
+    // So would a wrong scope.
+    configmaps.plural = "configmaps".into();
+    configmaps.namespaced = false;
+    let e = backend.check_type(&configmaps).await.unwrap_err();
+    assert_eq!(e.code, 400, "{e}");
+    assert!(e.message.contains("cluster-scoped"), "{e}");
+    // A type that is not served at all.
+    let missing = reconcile_host::caps::k8s::ResourceType {
+        group: "nothing.reconcile.dev".into(),
+        version: "v1".into(),
+        kind: "Nothing".into(),
+        plural: "nothings".into(),
+        namespaced: true,
+    };
+    let e = backend.check_type(&missing).await.unwrap_err();
+    assert_eq!(e.code, 404, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_waits_for_its_crd_and_is_not_idle_meanwhile() {
+    let mut c = cluster().await;
+    let plugin = c.plugin("demoapp").await;
+    c.start(vec![plugin]).await;
+    let activity = c.operator.as_ref().unwrap().activity().clone();
+    eventually("the missing type reported", || async {
+        activity.failures().iter().any(|(what, why)| {
+            what == "demoapp: controller"
+                && why.contains("demo.reconcile.dev/v1alpha1/DemoApp")
+                && why.contains("CustomResourceDefinition")
+        })
+    })
+    .await;
+    // Still starting: `--exit-when-idle` must not stop here.
+    assert!(!activity.idle_for(Duration::ZERO));
+    c.apply(&["deploy/crds", "deploy/examples"]).await;
+    let apps = demoapps(&c.client);
+    eventually("the example reconciled", || async {
+        let app = apps.get("hello").await.unwrap();
+        app.data["status"]["observedGeneration"].as_i64() == app.metadata.generation
+    })
+    .await;
+    assert!(
+        !activity
+            .failures()
+            .iter()
+            .any(|(what, _)| what == "demoapp: controller"),
+        "{:?}",
+        activity.failures()
+    );
+    c.stop().await;
+}

@@ -73,7 +73,7 @@ async fn every_sdk_call_reaches_the_backend_as_sent() {
             "k8s.apply",
             "k8s.get",
         ],
-        "the oversized create must not reach the backend"
+        "the oversized create and the calls with bad names must not reach the backend"
     );
     // Namespaced ConfigMap calls.
     for call in &calls[..13] {

@@ -232,6 +232,15 @@ pub struct Store {
     events: broadcast::Sender<Arc<Event>>,
 }
 
+/// Sets `status.phase`, whatever `status` held before (a client may have
+/// written anything there).
+fn set_phase(object: &mut Value, phase: &str) {
+    if !object["status"].is_object() {
+        object["status"] = json!({});
+    }
+    object["status"]["phase"] = phase.into();
+}
+
 /// RFC 3339, whole seconds.
 pub fn now() -> String {
     let now = time::OffsetDateTime::now_utc();
@@ -478,7 +487,14 @@ impl State {
     }
 
     fn collect_dependents(&mut self, uid: &str, propagation: Propagation) {
-        for (def, object) in self.dependents(uid) {
+        for (def, snapshot) in self.dependents(uid) {
+            // A nested removal may have changed or removed it since.
+            let Some(object) = self.get(&def, &snapshot.namespace, &snapshot.name) else {
+                continue;
+            };
+            if object.uid != snapshot.uid {
+                continue;
+            }
             let other_owners_alive = object
                 .owners
                 .iter()
@@ -537,7 +553,7 @@ impl State {
             m.insert("finalizers".into(), json!(held));
         });
         if def.plural == "namespaces" && def.group.is_empty() {
-            object["status"]["phase"] = "Terminating".into();
+            set_phase(&mut object, "Terminating");
         }
         self.put(def, object, Some(old.clone()));
         match propagation {
@@ -546,9 +562,17 @@ impl State {
             Propagation::Background => {}
         }
         self.finish_foreground_owners();
-        // The finalizers may all have been foregroundDeletion.
-        let current = self.get(def, ns, name)?;
-        Some(Deleted::Pending(current.value()))
+        // The finalizers may all have been foregroundDeletion: then it is gone.
+        match self.get(def, ns, name) {
+            Some(current) => Some(Deleted::Pending(current.value())),
+            None => {
+                let mut gone = old.value();
+                with_meta(&mut gone, |m| {
+                    m.insert("resourceVersion".into(), self.rv.to_string().into())
+                });
+                Some(Deleted::Gone(gone))
+            }
+        }
     }
 
     /// Owners in foreground deletion whose dependents are all gone lose
@@ -789,10 +813,25 @@ impl Store {
         &self,
         def: &ResourceDef,
         ns: Option<&str>,
-        mut object: Value,
+        object: Value,
         options: &WriteOptions,
     ) -> Result<Arc<Stored>, ApiError> {
         let mut state = self.lock();
+        let result = Self::create_in(&mut state, def, ns, object, options, None);
+        self.publish(&mut state);
+        result
+    }
+
+    /// Creates an object under the caller's lock; `managed` replaces the
+    /// creator's Update entry (an apply that creates).
+    fn create_in(
+        state: &mut State,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        mut object: Value,
+        options: &WriteOptions,
+        managed: Option<Value>,
+    ) -> Result<Arc<Stored>, ApiError> {
         check_body_type(def, &object)?;
         let ns_key = namespace_key(def, ns);
         if def.namespaced {
@@ -805,7 +844,7 @@ impl Store {
                     "the namespace of the provided object does not match the namespace sent on the request",
                 ));
             }
-            Self::check_namespace(&state, def, ns)?;
+            Self::check_namespace(state, def, ns)?;
             if let Some(namespace) = state.namespace(&ns_key)
                 && namespace.deleting
             {
@@ -872,23 +911,27 @@ impl Store {
         }
         validation::check_object(def, &object)?;
         let crd_defs = Self::prepare_special(def, &mut object)?;
-        apply::record_update(
-            def,
-            Scope::Main,
-            &json!({}),
-            &mut object,
-            &options.manager,
-            &now(),
-        );
+        match managed {
+            // An apply that creates: the apply's own managedFields.
+            Some(managed) => {
+                with_meta(&mut object, |m| m.insert("managedFields".into(), managed));
+            }
+            None => apply::record_update(
+                def,
+                Scope::Main,
+                &json!({}),
+                &mut object,
+                &options.manager,
+                &now(),
+            ),
+        }
         if options.dry_run {
             return Ok(Arc::new(Stored::new(&object)));
         }
         if let Some(defs) = crd_defs {
             state.registry.install_crd(defs);
         }
-        let stored = state.put(def, object, None);
-        self.publish(&mut state);
-        Ok(stored)
+        Ok(state.put(def, object, None))
     }
 
     /// Type-specific preparation of a new or changed object: CRDs become
@@ -999,7 +1042,6 @@ impl Store {
                 if scope == Scope::Status {
                     return Err(ApiError::not_found(def, name));
                 }
-                drop(state);
                 let who = Applier {
                     manager: &options.manager,
                     force: options.force,
@@ -1015,8 +1057,9 @@ impl Store {
                     force: false,
                 };
                 let created =
-                    self.create_with_managed(def, ns, object, managed, &create_options)?;
-                return Ok((created, true));
+                    Self::create_in(&mut state, def, ns, object, &create_options, Some(managed));
+                self.publish(&mut state);
+                return created.map(|c| (c, true));
             };
             let old_value = old.value();
             if let Some(rv) = meta(body)["resourceVersion"]
@@ -1087,45 +1130,6 @@ impl Store {
         result.map(|v| (v, false))
     }
 
-    fn create_with_managed(
-        &self,
-        def: &ResourceDef,
-        ns: Option<&str>,
-        object: Value,
-        managed: Value,
-        options: &WriteOptions,
-    ) -> Result<Arc<Stored>, ApiError> {
-        // Create records an Update entry for the manager; an apply-create is
-        // an Apply: put the apply's entries back.
-        let created = self.create(
-            def,
-            ns,
-            object,
-            &WriteOptions {
-                dry_run: true,
-                ..options.clone()
-            },
-        )?;
-        let mut object = created.value();
-        with_meta(&mut object, |m| m.insert("managedFields".into(), managed));
-        if options.dry_run {
-            return Ok(Arc::new(Stored::new(&object)));
-        }
-        let mut state = self.lock();
-        let ns_key = namespace_key(def, ns);
-        let name = name_of(&object);
-        if state.get(def, &ns_key, &name).is_some() {
-            return Err(ApiError::already_exists(def, &name));
-        }
-        if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
-            let defs = registry::from_crd(&object).map_err(|e| ApiError::bad_request(e.0))?;
-            state.registry.install_crd(defs);
-        }
-        let stored = state.put(def, object, None);
-        self.publish(&mut state);
-        Ok(stored)
-    }
-
     /// The common end of update, patch and apply: keep what the client may
     /// not change, bump generation, track managers, store or no-op.
     fn finish_write(
@@ -1141,6 +1145,18 @@ impl Store {
         let name = name_of(&old);
         let mut new = match scope {
             Scope::Status => {
+                if body
+                    .get("status")
+                    .is_some_and(|st| !st.is_object() && !st.is_null())
+                {
+                    return Err(ApiError::invalid_field(
+                        &def.kind,
+                        &name,
+                        "status",
+                        "FieldValueTypeInvalid",
+                        "Invalid value: status must be an object",
+                    ));
+                }
                 let mut new = old.clone();
                 new["status"] = body.get("status").cloned().unwrap_or(Value::Null);
                 if new["status"].is_null()
@@ -1326,7 +1342,7 @@ impl Store {
             with_meta(&mut object, |m| {
                 m.insert("deletionTimestamp".into(), now().into())
             });
-            object["status"]["phase"] = "Terminating".into();
+            set_phase(&mut object, "Terminating");
             state.put(def, object, Some(old.clone()));
         }
         let contents: Vec<(Arc<ResourceDef>, String)> = state

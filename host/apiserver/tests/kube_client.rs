@@ -1096,3 +1096,44 @@ async fn injected_faults() {
             .any(|r| r.verb == "create" && r.resource.as_deref() == Some("configmaps"))
     );
 }
+
+#[tokio::test]
+async fn odd_status_values_and_foreground_deletes_without_dependents() {
+    let (server, client) = server().await;
+    let namespaces = format!("{}/api/v1/namespaces", server.url());
+    // A status that is not an object: refused on the status subresource,
+    // and harmless to a delete when a create stored it.
+    let (code, body) = raw(
+        "POST",
+        &namespaces,
+        "application/json",
+        br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"odd"},"status":"weird"}"#,
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = raw(
+        "PATCH",
+        &format!("{namespaces}/odd/status"),
+        "application/merge-patch+json",
+        br#"{"status":"still weird"}"#,
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("status must be an object"), "{body}");
+    let (code, body) = raw("DELETE", &format!("{namespaces}/odd"), "", b"").await;
+    assert_eq!(code, 200, "{body}");
+    raw_get(&namespaces).await;
+
+    // Foreground deletion of an object with no dependents completes at
+    // once: the answer is the deleted object, not "not found".
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    api.create(&PostParams::default(), &cm("alone", &[]))
+        .await
+        .unwrap();
+    let foreground = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Foreground),
+        ..Default::default()
+    };
+    api.delete("alone", &foreground).await.unwrap();
+    assert!(api.get_opt("alone").await.unwrap().is_none());
+}

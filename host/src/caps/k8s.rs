@@ -338,6 +338,48 @@ impl K8sCall {
     }
 }
 
+/// Whether `s` can stand as one segment of a request path: the grant check
+/// reads the call's fields, so they must mean the same thing in the URL.
+fn path_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && !s
+            .chars()
+            .any(|c| matches!(c, '/' | '%' | '?' | '#') || c.is_whitespace() || c.is_control())
+}
+
+/// Checks the parts of a call that end up in the request path.
+fn check_path(call: &K8sCall) -> Result<(), String> {
+    let r = &call.resource;
+    if !path_segment(&r.version) || !path_segment(&r.plural) || !path_segment(&r.kind) {
+        return Err(format!(
+            "resource type {} / {:?} is not a valid type name",
+            r.gvk(),
+            r.plural
+        ));
+    }
+    if !r.group.is_empty() && !path_segment(&r.group) {
+        return Err(format!("API group {:?} is not a valid group name", r.group));
+    }
+    if let Some(ns) = &call.namespace
+        && !reconcile_apiserver::validation::is_label(ns)
+    {
+        return Err(format!(
+            "namespace {ns:?} is not a valid namespace name (a DNS label)"
+        ));
+    }
+    if let Some(name) = &call.name
+        && !path_segment(name)
+    {
+        return Err(format!(
+            "object name {name:?} is not a valid name (1-253 characters, no '/', '%', '?', '#' or spaces)"
+        ));
+    }
+    Ok(())
+}
+
 impl HostState {
     async fn k8s_call(&mut self, call: K8sCall) -> Result<Option<String>, wit::Error> {
         let size = call.op.body_len();
@@ -350,6 +392,15 @@ impl HostState {
                     "{} body is {size} bytes; the limit is {MAX_REQUEST_BYTES}",
                     call.span_name()
                 ),
+            )
+            .into_wit());
+        }
+        if let Err(message) = check_path(&call) {
+            return Err(K8sError::new(
+                K8sErrorKind::Invalid,
+                400,
+                "BadRequest",
+                format!("{}: {message}; nothing was sent", call.span_name()),
             )
             .into_wit());
         }

@@ -9,6 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
@@ -28,6 +31,9 @@ use crate::caps::k8s::{
     ResourceType,
 };
 
+/// group, version, kind.
+type Gvk = (String, String, String);
+
 /// A reflector store of one type, and what it serves.
 #[derive(Clone)]
 pub struct Cache {
@@ -44,6 +50,8 @@ pub struct KubeBackend {
     field_manager: String,
     tracer: SdkTracer,
     caches: Vec<Cache>,
+    /// group/version/kind -> (plural, namespaced), as the API server serves it.
+    served: Arc<Mutex<HashMap<Gvk, (String, bool)>>>,
 }
 
 impl std::fmt::Debug for KubeBackend {
@@ -106,7 +114,7 @@ fn error_kind_label(kind: K8sErrorKind) -> &'static str {
     }
 }
 
-/// Whether the host retries an answer with this code.
+/// Whether the host retries an answer with this code (idempotent calls).
 fn retryable(code: u16) -> bool {
     code == 429 || (500..=599).contains(&code)
 }
@@ -127,6 +135,7 @@ impl KubeBackend {
             field_manager: field_manager.to_owned(),
             tracer,
             caches,
+            served: Arc::default(),
         }
     }
 
@@ -138,16 +147,100 @@ impl KubeBackend {
         })
     }
 
-    async fn read_cache(&self, cache: &Cache, call: &K8sCall) -> Result<K8sResponse, K8sError> {
+    /// Checks a plugin's resource type against the API server's discovery
+    /// (cached): the plural and scope build the request path, so a plugin
+    /// must not choose them (a Secret path under a ConfigMap grant, say).
+    pub async fn check_type(&self, r: &ResourceType) -> Result<(), K8sError> {
+        let key = (r.group.clone(), r.version.clone(), r.kind.clone());
+        let known = self
+            .served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let (plural, namespaced) = match known {
+            Some(served) => served,
+            None => {
+                let gvk = kube::api::GroupVersionKind::gvk(&r.group, &r.version, &r.kind);
+                let (resource, caps) = kube::discovery::pinned_kind(&self.client, &gvk)
+                    .await
+                    .map_err(|e| match e {
+                        kube::Error::Api(status) if status.code == 404 => K8sError::new(
+                            K8sErrorKind::NotFound,
+                            404,
+                            "NotFound",
+                            format!("the API server has no type {}", r.gvk()),
+                        ),
+                        other => K8sError::new(
+                            K8sErrorKind::Unavailable,
+                            0,
+                            "ServiceUnavailable",
+                            format!("discovery of {} failed: {other}", r.gvk()),
+                        ),
+                    })?;
+                let served = (
+                    resource.plural,
+                    caps.scope == kube::discovery::Scope::Namespaced,
+                );
+                self.served
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, served.clone());
+                served
+            }
+        };
+        if r.plural != plural || r.namespaced != namespaced {
+            let scope = |n: bool| if n { "namespaced" } else { "cluster-scoped" };
+            return Err(K8sError::new(
+                K8sErrorKind::Invalid,
+                400,
+                "BadRequest",
+                format!(
+                    "the API server serves {} as {plural} ({}); the plugin named it {} ({}): rebuild the plugin with the right type",
+                    r.gvk(),
+                    scope(namespaced),
+                    r.plural,
+                    scope(r.namespaced)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn read_cache(
+        &self,
+        cache: &Cache,
+        call: &K8sCall,
+        deadline: Instant,
+    ) -> Result<K8sResponse, K8sError> {
         // Before the first list completes, an empty store would answer
         // "not found" for objects that exist.
-        let _ = cache.store.wait_until_ready().await;
+        if tokio::time::timeout_at(deadline.into(), cache.store.wait_until_ready())
+            .await
+            .is_err()
+        {
+            return Err(K8sError::new(
+                K8sErrorKind::Unavailable,
+                0,
+                "ServiceUnavailable",
+                format!(
+                    "the host's cache of {} has not synced yet (can it list and watch them?)",
+                    call.resource.gvk()
+                ),
+            ));
+        }
+        // Namespaces mean nothing for cluster-scoped types.
+        let namespace = if call.resource.namespaced {
+            call.namespace.clone()
+        } else {
+            None
+        };
         let body = match &call.op {
             K8sOp::Get => {
                 let name = call.name.clone().unwrap_or_default();
                 let mut reference =
                     ObjectRef::<DynamicObject>::new_with(&name, cache.resource.clone());
-                if let Some(ns) = &call.namespace {
+                if let Some(ns) = &namespace {
                     reference = reference.within(ns);
                 }
                 let object = cache.store.get(&reference).ok_or_else(|| {
@@ -170,8 +263,7 @@ impl KubeBackend {
                 let mut items: Vec<Value> = Vec::new();
                 for object in cache.store.state() {
                     let value = serde_json::to_value(&*object).unwrap_or(Value::Null);
-                    let in_namespace = call
-                        .namespace
+                    let in_namespace = namespace
                         .as_ref()
                         .is_none_or(|ns| value["metadata"]["namespace"].as_str() == Some(ns));
                     if in_namespace
@@ -196,9 +288,8 @@ impl KubeBackend {
                     };
                     key(a).cmp(&key(b))
                 });
-                if let Some(limit) = options.limit {
-                    items.truncate(limit as usize);
-                }
+                // Like informer caches, the cache serves whole lists: no
+                // `limit`, no continue token (the API allows more than asked).
                 serde_json::to_string(&json!({
                     "apiVersion": cache.resource.api_version,
                     "kind": format!("{}List", cache.resource.kind),
@@ -302,22 +393,35 @@ impl KubeBackend {
         built.map_err(|e| invalid(e.to_string()))
     }
 
-    /// Sends one request; returns the status and the body text.
-    async fn send(&self, request: http::Request<Vec<u8>>) -> Result<(u16, String), K8sError> {
+    /// Sends one request, giving up at the deadline; returns the status
+    /// and the body text. A request that never got an answer is code 0.
+    async fn send(
+        &self,
+        request: http::Request<Vec<u8>>,
+        deadline: Instant,
+    ) -> Result<(u16, String), K8sError> {
         let unavailable =
-            |e: String| K8sError::new(K8sErrorKind::Unavailable, 503, "ServiceUnavailable", e);
-        let response = self
-            .client
-            .send(request.map(kube::client::Body::from))
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect_bytes()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+            |e: String| K8sError::new(K8sErrorKind::Unavailable, 0, "ServiceUnavailable", e);
+        let exchange = async {
+            let response = self
+                .client
+                .send(request.map(kube::client::Body::from))
+                .await
+                .map_err(|e| unavailable(format!("the API server did not answer: {e}")))?;
+            let status = response.status().as_u16();
+            let bytes = response
+                .into_body()
+                .collect_bytes()
+                .await
+                .map_err(|e| unavailable(format!("the API server's answer broke off: {e}")))?;
+            Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        match tokio::time::timeout_at(deadline.into(), exchange).await {
+            Ok(answer) => answer,
+            Err(_) => Err(unavailable(
+                "the API server did not answer before the reconcile's deadline".to_owned(),
+            )),
+        }
     }
 
     async fn remote(&self, call: &K8sCall, cx: &CallContext) -> Result<K8sResponse, K8sError> {
@@ -336,10 +440,27 @@ impl KubeBackend {
             };
             TraceContextPropagator::new()
                 .inject_context(&span_cx, &mut HeaderInjector(request.headers_mut()));
-            let answer = self.send(request).await;
+            let answer = self.send(request, cx.deadline).await;
+            let idempotent = matches!(
+                call.op,
+                K8sOp::Get | K8sOp::List(_) | K8sOp::Apply { .. } | K8sOp::MergePatch { .. }
+            );
             let retry_code = match &answer {
-                Ok((status, _)) if retryable(*status) => Some(*status),
-                Err(e) if e.kind == K8sErrorKind::Unavailable => Some(e.code),
+                // Writes that are not idempotent are retried only when the
+                // server says it did not act: a retried create that had
+                // worked would answer "already exists".
+                Ok((status, _))
+                    if retryable(*status) && (idempotent || *status == 429 || *status == 503) =>
+                {
+                    Some(*status)
+                }
+                Err(e)
+                    if e.kind == K8sErrorKind::Unavailable
+                        && idempotent
+                        && Instant::now() < cx.deadline =>
+                {
+                    Some(e.code)
+                }
                 _ => None,
             };
             let wait = RETRY_BASE.saturating_mul(1 << attempt.min(10));
@@ -428,11 +549,12 @@ fn interpret(call: &K8sCall, status: u16, body: String) -> Result<(u16, Option<S
 #[async_trait]
 impl K8sBackend for KubeBackend {
     async fn call(&self, call: K8sCall, cx: &CallContext) -> Result<K8sResponse, K8sError> {
+        self.check_type(&call.resource).await?;
         if matches!(call.op, K8sOp::Get | K8sOp::List(_))
             && !call.status
             && let Some(cache) = self.cache_for(&call.resource)
         {
-            return self.read_cache(cache, &call).await;
+            return self.read_cache(cache, &call, cx.deadline).await;
         }
         self.remote(&call, cx).await
     }

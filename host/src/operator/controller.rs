@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use kube::ResourceExt as _;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -20,7 +20,7 @@ use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use serde_json::{Value, json};
 
 use super::backend::{Cache, KubeBackend, api_resource};
-use crate::caps::k8s::{CallContext, K8sBackend, K8sCall, K8sOp, ResourceType};
+use crate::caps::k8s::{CallContext, K8sBackend, K8sCall, K8sErrorKind, K8sOp, ResourceType};
 use crate::engine::Plugin;
 use crate::reconcile::{Failure, FailureKind, ObjectRef, Outcome, Reason, ReconcileRequest};
 
@@ -55,6 +55,8 @@ pub struct Activity {
 
 #[derive(Debug)]
 struct ActivityState {
+    /// Controllers whose caches have not synced yet.
+    starting: usize,
     running: usize,
     retrying: HashSet<Key>,
     failed: HashMap<Key, String>,
@@ -65,6 +67,7 @@ struct ActivityState {
 impl Default for ActivityState {
     fn default() -> Self {
         ActivityState {
+            starting: 0,
             running: 0,
             retrying: HashSet::new(),
             failed: HashMap::new(),
@@ -77,6 +80,39 @@ impl Default for ActivityState {
 impl Activity {
     fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A controller is starting: not idle until it has synced.
+    pub(crate) fn starting(&self) {
+        let mut s = self.lock();
+        s.starting += 1;
+        s.last_change = Instant::now();
+    }
+
+    /// A controller has synced its caches, or given up.
+    fn started(&self) {
+        let mut s = self.lock();
+        s.starting = s.starting.saturating_sub(1);
+        s.last_change = Instant::now();
+    }
+
+    /// A problem of a whole controller (not of one object).
+    fn controller_failed(&self, plugin: &str, message: String) {
+        let mut s = self.lock();
+        s.failed
+            .insert((plugin.to_owned(), String::new(), String::new()), message);
+        s.last_change = Instant::now();
+    }
+
+    /// The keys of `plugin`'s objects that failed or wait for a retry.
+    fn keys_of(&self, plugin: &str) -> Vec<Key> {
+        let s = self.lock();
+        s.failed
+            .keys()
+            .chain(s.retrying.iter())
+            .filter(|(p, ns, n)| p == plugin && !(ns.is_empty() && n.is_empty()))
+            .cloned()
+            .collect()
     }
 
     fn begin(&self) {
@@ -116,7 +152,10 @@ impl Activity {
     /// Nothing running or waiting for a retry, for at least `quiet`.
     pub fn idle_for(&self, quiet: Duration) -> bool {
         let s = self.lock();
-        s.running == 0 && s.retrying.is_empty() && s.last_change.elapsed() >= quiet
+        s.starting == 0
+            && s.running == 0
+            && s.retrying.is_empty()
+            && s.last_change.elapsed() >= quiet
     }
 
     /// Objects whose latest reconcile failed, with the failure.
@@ -125,7 +164,14 @@ impl Activity {
         let mut out: Vec<(String, String)> = s
             .failed
             .iter()
-            .map(|((p, ns, n), f)| (format!("{p}: {ns}/{n}"), f.clone()))
+            .map(|((p, ns, n), f)| {
+                let what = match (ns.is_empty(), n.is_empty()) {
+                    (true, true) => format!("{p}: controller"),
+                    (true, false) => format!("{p}: {n}"),
+                    _ => format!("{p}: {ns}/{n}"),
+                };
+                (what, f.clone())
+            })
             .collect();
         out.sort();
         out
@@ -141,6 +187,8 @@ impl Activity {
 struct ObjectState {
     last_version: Option<String>,
     failures: u32,
+    /// Whether the latest failure is one the host retries.
+    retrying: bool,
     requeued: bool,
     digest: String,
 }
@@ -193,6 +241,18 @@ impl Context {
         ));
     }
 
+    /// Forgets the failures of objects gone from the store (a failure that
+    /// is not retried would otherwise outlive its object).
+    fn sweep(&self) {
+        let present: HashSet<(String, String)> =
+            self.store.state().iter().map(|o| key_of(o)).collect();
+        for (_, namespace, name) in self.activity.keys_of(&self.plugin.metadata().name) {
+            if !present.contains(&(namespace.clone(), name.clone())) {
+                self.forget(&namespace, &name);
+            }
+        }
+    }
+
     /// Drops the state of objects gone from the store, once the map has
     /// grown well past the store (deleted objects are not reconciled again).
     fn prune(&self) {
@@ -219,13 +279,14 @@ impl Context {
         if deleting {
             return (Reason::Deleting, attempt);
         }
-        if state.failures > 0 {
+        let changed = state.last_version != obj.resource_version();
+        if state.failures > 0 && state.retrying && !changed {
             return (Reason::Retry, attempt);
         }
         if state.last_version.is_some() && state.digest != self.plugin.digest() {
             return (Reason::PluginReloaded, attempt);
         }
-        if state.last_version != obj.resource_version() {
+        if changed {
             return (Reason::ObjectChanged, attempt);
         }
         if state.requeued {
@@ -281,6 +342,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
         .is_some_and(|f| obj.finalizers().contains(f));
     // Being deleted without our finalizer: nothing left for the plugin.
     if deleting && (ctx.finalizer.is_none() || !finalized) {
+        ctx.forget(&key.0, &key.1);
         return Ok(Action::await_change());
     }
     ctx.activity.begin();
@@ -355,6 +417,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
                 *s = ObjectState {
                     last_version: version,
                     failures: 0,
+                    retrying: false,
                     requeued: false,
                     digest,
                 }
@@ -366,6 +429,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
                 *s = ObjectState {
                     last_version: version,
                     failures: 0,
+                    retrying: false,
                     requeued: true,
                     digest,
                 }
@@ -373,8 +437,10 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
             Ok(Action::requeue(after))
         }
         Outcome::Failed(failure) => {
+            let retrying = failure.retry;
             ctx.update(key, |s| {
                 s.failures += 1;
+                s.retrying = retrying;
                 s.last_version = version;
                 s.digest = digest;
             });
@@ -413,10 +479,61 @@ fn reflect(
     )
 }
 
+/// How long a controller may take to sync its caches before the host
+/// reports it (it keeps trying).
+const SYNC_WARNING: Duration = Duration::from_secs(10);
+
+/// How often a controller forgets the failures of deleted objects.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a controller whose types the API server lacks looks again.
+const TYPE_RETRY: Duration = Duration::from_secs(2);
+
+/// Waits until the API server serves every type of the plugin as the plugin
+/// names it. A type that is missing (its CRD not installed yet) or that
+/// discovery cannot answer is looked up again until `shutdown`; a type that
+/// is served differently (plural, scope) cannot work: that is an error.
+async fn check_types(
+    backend: &KubeBackend,
+    plugin: &str,
+    types: &[ResourceType],
+    activity: &Activity,
+) -> Result<(), String> {
+    let mut reported = HashSet::new();
+    loop {
+        let mut missing = None;
+        for resource in types {
+            match backend.check_type(resource).await {
+                Ok(()) => {}
+                Err(e) if e.kind == K8sErrorKind::Invalid => {
+                    return Err(format!("cannot watch {}: {}", resource.gvk(), e.message));
+                }
+                Err(e) => {
+                    missing = Some((resource.gvk(), e.message));
+                    break;
+                }
+            }
+        }
+        let Some((gvk, message)) = missing else {
+            return Ok(());
+        };
+        let report = format!(
+            "waiting for the API server to serve {gvk} ({message}): install its CustomResourceDefinition, or check that the host can reach the API server"
+        );
+        if reported.insert(gvk) {
+            tracing::error!(plugin, "{report}");
+            activity.controller_failed(plugin, report);
+        }
+        tokio::time::sleep(TYPE_RETRY).await;
+    }
+}
+
 /// Runs the controller of `plugin` until `shutdown` resolves.
 ///
 /// Its Kubernetes calls go through a [`KubeBackend`] writing as the plugin
-/// (field manager = plugin name), reading the controller's stores.
+/// (field manager = plugin name), reading the controller's stores. The
+/// caller has counted the controller as starting in `activity`; it counts
+/// as started once its caches have synced (or it gave up).
 pub async fn run(
     client: kube::Client,
     plugin: Plugin,
@@ -425,7 +542,25 @@ pub async fn run(
     tracer: opentelemetry_sdk::trace::SdkTracer,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let shutdown = shutdown.boxed().shared();
+    let mut starting = Starting(Some(activity.clone()));
     let metadata = plugin.metadata().clone();
+    let name = metadata.name.clone();
+    let types: Vec<ResourceType> = std::iter::once(metadata.primary.clone())
+        .chain(metadata.owns.iter().cloned())
+        .collect();
+    let checker = KubeBackend::new(client.clone(), &name, tracer.clone(), Vec::new());
+    let checked = tokio::select! {
+        checked = check_types(&checker, &name, &types, &activity) => checked,
+        () = shutdown.clone() => return,
+    };
+    if let Err(message) = checked {
+        tracing::error!(plugin = %name, "{message}; the controller does not run: rebuild the plugin with the type the API server serves");
+        activity.controller_failed(&name, message);
+        return;
+    }
+    activity.forget(&(name.clone(), String::new(), String::new()));
+
     let primary = api_resource(&metadata.primary);
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &primary);
     let mut controller = Controller::new_with(api, watcher::Config::default(), primary.clone());
@@ -440,12 +575,17 @@ pub async fn run(
         controller = controller.owns_stream_with(stream, resource);
     }
     let store = controller.store();
-    let backend: Arc<dyn K8sBackend> =
-        Arc::new(KubeBackend::new(client, &metadata.name, tracer, caches));
+    let stores: Vec<(String, reflector::Store<DynamicObject>)> = caches
+        .iter()
+        .map(|c| (c.resource.kind.clone(), c.store.clone()))
+        .collect();
+    let backend: Arc<dyn K8sBackend> = Arc::new(KubeBackend::new(client, &name, tracer, caches));
+    // A concurrency of 0 would mean "unbounded" to kube-runtime.
     let concurrency = plugin
         .grant()
         .and_then(|g| g.limits.concurrency)
-        .unwrap_or(settings.concurrency);
+        .unwrap_or(settings.concurrency)
+        .max(1);
     let plugin = plugin.with_backend(backend.clone());
     let ctx = Arc::new(Context {
         plugin,
@@ -454,9 +594,50 @@ pub async fn run(
         finalizer: metadata.finalizer.clone(),
         settings,
         objects: Mutex::default(),
-        activity,
+        activity: activity.clone(),
         store,
     });
+
+    // Startup: the controller counts as started once every store has
+    // listed; then it forgets, every second, the failures of deleted objects.
+    let background = {
+        let ctx = ctx.clone();
+        let name = name.clone();
+        async move {
+            let synced =
+                futures::future::join_all(stores.iter().map(|(_, s)| s.wait_until_ready()));
+            let synced = tokio::time::timeout(SYNC_WARNING, synced).await;
+            if synced.is_err() {
+                let unsynced: Vec<&str> = stores
+                    .iter()
+                    .filter(|(_, s)| s.wait_until_ready().now_or_never().is_none())
+                    .map(|(kind, _)| kind.as_str())
+                    .collect();
+                let message = format!(
+                    "the caches of {} have not synced after {}s: can the host list and watch them?",
+                    unsynced.join(", "),
+                    SYNC_WARNING.as_secs()
+                );
+                tracing::error!(plugin = %name, "{message}");
+                ctx.activity.controller_failed(&name, message);
+            }
+            starting.done();
+            if synced.is_err() {
+                for (_, store) in &stores {
+                    let _ = store.wait_until_ready().await;
+                }
+                ctx.activity
+                    .forget(&(name.clone(), String::new(), String::new()));
+                tracing::info!(plugin = %name, "caches synced");
+            }
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                ctx.sweep();
+            }
+        }
+    };
+    let background = tokio::spawn(background);
+
     let results = ctx.clone();
     controller
         .with_config(ControllerConfig::default().concurrency(concurrency))
@@ -476,9 +657,30 @@ pub async fn run(
                     }
                     // Plugin failures are logged with their trace by the engine.
                     Err(kube::runtime::controller::Error::ReconcilerFailed(..)) | Ok(_) => {}
-                    Err(error) => tracing::debug!(%error, "controller event"),
+                    // Watch errors: kube-runtime backs off and tries again.
+                    Err(error) => {
+                        tracing::warn!(plugin = %ctx.plugin.metadata().name, %error, "controller");
+                    }
                 }
             }
         })
         .await;
+    background.abort();
+}
+
+/// Counts a controller as started when dropped, unless it already was.
+struct Starting(Option<Arc<Activity>>);
+
+impl Starting {
+    fn done(&mut self) {
+        if let Some(activity) = self.0.take() {
+            activity.started();
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.done();
+    }
 }

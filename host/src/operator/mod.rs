@@ -170,6 +170,7 @@ impl Operator {
         let tasks = plugins
             .into_iter()
             .map(|plugin| {
+                activity.starting();
                 let mut stopped = stopped.clone();
                 let shutdown = async move {
                     let _ = stopped.wait_for(|s| *s).await;

@@ -1,5 +1,6 @@
 //! Annotates each ConfigMap once; a failed write is logged with its kind
-//! and returned, so that tests see what reached the plugin.
+//! and returned, so that tests see what reached the plugin. A ConfigMap
+//! with `fail: permanent` in its data fails without a retry.
 use reconcile_sdk::k8s::{Error as K8sError, Patch};
 use reconcile_sdk::k8s_openapi::api::core::v1::ConfigMap;
 use reconcile_sdk::prelude::*;
@@ -29,6 +30,10 @@ impl Reconciler for Writer {
         let Some(cm) = request.object::<ConfigMap>()? else {
             return Ok(Action::Done);
         };
+        // A ConfigMap can ask for a failure the host does not retry.
+        if cm.data.as_ref().and_then(|d| d.get("fail")).map(String::as_str) == Some("permanent") {
+            return Err(Error::permanent("the ConfigMap asks to fail"));
+        }
         let api = Api::<ConfigMap>::namespaced(request.namespace().unwrap_or("default"));
         let patch =
             serde_json::json!({"metadata": {"annotations": {"writer.reconcile.dev/seen": "yes"}}});

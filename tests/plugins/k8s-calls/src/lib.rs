@@ -73,6 +73,23 @@ impl Reconciler for Calls {
             }
         }
 
+        // Names that would change the request path are refused by the host.
+        let bad_names: [(&str, &str); 3] = [
+            ("apps", "../../secrets/token"),
+            ("apps", ""),
+            ("kube-system/secrets", "x"),
+        ];
+        for (ns, name) in bad_names {
+            match Api::<ConfigMap>::namespaced(ns).get(name) {
+                Err(reconcile_sdk::k8s::Error::Invalid(status)) if status.code == 400 => {}
+                other => {
+                    return Err(Error::new(format!(
+                        "expected 400 for {ns:?}/{name:?}, got {other:?}"
+                    )));
+                }
+            }
+        }
+
         // A call that fails reaches the plugin as a typed error.
         match api.get("missing") {
             Err(e) if e.is_not_found() => Ok(Action::Done),
