@@ -408,21 +408,25 @@ impl<K: DeserializeOwned> Api<K> {
     }
 
     /// Server-side apply an object, named by its `metadata.name`, with the
-    /// plugin as field manager. Fails with a conflict when another manager
-    /// owns a field it sets; see [`apply_force`](Self::apply_force).
+    /// plugin as field manager, forcing: fields another manager set (a
+    /// `kubectl patch`, say) are taken back, as a controller is expected to
+    /// do (`PatchParams::apply(..).force()` in kube-rs). See
+    /// [`apply_without_force`](Self::apply_without_force) to be told instead.
     pub fn apply(&self, object: &K) -> Result<K, Error>
     where
         K: Serialize + Resource,
     {
-        self.apply_object(object, false)
+        self.apply_object(object, true)
     }
 
-    /// Server-side apply, taking over fields other managers own.
-    pub fn apply_force(&self, object: &K) -> Result<K, Error>
+    /// Server-side apply without forcing: fails with a
+    /// [conflict](Error::is_conflict) when another manager owns a field the
+    /// object sets to another value, and changes nothing.
+    pub fn apply_without_force(&self, object: &K) -> Result<K, Error>
     where
         K: Serialize + Resource,
     {
-        self.apply_object(object, true)
+        self.apply_object(object, false)
     }
 
     fn apply_object(&self, object: &K, force: bool) -> Result<K, Error>

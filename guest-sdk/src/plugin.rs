@@ -151,9 +151,14 @@ impl Metadata {
         self
     }
 
-    /// Ask to create Events (`events.k8s.io/v1`), for [`events::record`](crate::events::record).
+    /// Ask to record Events (`events.k8s.io/v1`), for
+    /// [`events::record`](crate::events::record): `get`, `create`, `patch`
+    /// and `update`, so that repeats are counted on one Event.
     pub fn records_events(self) -> Self {
-        self.access_type(crate::events::event_type(), &[Verb::Create])
+        self.access_type(
+            crate::events::event_type(),
+            &[Verb::Get, Verb::Create, Verb::Patch, Verb::Update],
+        )
     }
 
     /// Ask to call `host` over HTTP.

@@ -1,12 +1,12 @@
 //! Grants: what the operator allows a plugin to reach.
 //!
 //! A plugin asks (its `metadata()`); the operator grants, in a TOML file per
-//! plugin, next to the `.wasm` (`<file>.grants.toml`) or as
-//! `<plugin-name>.toml` under a `--grants` directory:
+//! plugin named `<plugin-name>.grants.toml`, next to the `.wasm` or under a
+//! `--grants` directory (see [`Grant::find`] for the older names also read):
 //!
 //! ```toml
 //! [[resources]]
-//! group = "apps"              # "" (the default) for the core group
+//! group = "apps"              # "" or "core" (the default) for the core group
 //! kind = "Deployment"
 //! verbs = ["get", "list", "watch", "patch"]
 //! namespaces = ["default"]    # leave out for every namespace
@@ -20,7 +20,10 @@
 //! ```
 //!
 //! A plugin whose request exceeds its grant is refused at load; a call
-//! outside the grant fails with `forbidden` and sends nothing.
+//! outside the grant fails with `forbidden` and sends nothing. The host
+//! watches the plugin's primary and owned types only in the namespaces where
+//! the grant allows `watch` on them ([`Grant::watch_namespaces`]), so a
+//! plugin is never woken for an object it may not touch.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,12 +32,13 @@ use serde::Deserialize;
 
 use crate::caps::k8s::ResourceType;
 use crate::metadata::{PluginMetadata, Verb};
+use crate::operator::watch::Namespaces;
 
 /// One resource rule of a grant.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceGrant {
-    /// API group; empty for core.
+    /// API group; empty (or `core` in the file) for the core group.
     #[serde(default)]
     pub group: String,
     /// Kind.
@@ -105,6 +109,16 @@ pub enum GrantError {
         /// Where one was looked for.
         expected: String,
     },
+    /// More than one file could be the grant.
+    #[error("plugin {plugin} has two grant files, {first} and {second}: keep one ({first})")]
+    Ambiguous {
+        /// The plugin.
+        plugin: String,
+        /// The file that would be used.
+        first: String,
+        /// The other.
+        second: String,
+    },
     /// The plugin asks for more than it is granted.
     #[error("plugin {plugin} asks for more than its grant {source_name} gives: {}; add it to the grant or use a plugin that asks for less", missing.join("; "))]
     Insufficient {
@@ -122,12 +136,18 @@ fn group_name(group: &str) -> &str {
 }
 
 impl Grant {
-    /// Parses a grant; `source` names it in errors.
+    /// Parses a grant; `source` names it in errors. `group = "core"` is
+    /// the core group, as the host's messages write it.
     pub fn from_toml(text: &str, source: &Path) -> Result<Self, GrantError> {
         let mut grant: Grant = toml::from_str(text).map_err(|e| GrantError::Invalid {
             path: source.to_owned(),
             message: e.to_string(),
         })?;
+        for rule in &mut grant.resources {
+            if rule.group == "core" {
+                rule.group.clear();
+            }
+        }
         grant.source = source.display().to_string();
         Ok(grant)
     }
@@ -141,36 +161,112 @@ impl Grant {
         Self::from_toml(&text, path)
     }
 
-    /// The grant of the plugin at `wasm`: `<grants_dir>/<name>.toml` when a
-    /// directory is given, else `<wasm without .wasm>.grants.toml`.
+    /// The grant of plugin `name` at `wasm`: `<name>.grants.toml` under
+    /// `grants_dir` when one is given, else next to the `.wasm`. Older names
+    /// are read too: `<name>.toml` under `grants_dir`, and next to the
+    /// `.wasm` its file stem (`my_plugin.grants.toml` for `my_plugin.wasm`).
+    /// Two different files that could both be the grant are refused.
     pub fn find(wasm: &Path, name: &str, grants_dir: Option<&Path>) -> Result<Self, GrantError> {
-        let path = match grants_dir {
-            Some(dir) => dir.join(format!("{name}.toml")),
-            None => wasm.with_extension("grants.toml"),
+        let candidates: Vec<PathBuf> = match grants_dir {
+            Some(dir) => vec![
+                dir.join(format!("{name}.grants.toml")),
+                dir.join(format!("{name}.toml")),
+            ],
+            None => {
+                let dir = wasm.parent().unwrap_or(Path::new(""));
+                vec![
+                    dir.join(format!("{name}.grants.toml")),
+                    wasm.with_extension("grants.toml"),
+                ]
+            }
         };
-        if !path.exists() {
-            return Err(GrantError::Missing {
-                plugin: name.to_owned(),
-                expected: path.display().to_string(),
-            });
+        let mut found: Vec<&PathBuf> = Vec::new();
+        for path in &candidates {
+            if path.exists() && !found.iter().any(|f| same_file(f, path)) {
+                found.push(path);
+            }
         }
-        Self::load(&path)
+        match found.as_slice() {
+            [] => Err(GrantError::Missing {
+                plugin: name.to_owned(),
+                expected: candidates[0].display().to_string(),
+            }),
+            [path] => Self::load(path),
+            [first, second, ..] => Err(GrantError::Ambiguous {
+                plugin: name.to_owned(),
+                first: first.display().to_string(),
+                second: second.display().to_string(),
+            }),
+        }
     }
 
-    /// Exactly what the plugin asks for (`dev` grants this).
+    /// Where the host may watch `resource` for this plugin: the namespaces
+    /// in which the grant allows `watch` on it; `None` if nowhere. A rule
+    /// limited to namespaces never covers a cluster-scoped type.
+    pub fn watch_namespaces(&self, resource: &ResourceType) -> Option<Namespaces> {
+        let mut namespaces = std::collections::BTreeSet::new();
+        for rule in self.rules_for(resource, Verb::Watch) {
+            if rule.namespaces.is_empty() {
+                return Some(Namespaces::All);
+            }
+            namespaces.extend(rule.namespaces.iter().cloned());
+        }
+        (!namespaces.is_empty()).then_some(Namespaces::Only(namespaces))
+    }
+
+    /// The rules that give `verb` on `resource` somewhere.
+    fn rules_for<'a>(
+        &'a self,
+        resource: &'a ResourceType,
+        verb: Verb,
+    ) -> impl Iterator<Item = &'a ResourceGrant> + 'a {
+        self.resources.iter().filter(move |r| {
+            r.group == resource.group
+                && r.kind == resource.kind
+                && r.verbs.contains(&verb)
+                && (resource.namespaced || r.namespaces.is_empty())
+        })
+    }
+
+    /// Exactly what the plugin asks for, in every namespace, plus what the
+    /// host needs to watch its types (`dev` grants this).
     pub fn from_request(metadata: &PluginMetadata) -> Self {
+        let mut resources: Vec<ResourceGrant> = metadata
+            .access
+            .resources
+            .iter()
+            .map(|a| ResourceGrant {
+                group: a.resource.group.clone(),
+                kind: a.resource.kind.clone(),
+                verbs: a.verbs.clone(),
+                namespaces: vec![],
+            })
+            .collect();
+        for watched in watched_types(metadata) {
+            let rule = match resources
+                .iter_mut()
+                .find(|r| r.group == watched.group && r.kind == watched.kind)
+            {
+                Some(rule) => rule,
+                None => {
+                    resources.push(ResourceGrant {
+                        group: watched.group.clone(),
+                        kind: watched.kind.clone(),
+                        verbs: vec![],
+                        namespaces: vec![],
+                    });
+                    let last = resources.len() - 1;
+                    &mut resources[last]
+                }
+            };
+            for verb in WATCH_VERBS {
+                if !rule.verbs.contains(&verb) {
+                    rule.verbs.push(verb);
+                }
+            }
+        }
         Grant {
-            resources: metadata
-                .access
-                .resources
-                .iter()
-                .map(|a| ResourceGrant {
-                    group: a.resource.group.clone(),
-                    kind: a.resource.kind.clone(),
-                    verbs: a.verbs.clone(),
-                    namespaces: vec![],
-                })
-                .collect(),
+            resources,
             http_hosts: metadata.access.http_hosts.clone(),
             limits: LimitsGrant::default(),
             source: "the plugin's own request (dev)".into(),
@@ -191,23 +287,34 @@ impl Grant {
         })
     }
 
-    /// Checks that the grant covers everything the plugin asks for.
+    /// Checks that the grant covers everything the plugin asks for, and
+    /// `list` and `watch` on the types the host watches for it.
     pub fn check(&self, metadata: &PluginMetadata) -> Result<(), GrantError> {
         let mut missing = Vec::new();
-        for access in &metadata.access.resources {
-            for verb in &access.verbs {
-                let covered = self.resources.iter().any(|r| {
-                    r.group == access.resource.group
-                        && r.kind == access.resource.kind
-                        && r.verbs.contains(verb)
-                });
-                if !covered {
-                    missing.push(format!(
-                        "{verb} on {}/{}",
-                        group_name(&access.resource.group),
-                        access.resource.kind
-                    ));
-                }
+        let mut seen = std::collections::HashSet::new();
+        let asked = metadata
+            .access
+            .resources
+            .iter()
+            .flat_map(|a| a.verbs.iter().map(move |verb| (&a.resource, *verb, "")));
+        let watched = watched_types(metadata).flat_map(|r| {
+            [Verb::List, Verb::Watch].map(|verb| {
+                (
+                    r,
+                    verb,
+                    " (the host watches the types a plugin reconciles and owns)",
+                )
+            })
+        });
+        for (resource, verb, why) in asked.chain(watched) {
+            if self.rules_for(resource, verb).next().is_none()
+                && seen.insert((resource.group.as_str(), resource.kind.as_str(), verb))
+            {
+                missing.push(format!(
+                    "{verb} on {}/{}{why}",
+                    group_name(&resource.group),
+                    resource.kind
+                ));
             }
         }
         for host in &metadata.access.http_hosts {
@@ -224,6 +331,21 @@ impl Grant {
                 missing,
             })
         }
+    }
+}
+
+/// Verbs the host needs on a type it watches (get serves the plugin's reads).
+const WATCH_VERBS: [Verb; 3] = [Verb::Get, Verb::List, Verb::Watch];
+
+/// The primary type and the owned types: those the host watches.
+fn watched_types(metadata: &PluginMetadata) -> impl Iterator<Item = &ResourceType> {
+    std::iter::once(&metadata.primary).chain(metadata.owns.iter())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -329,6 +451,100 @@ mod tests {
             .to_string();
         assert!(err.contains("delete on apps/Deployment"), "{err}");
         assert!(err.contains("demo.toml"), "{err}");
+    }
+
+    #[test]
+    fn core_is_the_core_group() {
+        let grant = Grant::from_toml(
+            "[[resources]]\ngroup = \"core\"\nkind = \"ConfigMap\"\nverbs = [\"get\"]\n",
+            Path::new("g.toml"),
+        )
+        .unwrap();
+        assert!(grant.allows(&rt("", "ConfigMap"), Verb::Get, Some("default")));
+        assert!(!grant.allows(&rt("core", "ConfigMap"), Verb::Get, Some("default")));
+        assert_eq!(
+            grant.to_string().trim(),
+            "core/ConfigMap: get (all namespaces)"
+        );
+    }
+
+    #[test]
+    fn the_host_watches_where_the_grant_allows_watch() {
+        let grant = Grant::from_toml(
+            r#"
+            [[resources]]
+            group = "apps"
+            kind = "Deployment"
+            verbs = ["get", "list", "watch"]
+            namespaces = ["b", "a"]
+            [[resources]]
+            group = "apps"
+            kind = "Deployment"
+            verbs = ["watch"]
+            namespaces = ["c"]
+            [[resources]]
+            group = "apps"
+            kind = "Deployment"
+            verbs = ["patch"]
+            namespaces = ["d"]
+            [[resources]]
+            kind = "Secret"
+            verbs = ["get"]
+            "#,
+            Path::new("g.toml"),
+        )
+        .unwrap();
+        let only = |v: &[&str]| Namespaces::Only(v.iter().map(|s| (*s).to_owned()).collect());
+        assert_eq!(
+            grant.watch_namespaces(&rt("apps", "Deployment")),
+            Some(only(&["a", "b", "c"]))
+        );
+        assert_eq!(grant.watch_namespaces(&rt("", "Secret")), None);
+        let mut m = metadata(vec![Verb::Get]);
+        m.primary = rt("", "Secret");
+        let err = grant.check(&m).unwrap_err().to_string();
+        assert!(
+            err.contains("list on core/Secret (the host watches")
+                && err.contains("watch on core/Secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_grant_is_found_by_the_plugin_name_or_the_file_stem() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = dir.path().join("my_plugin.wasm");
+        let rule = "[[resources]]\nkind = \"ConfigMap\"\nverbs = [\"get\"]\n";
+        let missing = Grant::find(&wasm, "my-plugin", None)
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("my-plugin.grants.toml"), "{missing}");
+        // Next to the .wasm: the plugin name, or cargo's file stem.
+        std::fs::write(dir.path().join("my_plugin.grants.toml"), rule).unwrap();
+        assert!(Grant::find(&wasm, "my-plugin", None).is_ok());
+        std::fs::write(dir.path().join("my-plugin.grants.toml"), rule).unwrap();
+        let two = Grant::find(&wasm, "my-plugin", None)
+            .unwrap_err()
+            .to_string();
+        assert!(two.contains("two grant files"), "{two}");
+        std::fs::remove_file(dir.path().join("my_plugin.grants.toml")).unwrap();
+        let found = Grant::find(&wasm, "my-plugin", None).unwrap();
+        assert!(
+            found.source.ends_with("my-plugin.grants.toml"),
+            "{}",
+            found.source
+        );
+        // Under --grants: the same name, or <name>.toml.
+        let grants = tempfile::tempdir().unwrap();
+        std::fs::write(grants.path().join("my-plugin.toml"), rule).unwrap();
+        assert!(Grant::find(&wasm, "my-plugin", Some(grants.path())).is_ok());
+        std::fs::rename(
+            grants.path().join("my-plugin.toml"),
+            grants.path().join("my-plugin.grants.toml"),
+        )
+        .unwrap();
+        let found = Grant::find(&wasm, "my-plugin", Some(grants.path())).unwrap();
+        assert!(found.source.ends_with("my-plugin.grants.toml"));
     }
 
     #[test]

@@ -63,19 +63,27 @@ enum Command {
         /// Address of the embedded API server.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
-        /// Where to write the kubeconfig for kubectl.
-        #[arg(long, default_value = "target/reconcile-host-dev.kubeconfig")]
-        kubeconfig: PathBuf,
+        /// Where to write the kubeconfig for kubectl (default:
+        /// dev.kubeconfig in the cache directory; the path is printed).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Run the plugins as controllers against the cluster of the kubeconfig
     /// (or the in-cluster configuration), with their grant files.
     Run {
         #[command(flatten)]
         operator: OperatorArgs,
-        /// Directory of grant files (<plugin-name>.toml); by default each
-        /// plugin's grant is <file>.grants.toml next to its .wasm.
+        /// Directory of grant files (<plugin-name>.grants.toml); by
+        /// default each plugin's grant is next to its .wasm.
         #[arg(long)]
         grants: Option<PathBuf>,
+        /// The kubeconfig to use (default: KUBECONFIG, ~/.kube/config, or
+        /// the in-cluster configuration).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The kubeconfig context to use (default: its current context).
+        #[arg(long)]
+        context: Option<String>,
     },
     /// Serve the embedded Kubernetes API server on loopback until Ctrl-C or
     /// SIGTERM, with a kubeconfig for kubectl.
@@ -83,9 +91,10 @@ enum Command {
         /// Address to listen on (port 0 picks a free one).
         #[arg(long, default_value = "127.0.0.1:6443")]
         listen: std::net::SocketAddr,
-        /// Where to write the kubeconfig.
-        #[arg(long, default_value = "target/reconcile-host.kubeconfig")]
-        kubeconfig: PathBuf,
+        /// Where to write the kubeconfig (default: cluster.kubeconfig in
+        /// the cache directory; the path is printed).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Run one reconcile of a plugin on an object read from a YAML or JSON file,
     /// without a cluster (Kubernetes calls fail as unavailable). Spans go
@@ -202,10 +211,9 @@ fn level_directive(level: Level) -> &'static str {
     }
 }
 
-fn cache_dir(cli: &Cli) -> Option<PathBuf> {
-    if cli.no_cache {
-        return None;
-    }
+/// `--cache-dir`, else `$XDG_CACHE_HOME/reconcile-host` or
+/// `~/.cache/reconcile-host`.
+fn host_cache_dir(cli: &Cli) -> Option<PathBuf> {
     cli.cache_dir.clone().or_else(|| {
         std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
@@ -214,8 +222,25 @@ fn cache_dir(cli: &Cli) -> Option<PathBuf> {
     })
 }
 
+fn cache_dir(cli: &Cli) -> Option<PathBuf> {
+    if cli.no_cache {
+        return None;
+    }
+    host_cache_dir(cli)
+}
+
+/// Where `dev` and `cluster` write their kubeconfig unless told: the cache
+/// directory, else the system's temporary directory.
+fn default_kubeconfig(cli: &Cli, file: &str) -> PathBuf {
+    host_cache_dir(cli)
+        .unwrap_or_else(|| std::env::temp_dir().join("reconcile-host"))
+        .join(file)
+}
+
 async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
     let cache_dir = cache_dir(&cli);
+    let dev_kubeconfig = default_kubeconfig(&cli, "dev.kubeconfig");
+    let cluster_kubeconfig = default_kubeconfig(&cli, "cluster.kubeconfig");
     match cli.command {
         Command::Inspect { plugin, output } => {
             // Loading runs metadata(); no spans are made, so nothing is exported.
@@ -239,14 +264,16 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cluster { listen, kubeconfig } => cluster(listen, &kubeconfig).await,
+        Command::Cluster { listen, kubeconfig } => {
+            cluster(listen, &kubeconfig.unwrap_or(cluster_kubeconfig)).await
+        }
         Command::Dev {
             apply,
             operator,
             listen,
             kubeconfig,
         } => {
-            let config = TelemetryConfig::from_env().default_exporter(TracesExporter::Console);
+            let config = human_view(&logger);
             operate(
                 &config,
                 cache_dir,
@@ -255,19 +282,28 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
                 Target::Dev {
                     apply,
                     listen,
-                    kubeconfig,
+                    kubeconfig: kubeconfig.unwrap_or(dev_kubeconfig),
                 },
             )
             .await
         }
-        Command::Run { operator, grants } => {
+        Command::Run {
+            operator,
+            grants,
+            kubeconfig,
+            context,
+        } => {
             let config = TelemetryConfig::from_env();
             operate(
                 &config,
                 cache_dir,
                 logger,
                 operator,
-                Target::Cluster { grants },
+                Target::Cluster {
+                    grants,
+                    kubeconfig,
+                    context,
+                },
             )
             .await
         }
@@ -279,7 +315,7 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
             deadline_ms,
             memory_mib,
         } => {
-            let config = TelemetryConfig::from_env().default_exporter(TracesExporter::Console);
+            let config = human_view(&logger);
             let telemetry = Telemetry::init(&config)?;
             for warning in &config.warnings {
                 tracing::warn!("{warning}");
@@ -306,6 +342,18 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The telemetry of `dev` and `call`: unless `OTEL_TRACES_EXPORTER` says
+/// otherwise, each trace is printed as a tree on standard output with the
+/// log lines of its reconcile.
+fn human_view(logger: &Logger) -> TelemetryConfig {
+    let tree = reconcile_host::telemetry::tree::TreeView::stdout();
+    let config = TelemetryConfig::from_env().default_exporter(TracesExporter::Tree(tree.clone()));
+    if config.exporter == TracesExporter::Tree(tree.clone()) {
+        logger.attach_tree(tree);
+    }
+    config
+}
+
 /// Where `dev` and `run` reconcile.
 enum Target {
     Dev {
@@ -315,7 +363,38 @@ enum Target {
     },
     Cluster {
         grants: Option<PathBuf>,
+        kubeconfig: Option<PathBuf>,
+        context: Option<String>,
     },
+}
+
+/// The client of `run`: the kubeconfig file and context asked for, else
+/// `KUBECONFIG`, `~/.kube/config` or the in-cluster configuration.
+async fn cluster_client(
+    kubeconfig: Option<&Path>,
+    context: Option<String>,
+) -> anyhow::Result<kube::Client> {
+    use kube::config::{Config, KubeConfigOptions, Kubeconfig};
+    let options = KubeConfigOptions {
+        context,
+        ..Default::default()
+    };
+    let config = match (kubeconfig, &options.context) {
+        (Some(path), _) => {
+            let file = Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(file, &options)
+                .await
+                .with_context(|| format!("cannot use the kubeconfig {}", path.display()))?
+        }
+        (None, Some(context)) => Config::from_kubeconfig(&options)
+            .await
+            .with_context(|| format!("cannot use the kubeconfig context {context}"))?,
+        (None, None) => Config::infer().await.context(
+            "cannot reach a cluster: pass --kubeconfig, set KUBECONFIG, or run inside a pod",
+        )?,
+    };
+    kube::Client::try_from(config).context("cannot create a Kubernetes client")
 }
 
 async fn operate(
@@ -347,10 +426,8 @@ async fn operate(
                 tracing::info!(url = %server.url(), kubeconfig = %kubeconfig.display(), "embedded API server running: kubectl --kubeconfig {}", kubeconfig.display());
                 (Some(server), client, GrantPolicy::AsRequested)
             }
-            Target::Cluster { grants } => {
-                let client = kube::Client::try_default()
-                    .await
-                    .context("cannot reach a cluster: set KUBECONFIG, or run inside a pod")?;
+            Target::Cluster { grants, kubeconfig, context } => {
+                let client = cluster_client(kubeconfig.as_deref(), context).await?;
                 (None, client, GrantPolicy::Files(grants))
             }
         };
@@ -446,13 +523,20 @@ async fn call(
     attempt: u32,
 ) -> anyhow::Result<ExitCode> {
     let plugin = engine.load_file(plugin).await?;
-    let body = std::fs::read_to_string(object)
+    let text = std::fs::read_to_string(object)
         .with_context(|| format!("cannot read {}", object.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&body)
-        .with_context(|| format!("{} is not a JSON object", object.display()))?;
+    let value = reconcile_host::operator::manifests::first_object(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not a YAML or JSON object: {e}", object.display()))?;
+    if value.more {
+        tracing::warn!(
+            file = %object.display(),
+            "the file holds more than one object: reconciling the first"
+        );
+    }
+    let value = value.object;
     let object_ref = object_ref(&value)
         .with_context(|| format!("{} is not a Kubernetes object", object.display()))?;
-    let mut request = ReconcileRequest::new(object_ref, Some(body));
+    let mut request = ReconcileRequest::new(object_ref, Some(value.to_string()));
     request.reason = reason;
     request.attempt = attempt;
     let reconciled = plugin.reconcile(request).await;

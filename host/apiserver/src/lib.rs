@@ -28,6 +28,7 @@
 //! - [`status`]: `Status` errors.
 
 pub mod apply;
+pub mod convert;
 pub mod discovery;
 pub mod faults;
 pub mod patch;

@@ -70,9 +70,80 @@ impl ResourceDef {
         }
     }
 
-    /// The storage key: the same objects are served under every version.
+    /// The storage key: the same objects are served under every version
+    /// (and `events.k8s.io` Events are the core ones, see [`crate::convert`]).
     pub fn storage_key(&self) -> (String, String) {
-        (self.group.clone(), self.plural.clone())
+        match crate::convert::storage_type(self) {
+            Some(_) => (String::new(), self.plural.clone()),
+            None => (self.group.clone(), self.plural.clone()),
+        }
+    }
+
+    /// The field selectors served for this type: each label and the path
+    /// of the stored object it reads, with the value a missing field has.
+    pub fn field_labels(&self) -> Vec<(&'static str, &'static str, &'static str)> {
+        let mut labels = vec![
+            ("metadata.name", "metadata.name", ""),
+            ("metadata.namespace", "metadata.namespace", ""),
+        ];
+        let extra: &[(&'static str, &'static str, &'static str)] =
+            match (self.group.as_str(), self.plural.as_str()) {
+                ("", "events") => &[
+                    ("involvedObject.kind", "involvedObject.kind", ""),
+                    ("involvedObject.namespace", "involvedObject.namespace", ""),
+                    ("involvedObject.name", "involvedObject.name", ""),
+                    ("involvedObject.uid", "involvedObject.uid", ""),
+                    ("involvedObject.apiVersion", "involvedObject.apiVersion", ""),
+                    (
+                        "involvedObject.resourceVersion",
+                        "involvedObject.resourceVersion",
+                        "",
+                    ),
+                    ("involvedObject.fieldPath", "involvedObject.fieldPath", ""),
+                    ("reason", "reason", ""),
+                    ("reportingComponent", "reportingComponent", ""),
+                    ("source", "source.component", ""),
+                    ("type", "type", ""),
+                ],
+                ("events.k8s.io", "events") => &[
+                    ("regarding.kind", "involvedObject.kind", ""),
+                    ("regarding.namespace", "involvedObject.namespace", ""),
+                    ("regarding.name", "involvedObject.name", ""),
+                    ("regarding.uid", "involvedObject.uid", ""),
+                    ("regarding.apiVersion", "involvedObject.apiVersion", ""),
+                    (
+                        "regarding.resourceVersion",
+                        "involvedObject.resourceVersion",
+                        "",
+                    ),
+                    ("regarding.fieldPath", "involvedObject.fieldPath", ""),
+                    ("reason", "reason", ""),
+                    ("reportingController", "reportingComponent", ""),
+                    ("type", "type", ""),
+                ],
+                ("", "pods") => &[
+                    ("spec.nodeName", "spec.nodeName", ""),
+                    ("spec.restartPolicy", "spec.restartPolicy", ""),
+                    ("spec.schedulerName", "spec.schedulerName", ""),
+                    ("spec.serviceAccountName", "spec.serviceAccountName", ""),
+                    ("spec.hostNetwork", "spec.hostNetwork", "false"),
+                    ("status.phase", "status.phase", ""),
+                    ("status.podIP", "status.podIP", ""),
+                    ("status.nominatedNodeName", "status.nominatedNodeName", ""),
+                ],
+                ("", "secrets") => &[("type", "type", "")],
+                ("", "namespaces") => &[("status.phase", "status.phase", "")],
+                ("", "nodes") => &[("spec.unschedulable", "spec.unschedulable", "false")],
+                ("", "services") => &[
+                    ("spec.clusterIP", "spec.clusterIP", ""),
+                    ("spec.type", "spec.type", ""),
+                ],
+                ("apps", "replicasets") => &[("status.replicas", "status.replicas", "0")],
+                ("batch", "jobs") => &[("status.successful", "status.successful", "0")],
+                _ => &[],
+            };
+        labels.extend_from_slice(extra);
+        labels
     }
 
     /// The kind of lists of this type.

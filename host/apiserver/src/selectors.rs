@@ -1,5 +1,6 @@
-//! Label selectors (`=`, `==`, `!=`, `in`, `notin`, `key`, `!key`) and the
-//! field selectors `metadata.name` and `metadata.namespace`.
+//! Label selectors (`=`, `==`, `!=`, `in`, `notin`, `key`, `!key`) and
+//! field selectors (`=`, `==`, `!=`) on the field labels each type serves
+//! ([`ResourceDef::field_labels`](crate::registry::ResourceDef::field_labels)).
 
 use std::collections::BTreeMap;
 
@@ -154,54 +155,109 @@ impl LabelSelector {
     }
 }
 
+/// One requirement of a field selector: the path of the field in the
+/// object, `=` or `!=`, the value, and what a missing field reads as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FieldRequirement {
+    path: String,
+    equal: bool,
+    value: String,
+    missing: String,
+}
+
 /// A parsed field selector.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FieldSelector(Vec<(String, bool, String)>);
+pub struct FieldSelector(Vec<FieldRequirement>);
+
+fn split_requirement(part: &str) -> Result<(&str, bool, &str), String> {
+    let (field, equal, value) = if let Some((k, v)) = part.split_once("!=") {
+        (k, false, v)
+    } else if let Some((k, v)) = part.split_once("==") {
+        (k, true, v)
+    } else if let Some((k, v)) = part.split_once('=') {
+        (k, true, v)
+    } else {
+        return Err(format!("invalid selector: {part:?}; can't understand it"));
+    };
+    Ok((field.trim(), equal, value.trim()))
+}
 
 impl FieldSelector {
-    /// Parses a selector on `metadata.name` / `metadata.namespace`.
+    /// Parses a selector on any field path (`spec.nodeName=a`), as a cache
+    /// that serves every field would.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut reqs = Vec::new();
         for part in split_top(s) {
-            let (field, equal, value) = if let Some((k, v)) = part.split_once("!=") {
-                (k, false, v)
-            } else if let Some((k, v)) = part.split_once("==") {
-                (k, true, v)
-            } else if let Some((k, v)) = part.split_once('=') {
-                (k, true, v)
-            } else {
-                return Err(format!("invalid selector: {part:?}; can't understand it"));
-            };
-            let field = field.trim();
-            if field != "metadata.name" && field != "metadata.namespace" {
-                return Err(format!("field label not supported: {field}"));
+            let (field, equal, value) = split_requirement(part)?;
+            if field.is_empty() {
+                return Err(format!("invalid selector: {part:?}; the field is empty"));
             }
-            reqs.push((field.to_owned(), equal, value.trim().to_owned()));
+            reqs.push(FieldRequirement {
+                path: field.to_owned(),
+                equal,
+                value: value.to_owned(),
+                missing: String::new(),
+            });
         }
         Ok(FieldSelector(reqs))
     }
 
-    /// Whether an object of this name and namespace matches.
+    /// Parses a selector on the field labels a type serves: `(label, path
+    /// in the object, value of a missing field)`. Other labels are refused
+    /// as the real server refuses them.
+    pub fn parse_for(s: &str, labels: &[(&str, &str, &str)]) -> Result<Self, String> {
+        let mut reqs = Vec::new();
+        for part in split_top(s) {
+            let (field, equal, value) = split_requirement(part)?;
+            let (_, path, missing) = labels
+                .iter()
+                .find(|(label, _, _)| *label == field)
+                .ok_or_else(|| format!("field label not supported: {field}"))?;
+            reqs.push(FieldRequirement {
+                path: (*path).to_owned(),
+                equal,
+                value: value.to_owned(),
+                missing: (*missing).to_owned(),
+            });
+        }
+        Ok(FieldSelector(reqs))
+    }
+
+    /// Whether it reads only `metadata.name` and `metadata.namespace`.
+    pub fn metadata_only(&self) -> bool {
+        self.0
+            .iter()
+            .all(|r| r.path == "metadata.name" || r.path == "metadata.namespace")
+    }
+
+    /// Whether an object of this name and namespace matches a selector on
+    /// `metadata.name` and `metadata.namespace` (see [`metadata_only`](Self::metadata_only)).
     pub fn matches(&self, name: &str, namespace: &str) -> bool {
-        self.0.iter().all(|(field, equal, value)| {
-            let actual = if field == "metadata.name" {
-                name
-            } else {
-                namespace
+        self.0.iter().all(|r| {
+            let actual = match r.path.as_str() {
+                "metadata.name" => name,
+                "metadata.namespace" => namespace,
+                _ => return !r.equal,
             };
-            (actual == value) == *equal
+            (actual == r.value) == r.equal
         })
     }
 
     /// Whether the object matches.
     pub fn matches_object(&self, object: &Value) -> bool {
-        self.0.iter().all(|(field, equal, value)| {
-            let actual = match field.as_str() {
-                "metadata.name" => object["metadata"]["name"].as_str(),
-                _ => object["metadata"]["namespace"].as_str(),
-            }
-            .unwrap_or_default();
-            (actual == value) == *equal
+        self.0.iter().all(|r| {
+            let node = r
+                .path
+                .split('.')
+                .try_fold(object, |node, key| node.get(key));
+            let actual = match node {
+                None | Some(Value::Null) => r.missing.clone(),
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Bool(b)) => b.to_string(),
+                Some(Value::Number(n)) => n.to_string(),
+                Some(other) => other.to_string(),
+            };
+            (actual == r.value) == r.equal
         })
     }
 }
@@ -254,6 +310,32 @@ mod tests {
                 .unwrap()
                 .matches_object(&o)
         );
-        assert!(FieldSelector::parse("spec.nodeName=x").is_err());
+        let labels = [("metadata.name", "metadata.name", "")];
+        assert!(
+            FieldSelector::parse_for("spec.nodeName=x", &labels)
+                .unwrap_err()
+                .contains("field label not supported: spec.nodeName")
+        );
+        let event =
+            json!({"involvedObject": {"name": "web"}, "count": 2, "metadata": {"name": "e"}});
+        let labels = [
+            ("involvedObject.name", "involvedObject.name", ""),
+            ("spec.flag", "spec.flag", "false"),
+        ];
+        let s =
+            FieldSelector::parse_for("involvedObject.name=web,spec.flag=false", &labels).unwrap();
+        assert!(!s.metadata_only());
+        assert!(s.matches_object(&event));
+        assert!(
+            !FieldSelector::parse("count!=2")
+                .unwrap()
+                .matches_object(&event)
+        );
+        assert!(
+            FieldSelector::parse("involvedObject.name=db")
+                .unwrap()
+                .matches_object(&json!({}))
+                == false
+        );
     }
 }

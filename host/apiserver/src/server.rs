@@ -285,7 +285,7 @@ fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, ApiError> {
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => Ok(v),
-        Err(_) if content_type.contains("yaml") => serde_yaml::from_slice::<Value>(body)
+        Err(_) if content_type.contains("yaml") => serde_saphyr::from_slice::<Value>(body)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}"))),
         Err(json_error) => Err(ApiError::bad_request(format!(
             "the request body is not valid JSON: {json_error}"
@@ -334,7 +334,8 @@ impl ResourceRequest<'_> {
             None => LabelSelector::default(),
         };
         let fields = match self.query.get("fieldSelector") {
-            Some(s) => FieldSelector::parse(s).map_err(ApiError::bad_request)?,
+            Some(s) => FieldSelector::parse_for(s, &self.def.field_labels())
+                .map_err(ApiError::bad_request)?,
             None => FieldSelector::default(),
         };
         Ok(Filter {

@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
 use crate::apply::{self, Applier, Scope};
+use crate::convert;
 use crate::patch;
 use crate::registry::{self, Registry, ResourceDef};
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -138,7 +139,11 @@ impl Filter {
         {
             return false;
         }
-        self.labels.matches(&object.labels) && self.fields.matches(&object.name, &object.namespace)
+        self.labels.matches(&object.labels)
+            && match self.fields.metadata_only() {
+                true => self.fields.matches(&object.name, &object.namespace),
+                false => self.fields.matches_object(&object.value()),
+            }
     }
 }
 
@@ -306,9 +311,9 @@ fn spec_changed(def: &ResourceDef, a: &Value, b: &Value) -> bool {
     }
 }
 
-/// The object as served under `def`'s version.
+/// The object as served under `def`'s group and version.
 pub fn present(def: &ResourceDef, object: &Value) -> Value {
-    let mut v = object.clone();
+    let mut v = convert::from_storage(def, object);
     if let Some(m) = v.as_object_mut() {
         m.insert("apiVersion".into(), def.api_version().into());
         m.insert("kind".into(), def.kind.clone().into());
@@ -326,6 +331,12 @@ fn random_suffix() -> String {
 }
 
 impl State {
+    /// The type `def`'s objects are stored as, when another (Events of
+    /// `events.k8s.io` are stored as core Events).
+    fn storage_def(&self, def: &ResourceDef) -> Option<Arc<ResourceDef>> {
+        convert::storage_type(def).and_then(|(v, k)| self.registry.by_kind(v, k))
+    }
+
     fn table(&self, def: &ResourceDef) -> Option<&Objects> {
         self.objects.get(&def.storage_key())
     }
@@ -817,7 +828,13 @@ impl Store {
         options: &WriteOptions,
     ) -> Result<Arc<Stored>, ApiError> {
         let mut state = self.lock();
-        let result = Self::create_in(&mut state, def, ns, object, options, None);
+        let result = match state.storage_def(def) {
+            Some(storage) => check_body_type(def, &object).and_then(|()| {
+                let object = convert::to_storage(def, object);
+                Self::create_in(&mut state, &storage, ns, object, options, None)
+            }),
+            None => Self::create_in(&mut state, def, ns, object, options, None),
+        };
         self.publish(&mut state);
         result
     }
@@ -984,6 +1001,11 @@ impl Store {
     ) -> Result<Arc<Stored>, ApiError> {
         let mut state = self.lock();
         check_body_type(def, &body)?;
+        let storage = state.storage_def(def);
+        let (def, body) = match &storage {
+            Some(storage) => (&**storage, convert::to_storage(def, body)),
+            None => (def, body),
+        };
         let ns_key = namespace_key(def, ns);
         let old = state
             .get(def, &ns_key, name)
@@ -1022,6 +1044,18 @@ impl Store {
         let mut state = self.lock();
         let ns_key = namespace_key(def, ns);
         let old = state.get(def, &ns_key, name);
+        // A type stored in another form is patched in the form the client
+        // sees, and stored back in its own.
+        let storage = state.storage_def(def);
+        let served = |stored: &Stored| match &storage {
+            Some(_) => present(def, &stored.value()),
+            None => stored.value(),
+        };
+        let stored_form = |object: Value| match &storage {
+            Some(_) => convert::to_storage(def, object),
+            None => object,
+        };
+        let storage_def: &ResourceDef = storage.as_deref().unwrap_or(def);
         if kind == PatchType::Apply {
             check_body_type(def, body)?;
             let body_name = name_of(body);
@@ -1049,19 +1083,25 @@ impl Store {
                 };
                 let applied = apply::apply(def, scope, &json!({}), body, &who)?;
                 let managed = applied["metadata"]["managedFields"].clone();
-                let mut object = applied;
+                let mut object = stored_form(applied);
                 with_meta(&mut object, |m| m.insert("name".into(), name.into()));
                 let create_options = WriteOptions {
                     manager: options.manager.clone(),
                     dry_run: options.dry_run,
                     force: false,
                 };
-                let created =
-                    Self::create_in(&mut state, def, ns, object, &create_options, Some(managed));
+                let created = Self::create_in(
+                    &mut state,
+                    storage_def,
+                    ns,
+                    object,
+                    &create_options,
+                    Some(managed),
+                );
                 self.publish(&mut state);
                 return created.map(|c| (c, true));
             };
-            let old_value = old.value();
+            let old_value = served(&old);
             if let Some(rv) = meta(body)["resourceVersion"]
                 .as_str()
                 .filter(|s| !s.is_empty())
@@ -1074,10 +1114,10 @@ impl Store {
                 force: options.force,
                 now: &now(),
             };
-            let applied = apply::apply(def, scope, &old_value, body, &who)?;
+            let applied = stored_form(apply::apply(def, scope, &old_value, body, &who)?);
             let result = self.finish_write(
                 &mut state,
-                def,
+                storage_def,
                 scope,
                 old,
                 applied,
@@ -1090,7 +1130,7 @@ impl Store {
             return result.map(|v| (v, false));
         }
         let old = old.ok_or_else(|| ApiError::not_found(def, name))?;
-        let old_value = old.value();
+        let old_value = served(&old);
         let mut patched = old_value.clone();
         match kind {
             PatchType::Merge => patch::merge_patch(&mut patched, body),
@@ -1125,7 +1165,8 @@ impl Store {
                 "a patch may not change metadata.name",
             ));
         }
-        let result = self.finish_write(&mut state, def, scope, old, patched, options);
+        let patched = stored_form(patched);
+        let result = self.finish_write(&mut state, storage_def, scope, old, patched, options);
         self.publish(&mut state);
         result.map(|v| (v, false))
     }

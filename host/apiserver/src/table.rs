@@ -64,8 +64,70 @@ fn cell(value: Option<&Value>, type_: &str) -> Value {
     }
 }
 
+/// The first of these fields the object has.
+fn first<'a>(object: &'a Value, paths: &[&str]) -> Option<&'a Value> {
+    paths
+        .iter()
+        .filter_map(|p| json_path(object, p))
+        .find(|v| !v.is_null())
+}
+
+/// Events as the real server prints them: LAST SEEN, TYPE, REASON, OBJECT,
+/// MESSAGE, in either group's field names.
+fn events_table(objects: &[Value], list_meta: Value) -> Value {
+    let column = |name: &str, type_: &str, description: &str| json!({"name": name, "type": type_, "format": "", "description": description, "priority": 0});
+    let columns = vec![
+        column("Last Seen", "string", "The time the event was last seen"),
+        column("Type", "string", "The type of the event"),
+        column("Reason", "string", "The reason of the event"),
+        column("Object", "string", "The object the event is about"),
+        column("Message", "string", "The message of the event"),
+    ];
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let seen = first(
+                o,
+                &[
+                    ".series.lastObservedTime",
+                    ".lastTimestamp",
+                    ".deprecatedLastTimestamp",
+                    ".eventTime",
+                    ".metadata.creationTimestamp",
+                ],
+            );
+            let mut last_seen = age(seen.and_then(Value::as_str));
+            let count = first(o, &[".series.count", ".count", ".deprecatedCount"])
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            if count > 1 {
+                let since = first(
+                    o,
+                    &[".eventTime", ".firstTimestamp", ".deprecatedFirstTimestamp"],
+                );
+                last_seen = format!("{last_seen} (x{count} over {})", age(since.and_then(Value::as_str)));
+            }
+            let regarding = first(o, &[".involvedObject", ".regarding"]).cloned().unwrap_or_default();
+            let object = format!(
+                "{}/{}",
+                regarding["kind"].as_str().unwrap_or_default().to_ascii_lowercase(),
+                regarding["name"].as_str().unwrap_or_default()
+            );
+            let text = |paths: &[&str]| first(o, paths).cloned().unwrap_or(Value::Null);
+            json!({
+                "cells": [last_seen, text(&[".type"]), text(&[".reason"]), object, text(&[".message", ".note"])],
+                "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]},
+            })
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "columnDefinitions": columns, "rows": rows})
+}
+
 /// A Table of `objects`.
 pub fn table(def: &ResourceDef, objects: &[Value], list_meta: Value) -> Value {
+    if def.plural == "events" && (def.group.is_empty() || def.group == "events.k8s.io") {
+        return events_table(objects, list_meta);
+    }
     let mut columns = vec![
         json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
     ];

@@ -26,6 +26,7 @@ use opentelemetry_sdk::trace::SdkTracer;
 use reconcile_apiserver::selectors::{FieldSelector, LabelSelector};
 use serde_json::{Value, json};
 
+use super::watch::Namespaces;
 use crate::caps::k8s::{
     CallContext, K8sBackend, K8sCall, K8sError, K8sErrorKind, K8sOp, K8sResponse, Propagation,
     ResourceType,
@@ -41,6 +42,8 @@ pub struct Cache {
     pub resource: ApiResource,
     /// The store.
     pub store: Store<DynamicObject>,
+    /// The namespaces it watches: reads elsewhere go to the API server.
+    pub namespaces: Namespaces,
 }
 
 /// The backend of one plugin.
@@ -139,11 +142,12 @@ impl KubeBackend {
         }
     }
 
-    fn cache_for(&self, r: &ResourceType) -> Option<&Cache> {
+    fn cache_for(&self, r: &ResourceType, namespace: Option<&str>) -> Option<&Cache> {
         self.caches.iter().find(|c| {
             c.resource.group == r.group
                 && c.resource.kind == r.kind
                 && c.resource.version == r.version
+                && (!r.namespaced || c.namespaces.covers(namespace))
         })
     }
 
@@ -552,7 +556,7 @@ impl K8sBackend for KubeBackend {
         self.check_type(&call.resource).await?;
         if matches!(call.op, K8sOp::Get | K8sOp::List(_))
             && !call.status
-            && let Some(cache) = self.cache_for(&call.resource)
+            && let Some(cache) = self.cache_for(&call.resource, call.namespace.as_deref())
         {
             return self.read_cache(cache, &call, cx.deadline).await;
         }

@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt as _, StreamExt};
 use kube::ResourceExt as _;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use serde_json::{Value, json};
 
 use super::backend::{Cache, KubeBackend, api_resource};
+use super::watch::{Namespaces, watch_in};
 use crate::caps::k8s::{CallContext, K8sBackend, K8sCall, K8sErrorKind, K8sOp, ResourceType};
 use crate::engine::Plugin;
 use crate::reconcile::{Failure, FailureKind, ObjectRef, Outcome, Reason, ReconcileRequest};
@@ -456,27 +457,36 @@ fn error_policy(obj: Arc<DynamicObject>, error: &ReconcileFailed, ctx: Arc<Conte
     Action::requeue(ctx.backoff(ctx.state(&key_of(&obj)).failures))
 }
 
-/// A reflector of one type: its store and the stream that feeds it.
+/// A reflector of one type in `namespaces`: its store and the stream of
+/// the objects it sees change.
 fn reflect(
     client: &kube::Client,
     resource: &ApiResource,
+    namespaces: &Namespaces,
 ) -> (
     Cache,
-    impl futures::Stream<Item = Result<DynamicObject, watcher::Error>> + Send + 'static,
+    impl futures::Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send + 'static,
 ) {
     let writer = reflector::store::Writer::new(resource.clone());
     let store = writer.as_reader();
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), resource);
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
+    let stream = reflector::reflector(writer, watch_in(client, resource, namespaces));
     (
         Cache {
             resource: resource.clone(),
             store,
+            namespaces: namespaces.clone(),
         },
         stream,
     )
+}
+
+/// Where the host watches `resource` for `plugin`: where its grant allows
+/// `watch` (everywhere for a plugin without a grant).
+fn watch_namespaces(plugin: &Plugin, resource: &ResourceType) -> Option<Namespaces> {
+    match plugin.grant() {
+        Some(grant) => grant.watch_namespaces(resource),
+        None => Some(Namespaces::All),
+    }
 }
 
 /// How long a controller may take to sync its caches before the host
@@ -561,18 +571,44 @@ pub async fn run(
     }
     activity.forget(&(name.clone(), String::new(), String::new()));
 
+    // Only the namespaces the grant lets the plugin watch: it is never
+    // woken for an object it may not touch.
+    let Some(namespaces) = watch_namespaces(&plugin, &metadata.primary) else {
+        let message = format!(
+            "the grant does not allow watch on {}: the controller does not run",
+            metadata.primary.gvk()
+        );
+        tracing::error!(plugin = %name, "{message}");
+        activity.controller_failed(&name, message);
+        return;
+    };
     let primary = api_resource(&metadata.primary);
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &primary);
-    let mut controller = Controller::new_with(api, watcher::Config::default(), primary.clone());
-    let mut caches = vec![Cache {
-        resource: primary.clone(),
-        store: controller.store(),
-    }];
+    let (primary_cache, primary_stream) = reflect(&client, &primary, &namespaces);
+    tracing::info!(plugin = %name, "watching {} in {namespaces}", metadata.primary.gvk());
+    let mut controller = Controller::for_stream_with(
+        primary_stream.applied_objects(),
+        primary_cache.store.clone(),
+        primary.clone(),
+    );
+    let mut caches = vec![primary_cache];
     for owned in &metadata.owns {
+        // A namespaced owner owns objects of its own namespace only.
+        let owned_namespaces = match watch_namespaces(&plugin, owned) {
+            Some(n) if owned.namespaced => n.intersect(&namespaces),
+            other => other,
+        };
+        let Some(owned_namespaces) = owned_namespaces else {
+            tracing::warn!(
+                plugin = %name,
+                "the grant allows watch on {} in none of the namespaces the plugin reconciles in: its changes will not wake the plugin",
+                owned.gvk()
+            );
+            continue;
+        };
         let resource = api_resource(owned);
-        let (cache, stream) = reflect(&client, &resource);
+        let (cache, stream) = reflect(&client, &resource, &owned_namespaces);
         caches.push(cache);
-        controller = controller.owns_stream_with(stream, resource);
+        controller = controller.owns_stream_with(stream.touched_objects(), resource);
     }
     let store = controller.store();
     let stores: Vec<(String, reflector::Store<DynamicObject>)> = caches

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope};
-use serde::Deserialize as _;
 use serde_json::Value;
 
 /// One manifest document and where it came from.
@@ -79,6 +78,45 @@ fn files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
     }
 }
 
+/// The documents of a YAML (or JSON) text, empty ones left out.
+pub fn documents(text: &str) -> Result<Vec<Value>, String> {
+    let documents: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| e.to_string())?;
+    Ok(documents.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// The first object of a YAML or JSON text, for `call --object`.
+#[derive(Debug)]
+pub struct FirstObject {
+    /// The object.
+    pub object: Value,
+    /// Whether more documents followed it.
+    pub more: bool,
+}
+
+/// The first object of a YAML or JSON text (of a `kind: List`, its first
+/// item); `more` says whether others were left out.
+pub fn first_object(text: &str) -> Result<FirstObject, String> {
+    let mut documents = documents(text)?.into_iter();
+    let first = documents.next().ok_or("it holds no object")?;
+    let more = documents.next().is_some();
+    if first["kind"] == "List" {
+        let items = first["items"].as_array().cloned().unwrap_or_default();
+        let mut items = items.into_iter();
+        let object = items.next().ok_or("its List has no items")?;
+        return Ok(FirstObject {
+            object,
+            more: more || items.next().is_some(),
+        });
+    }
+    if !first.is_object() {
+        return Err("its first document is not an object".into());
+    }
+    Ok(FirstObject {
+        object: first,
+        more,
+    })
+}
+
 /// Reads every manifest under `paths` (files, or directories read in name order).
 pub fn read(paths: &[PathBuf]) -> Result<Vec<Manifest>, ManifestError> {
     let mut all = Vec::new();
@@ -90,16 +128,16 @@ pub fn read(paths: &[PathBuf]) -> Result<Vec<Manifest>, ManifestError> {
                 path: file.clone(),
                 error,
             })?;
-            for (i, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let parsed = documents(&text).map_err(|message| ManifestError::Invalid {
+                source_name: file.display().to_string(),
+                message,
+            })?;
+            for (i, value) in parsed.into_iter().enumerate() {
                 let source_name = format!("{}#{}", file.display(), i + 1);
                 let invalid = |message: String| ManifestError::Invalid {
                     source_name: source_name.clone(),
                     message,
                 };
-                let value = Value::deserialize(document).map_err(|e| invalid(e.to_string()))?;
-                if value.is_null() {
-                    continue;
-                }
                 if value["kind"] == "List" {
                     for item in value["items"].as_array().cloned().unwrap_or_default() {
                         all.push(Manifest {

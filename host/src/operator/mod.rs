@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod controller;
 pub mod manifests;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

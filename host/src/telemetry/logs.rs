@@ -141,6 +141,8 @@ struct LoggerInner {
     format: LogFormat,
     plugin_level: Level,
     sink: Mutex<Sink>,
+    /// The tree view that takes the lines of open traces, if one is shown.
+    tree: std::sync::OnceLock<super::tree::TreeView>,
 }
 
 impl fmt::Debug for Logger {
@@ -169,6 +171,7 @@ impl Logger {
                 format,
                 plugin_level,
                 sink: Mutex::new(Box::new(writer)),
+                tree: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -183,8 +186,19 @@ impl Logger {
         level >= self.inner.plugin_level
     }
 
+    /// Hand the lines of traces the tree view shows to it (they print in
+    /// its blocks instead of here). Only the first view attached counts.
+    pub fn attach_tree(&self, tree: super::tree::TreeView) {
+        let _ = self.inner.tree.set(tree);
+    }
+
     /// Write one line.
     pub fn write(&self, record: &LogRecord<'_>) {
+        if let Some(tree) = self.inner.tree.get()
+            && tree.capture(record)
+        {
+            return;
+        }
         let mut line = match self.inner.format {
             LogFormat::Json => format_json(record),
             LogFormat::Text => format_text(record),

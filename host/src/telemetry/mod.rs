@@ -6,6 +6,7 @@
 //! and [`Telemetry::shutdown`] flushes with a bounded wait.
 
 pub mod logs;
+pub mod tree;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -25,8 +26,12 @@ pub const TRACER_NAME: &str = "reconcile-host";
 pub enum TracesExporter {
     /// OTLP to a collector.
     Otlp(OtlpConfig),
-    /// Pretty-printed to standard output.
+    /// Pretty-printed to standard output, every field of every span
+    /// (`OTEL_TRACES_EXPORTER=console`).
     Console,
+    /// One indented line per span, a block per trace, with the log lines
+    /// of each reconcile (`dev` and `call` by default).
+    Tree(tree::TreeView),
     /// Nowhere.
     None,
 }
@@ -399,6 +404,7 @@ impl Telemetry {
             TracesExporter::Console => {
                 builder.with_batch_exporter(opentelemetry_stdout::SpanExporter::default())
             }
+            TracesExporter::Tree(view) => builder.with_span_processor(view.processor()),
             TracesExporter::Otlp(otlp) => {
                 let error = |error| TelemetryError::Exporter {
                     endpoint: otlp.endpoint.clone(),

@@ -144,7 +144,7 @@ impl Harness {
 pub fn demoapp_request() -> ReconcileRequest {
     let text = std::fs::read_to_string(xtask::project_root().join("deploy/examples/demoapp.yaml"))
         .unwrap();
-    let object: Value = serde_yaml::from_str(&text).unwrap();
+    let object: Value = serde_saphyr::from_str(&text).unwrap();
     let body = object.to_string();
     ReconcileRequest::new(
         ObjectRef {

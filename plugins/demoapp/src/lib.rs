@@ -4,7 +4,8 @@
 //! Each reconcile server-side applies both children (owner references
 //! included), reads the Deployment back from the host's cache, and writes
 //! `status.observedGeneration`, `status.readyReplicas` and a `Ready`
-//! condition. An Event is recorded when readiness changes. The host manages
+//! condition. An Event is recorded about the DemoApp when readiness
+//! changes, and about the Deployment when an apply changed it. The host manages
 //! the `demo.reconcile.dev/cleanup` finalizer: on deletion the plugin is
 //! called with reason `deleting`, and garbage collection removes the
 //! children through their owner references.
@@ -106,11 +107,22 @@ impl Reconciler for DemoAppReconciler {
         }
         set_attribute("demoapp.replicas", app.spec.replicas);
         let (deployment, service) = span("render", || render(&app));
-        Api::<Deployment>::namespaced(&namespace).apply(&deployment)?;
-        Api::<Service>::namespaced(&namespace).apply(&service)?;
-
+        let deployments = Api::<Deployment>::namespaced(&namespace);
         // Owned objects are read from the host's cache: no API request.
-        let ready = Api::<Deployment>::namespaced(&namespace)
+        let before = deployments
+            .get_opt(&app.name_any())?
+            .and_then(|d| d.metadata.generation);
+        let applied = deployments.apply(&deployment)?;
+        Api::<Service>::namespaced(&namespace).apply(&service)?;
+        if applied.metadata.generation != before {
+            let note = format!(
+                "applied {} replicas of {}",
+                app.spec.replicas, app.spec.image
+            );
+            record(&applied, NAME, EventType::Normal, "Applied", "Apply", &note)?;
+        }
+
+        let ready = deployments
             .get_opt(&app.name_any())?
             .and_then(|d| d.status)
             .and_then(|s| s.ready_replicas)

@@ -28,8 +28,8 @@ impl Reconciler for Calls {
         info!(items = listed.items.len(); "listed");
         api.get("settings")?;
         api.create(&cm)?;
+        api.apply_without_force(&cm)?;
         api.apply(&cm)?;
-        api.apply_force(&cm)?;
         api.patch(
             "settings",
             &Patch::Merge(serde_json::json!({"data": {"k": "w"}})),
