@@ -2,6 +2,8 @@
 //! `.venv/`) against `reconcile-host cluster`, the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -66,6 +68,48 @@ impl Cluster {
             kubeconfig,
             _dir: dir,
         }
+    }
+
+    /// `reconcile-host dev` with these manifests and plugins, once its API
+    /// server answers.
+    fn dev(apply: &[PathBuf], plugins: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_reconcile-host"));
+        command
+            .args(["--log-format", "json", "dev", "--plugins"])
+            .arg(plugins);
+        for path in apply {
+            command.arg("--apply").arg(path);
+        }
+        let child = command
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .env_remove("OTEL_TRACES_EXPORTER")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let cluster = Cluster {
+            child,
+            kubeconfig,
+            _dir: dir,
+        };
+        cluster.wait_for("the API server", || {
+            cluster.kubeconfig.exists() && cluster.kubectl(&["get", "namespaces"]).status.success()
+        });
+        cluster
+    }
+
+    /// Polls `check` every 100 ms for up to 30 s.
+    fn wait_for(&self, what: &str, mut check: impl FnMut() -> bool) {
+        for _ in 0..300 {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}");
     }
 
     fn kubectl(&self, args: &[&str]) -> Output {
@@ -651,4 +695,90 @@ fn typed_creates_send_protobuf_and_are_decoded() {
         String::from_utf8_lossy(&deployment.stderr)
             .contains("send JSON (kubectl create -f, kubectl apply)")
     );
+}
+
+#[test]
+fn kubectl_lists_and_describes_the_events_plugins_record() {
+    let root = xtask::project_root();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for name in ["demoapp", "mirror"] {
+        std::fs::copy(support::guest(name), plugins.join(format!("{name}.wasm"))).unwrap();
+    }
+    let web = write(
+        dir.path(),
+        "web.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n  labels: {mirror.reconcile.dev/enabled: \"true\"}\ndata: {color: blue}\n",
+    );
+    let c = Cluster::dev(
+        &[root.join("deploy/crds"), root.join("deploy/examples"), web],
+        &plugins,
+    );
+    // Events written through events.k8s.io/v1, listed through core v1.
+    c.wait_for("the plugins' Events", || {
+        let events = c.ok(&["get", "events"]);
+        ["Mirrored", "Applied", "Progressing"]
+            .iter()
+            .all(|reason| events.contains(reason))
+    });
+    let events = c.ok(&["get", "events"]);
+    let header = events.lines().next().unwrap_or_default();
+    for column in ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"] {
+        assert!(header.contains(column), "{events}");
+    }
+    assert!(
+        events.lines().any(|l| l.contains("Normal")
+            && l.contains("Mirrored")
+            && l.contains("configmap/web")
+            && l.contains("mirrored to web-mirror")),
+        "{events}"
+    );
+    let newer = c.ok(&["events"]);
+    for text in [
+        "Mirrored",
+        "ConfigMap/web",
+        "Applied",
+        "Deployment/hello",
+        "DemoApp/hello",
+    ] {
+        assert!(
+            newer.contains(text),
+            "kubectl events shows {text}:\n{newer}"
+        );
+    }
+    let only_web = c.ok(&["events", "--for", "configmap/web"]);
+    assert!(
+        only_web.contains("Mirrored") && !only_web.contains("Applied"),
+        "{only_web}"
+    );
+
+    // describe finds them by the involved object's fields.
+    for (what, reason, note) in [
+        ("configmap/web", "Mirrored", "mirrored to web-mirror"),
+        ("deployment/hello", "Applied", "applied 2 replicas of"),
+        ("demoapp/hello", "Progressing", "replicas are ready"),
+    ] {
+        let described = c.ok(&["describe", what]);
+        let events = described
+            .split("Events:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no Events section:\n{described}"));
+        assert!(
+            events.contains(reason) && events.contains(note),
+            "{what}:\n{described}"
+        );
+    }
+
+    // The README's walk-through.
+    let all = c.ok(&["get", "demoapps,deploy,svc,events"]);
+    for text in [
+        "demoapp.demo.reconcile.dev/hello",
+        "deployment.apps/hello",
+        "service/hello",
+        "configmap/web",
+        "Mirrored",
+    ] {
+        assert!(all.contains(text), "{text}:\n{all}");
+    }
 }

@@ -14,96 +14,12 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::SpanData;
-use reconcile_apiserver::{ApiServer, Match};
+use reconcile_apiserver::Match;
 use reconcile_host::engine::Limits;
-use reconcile_host::operator::{self, ControllerSettings, GrantPolicy, Operator};
+use reconcile_host::operator::{self, GrantPolicy};
 use serde_json::{Value, json};
+use support::cluster::{cluster, eventually};
 use support::{Harness, attr, guest};
-
-struct Cluster {
-    server: ApiServer,
-    client: kube::Client,
-    h: Harness,
-    operator: Option<Operator>,
-}
-
-async fn cluster() -> Cluster {
-    let server = ApiServer::start(Default::default()).await.unwrap();
-    let client = server.client().unwrap();
-    Cluster {
-        server,
-        client,
-        h: Harness::new(),
-        operator: None,
-    }
-}
-
-impl Cluster {
-    async fn apply(&self, paths: &[&str]) {
-        let root = xtask::project_root();
-        let paths: Vec<_> = paths.iter().map(|p| root.join(p)).collect();
-        let manifests = operator::manifests::read(&paths).unwrap();
-        operator::manifests::apply(&self.client, &manifests)
-            .await
-            .unwrap();
-    }
-
-    async fn start(&mut self, plugins: Vec<reconcile_host::engine::Plugin>) {
-        let settings = ControllerSettings {
-            backoff_base: Duration::from_millis(50),
-            backoff_max: Duration::from_secs(1),
-            ..Default::default()
-        };
-        self.operator = Some(Operator::start(
-            self.client.clone(),
-            plugins,
-            settings,
-            self.h.provider_tracer(),
-        ));
-    }
-
-    async fn stop(&mut self) {
-        if let Some(operator) = self.operator.take() {
-            operator.stop().await;
-        }
-    }
-
-    async fn plugin(&self, name: &str) -> reconcile_host::engine::Plugin {
-        operator::load_plugin(&self.h.engine, &guest(name), &GrantPolicy::AsRequested)
-            .await
-            .unwrap()
-    }
-
-    fn roots(&self, name: &str) -> Vec<SpanData> {
-        self.h
-            .finished()
-            .into_iter()
-            .filter(|s| s.name == "reconcile" && attr(s, "k8s.name").as_deref() == Some(name))
-            .collect()
-    }
-
-    fn children(&self, root: &SpanData) -> Vec<SpanData> {
-        self.h
-            .finished()
-            .into_iter()
-            .filter(|s| s.parent_span_id == root.span_context.span_id())
-            .collect()
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..400 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
 
 fn demoapps(client: &kube::Client) -> Api<DynamicObject> {
     let resource = ApiResource {
@@ -298,8 +214,10 @@ async fn the_span_tree_of_a_reconcile() {
             s.name
         );
     }
+    // Events are not watched: recording one reads it from the server.
     assert!(
-        !spans.iter().any(|s| s.name == "k8s.get"),
+        !spans.iter().any(|s| s.name == "k8s.get"
+            && attr(s, "k8s.resource").as_deref() != Some("events.k8s.io/v1/Event")),
         "reads of owned types come from the cache"
     );
     let roots = c.roots("hello");
@@ -313,8 +231,8 @@ async fn the_span_tree_of_a_reconcile() {
         assert_eq!(root.parent_span_id, opentelemetry::trace::SpanId::INVALID);
         assert_eq!(
             attr(root, "k8s.cache_reads").as_deref(),
-            Some("1"),
-            "the Deployment read is a cache read"
+            Some("2"),
+            "the Deployment reads before and after its apply are cache reads"
         );
         let children = c.children(root);
         let applies: Vec<&SpanData> = children.iter().filter(|s| s.name == "k8s.apply").collect();
@@ -498,7 +416,7 @@ async fn a_plugin_asking_beyond_its_grant_does_not_load() {
     // With the missing permission added, it loads, with the grant's limits.
     std::fs::write(
         dir.path().join("demoapp.toml"),
-        format!("{grant}\n[[resources]]\ngroup = \"events.k8s.io\"\nkind = \"Event\"\nverbs = [\"create\"]\n[limits]\ndeadline_ms = 1500\n"),
+        format!("{grant}\n[[resources]]\ngroup = \"events.k8s.io\"\nkind = \"Event\"\nverbs = [\"get\", \"create\", \"patch\", \"update\"]\n[limits]\ndeadline_ms = 1500\n"),
     )
     .unwrap();
     let plugin = operator::load_plugin(
@@ -672,23 +590,86 @@ fn dev_applies_reconciles_prints_spans_and_exits_when_idle() {
         "exit {:?}\n{stderr}",
         output.status
     );
-    assert!(stdout.contains("Name         : reconcile"), "{stdout}");
-    assert!(stdout.contains("Name         : k8s.apply"), "{stdout}");
+    // One block per trace: the root line, its children indented under it,
+    // the plugin's log line inside the block.
+    let blocks: Vec<&str> = stdout
+        .split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .collect();
+    assert!(!blocks.is_empty(), "{stdout}");
+    let first = blocks
+        .iter()
+        .find(|b| b.contains("k8s.patch_status"))
+        .unwrap_or_else(|| panic!("a block with a status write: {stdout}"));
+    let lines: Vec<&str> = first.lines().collect();
     assert!(
-        stdout.contains("Name         : k8s.patch_status"),
-        "{stdout}"
+        lines[0].starts_with("reconcile  demoapp  DemoApp  default/hello  (object_changed)"),
+        "{first}"
     );
-    let line = stderr
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|l| l["message"] == "reconciled DemoApp")
-        .expect("a plugin log line");
-    let trace_id = line["trace_id"].as_str().unwrap();
     assert!(
-        stdout.contains(&format!("TraceId      : {trace_id}")),
-        "the log line's trace is in the printed spans"
+        lines[0].contains("ok") && lines[0].contains("trace_id="),
+        "{first}"
     );
+    for child in [
+        "k8s.apply  apps/v1/Deployment  default/hello  20",
+        "k8s.apply  core/v1/Service  default/hello  20",
+        "k8s.patch_status  demo.reconcile.dev/v1alpha1/DemoApp  default/hello  200",
+        "render  ",
+    ] {
+        assert!(
+            lines[1..]
+                .iter()
+                .any(|l| l.starts_with(&format!("  {child}"))),
+            "{child} indented under the root:\n{first}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("  INFO reconciled DemoApp")),
+        "the plugin's log line is in its block:\n{first}"
+    );
+    // Every block is one trace: a single root line, at the left margin.
+    for block in &blocks {
+        let roots = block.lines().filter(|l| !l.starts_with(' ')).count();
+        assert_eq!(roots, 1, "{block}");
+    }
+    // The log line went to the block, not to stderr.
+    assert!(!stderr.contains("reconciled DemoApp"), "{stderr}");
     assert!(kubeconfig.path().join("kubeconfig").exists());
+}
+
+#[test]
+fn dev_writes_its_kubeconfig_to_the_cache_and_says_where() {
+    let root = xtask::project_root();
+    let plugins = guest("demoapp").parent().unwrap().to_owned();
+    let cache = tempfile::tempdir().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
+        .current_dir(cwd.path())
+        .args(["--log-format", "json", "--cache-dir"])
+        .arg(cache.path())
+        .args(["dev", "--exit-when-idle", "--apply"])
+        .arg(root.join("deploy/crds"))
+        .arg("--apply")
+        .arg(root.join("deploy/examples"))
+        .arg("--plugins")
+        .arg(&plugins)
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let kubeconfig = cache.path().join("dev.kubeconfig");
+    assert!(kubeconfig.exists(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("kubectl --kubeconfig {}", kubeconfig.display())),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read_dir(cwd.path()).unwrap().next().is_none(),
+        "nothing written where dev was started"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -718,7 +699,7 @@ async fn run_uses_the_kubeconfig_cluster_and_grant_files() {
         [[resources]]
         group = "events.k8s.io"
         kind = "Event"
-        verbs = ["create"]
+        verbs = ["get", "create", "patch", "update"]
         "#,
     )
     .unwrap();

@@ -222,6 +222,9 @@ pub struct K8sError {
     pub reason: String,
     /// Message for people.
     pub message: String,
+    /// Answered from the host's cache (a not-found there is a read that
+    /// sent no request, and counts as a cache read).
+    pub from_cache: bool,
 }
 
 impl K8sError {
@@ -237,7 +240,14 @@ impl K8sError {
             code,
             reason: reason.into(),
             message: message.into(),
+            from_cache: false,
         }
+    }
+
+    /// The same error, answered from the host's cache.
+    pub fn in_cache(mut self) -> Self {
+        self.from_cache = true;
+        self
     }
 
     fn into_wit(self) -> wit::Error {
@@ -444,7 +454,12 @@ impl HostState {
                 }
                 Ok(response.body)
             }
-            Err(e) => Err(e.into_wit()),
+            Err(e) => {
+                if e.from_cache {
+                    self.cache_reads += 1;
+                }
+                Err(e.into_wit())
+            }
         }
     }
 

@@ -254,6 +254,7 @@ impl KubeBackend {
                         "NotFound",
                         format!("{} \"{name}\" not found", call.resource.plural),
                     )
+                    .in_cache()
                 })?;
                 serde_json::to_string(&*object)
             }

@@ -2,6 +2,8 @@
 //! in-memory span exporter and a captured logger, and a recording k8s backend.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod cluster;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
