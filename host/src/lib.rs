@@ -14,8 +14,12 @@
 //! - [`engine`]: wasmtime setup, compile cache, limits, the traced call.
 //! - [`caps`]: one module per WIT interface the plugin imports (`k8s`, `log`, `trace`).
 //! - [`metadata`]: what a plugin says about itself, and its checks.
+//! - [`grants`]: what the operator allows a plugin, from grant files.
+//! - [`operator`]: one kube-runtime controller per plugin, the traced k8s
+//!   backend, watches limited to the granted namespaces, manifests for `dev`.
 //! - [`reconcile`]: request, outcome and root-span vocabulary.
-//! - [`telemetry`]: tracer provider and structured logs.
+//! - [`telemetry`]: tracer provider, structured logs, the tree view of
+//!   `dev` and `call`.
 
 pub mod caps;
 pub mod engine;

@@ -96,6 +96,13 @@ async fn demoapp_lifecycle() {
         Some(2)
     );
 
+    // The first reconciles (and those their own writes trigger) are over.
+    let activity = c.operator.as_ref().unwrap().activity().clone();
+    eventually("the first reconciles are over", || {
+        let activity = activity.clone();
+        async move { activity.idle_for(Duration::from_millis(300)) }
+    })
+    .await;
     // The Deployment becomes ready (no kubelet here: its status is written
     // as a deployment controller would): an owned object changed.
     deployments

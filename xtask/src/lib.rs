@@ -42,9 +42,43 @@ pub fn project_root() -> PathBuf {
         .unwrap_or_else(|| manifest.to_path_buf())
 }
 
+/// Adds the wasm target with rustup when the toolchain lacks it (rustup
+/// does not install targets by itself). Without rustup, nothing is done and
+/// a failed build says what is missing.
+pub fn ensure_target(root: &Path) -> Result<(), String> {
+    let installed = Command::new("rustup")
+        .current_dir(root)
+        .args(["target", "list", "--installed"])
+        .output();
+    let Ok(installed) = installed else {
+        return Ok(());
+    };
+    if !installed.status.success()
+        || String::from_utf8_lossy(&installed.stdout)
+            .lines()
+            .any(|l| l.trim() == TARGET)
+    {
+        return Ok(());
+    }
+    eprintln!("installing the {TARGET} target: rustup target add {TARGET}");
+    let status = Command::new("rustup")
+        .current_dir(root)
+        .args(["target", "add", TARGET])
+        .status()
+        .map_err(|e| format!("cannot run rustup: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`rustup target add {TARGET}` failed: the plugins cannot be built without it"
+        ))
+    }
+}
+
 /// Builds `workspace` in release mode and copies every component to its
 /// output directory. Returns name → path of the copies.
 pub fn build(root: &Path, workspace: GuestWorkspace) -> Result<BTreeMap<String, PathBuf>, String> {
+    ensure_target(root)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let dir = root.join(workspace.dir);
     let mut child = Command::new(&cargo)

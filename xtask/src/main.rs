@@ -19,6 +19,14 @@ fn main() -> ExitCode {
                 return fail(&e);
             }
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            // The kubeconfig where the README says it is, unless asked otherwise.
+            let mut extra: Vec<String> = args[1..].to_vec();
+            if !extra.iter().any(|a| a.starts_with("--kubeconfig")) {
+                extra.extend([
+                    "--kubeconfig".to_owned(),
+                    "target/reconcile-host-dev.kubeconfig".to_owned(),
+                ]);
+            }
             let status = Command::new(cargo)
                 .current_dir(&root)
                 .args([
@@ -33,7 +41,7 @@ fn main() -> ExitCode {
                     "--apply",
                     "deploy/examples",
                 ])
-                .args(&args[1..])
+                .args(&extra)
                 .status();
             match status {
                 Ok(s) if s.success() => ExitCode::SUCCESS,

@@ -86,41 +86,42 @@ impl ResourceDef {
             ("metadata.name", "metadata.name", ""),
             ("metadata.namespace", "metadata.namespace", ""),
         ];
+        // The involved object's fields: events.k8s.io's label, core's label
+        // (the stored path).
+        const INVOLVED: [(&str, &str); 7] = [
+            ("regarding.kind", "involvedObject.kind"),
+            ("regarding.namespace", "involvedObject.namespace"),
+            ("regarding.name", "involvedObject.name"),
+            ("regarding.uid", "involvedObject.uid"),
+            ("regarding.apiVersion", "involvedObject.apiVersion"),
+            ("regarding.resourceVersion", "involvedObject.resourceVersion"),
+            ("regarding.fieldPath", "involvedObject.fieldPath"),
+        ];
+        let same = |label: &'static str| (label, label, "");
+        match (self.group.as_str(), self.plural.as_str()) {
+            ("", "events") => {
+                labels.extend(INVOLVED.map(|(_, core)| same(core)));
+                labels.extend([
+                    same("reason"),
+                    same("reportingComponent"),
+                    ("source", "source.component", ""),
+                    same("type"),
+                ]);
+                return labels;
+            }
+            ("events.k8s.io", "events") => {
+                labels.extend(INVOLVED.map(|(label, core)| (label, core, "")));
+                labels.extend([
+                    same("reason"),
+                    ("reportingController", "reportingComponent", ""),
+                    same("type"),
+                ]);
+                return labels;
+            }
+            _ => {}
+        }
         let extra: &[(&'static str, &'static str, &'static str)] =
             match (self.group.as_str(), self.plural.as_str()) {
-                ("", "events") => &[
-                    ("involvedObject.kind", "involvedObject.kind", ""),
-                    ("involvedObject.namespace", "involvedObject.namespace", ""),
-                    ("involvedObject.name", "involvedObject.name", ""),
-                    ("involvedObject.uid", "involvedObject.uid", ""),
-                    ("involvedObject.apiVersion", "involvedObject.apiVersion", ""),
-                    (
-                        "involvedObject.resourceVersion",
-                        "involvedObject.resourceVersion",
-                        "",
-                    ),
-                    ("involvedObject.fieldPath", "involvedObject.fieldPath", ""),
-                    ("reason", "reason", ""),
-                    ("reportingComponent", "reportingComponent", ""),
-                    ("source", "source.component", ""),
-                    ("type", "type", ""),
-                ],
-                ("events.k8s.io", "events") => &[
-                    ("regarding.kind", "involvedObject.kind", ""),
-                    ("regarding.namespace", "involvedObject.namespace", ""),
-                    ("regarding.name", "involvedObject.name", ""),
-                    ("regarding.uid", "involvedObject.uid", ""),
-                    ("regarding.apiVersion", "involvedObject.apiVersion", ""),
-                    (
-                        "regarding.resourceVersion",
-                        "involvedObject.resourceVersion",
-                        "",
-                    ),
-                    ("regarding.fieldPath", "involvedObject.fieldPath", ""),
-                    ("reason", "reason", ""),
-                    ("reportingController", "reportingComponent", ""),
-                    ("type", "type", ""),
-                ],
                 ("", "pods") => &[
                     ("spec.nodeName", "spec.nodeName", ""),
                     ("spec.restartPolicy", "spec.restartPolicy", ""),

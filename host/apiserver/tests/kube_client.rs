@@ -1137,3 +1137,189 @@ async fn odd_status_values_and_foreground_deletes_without_dependents() {
     api.delete("alone", &foreground).await.unwrap();
     assert!(api.get_opt("alone").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn events_are_one_store_served_under_both_groups() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event;
+    let (_server, client) = server().await;
+    let new: Api<Event> = Api::namespaced(client.clone(), "default");
+    let core: Api<CoreEvent> = Api::namespaced(client.clone(), "default");
+    // A watch of core events sees what is written through events.k8s.io.
+    let mut watch = watcher(core.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let written: Event = serde_json::from_value(json!({
+        "metadata": {"name": "web.1"},
+        "eventTime": "2026-12-01T10:00:00.000000Z",
+        "reportingController": "mirror", "reportingInstance": "mirror-0",
+        "action": "Mirror", "reason": "Mirrored", "note": "mirrored to web-mirror", "type": "Normal",
+        "regarding": {"apiVersion": "v1", "kind": "ConfigMap", "name": "web", "namespace": "default", "uid": "u-1"},
+        "series": {"count": 2, "lastObservedTime": "2026-12-01T10:01:00.000000Z"}
+    }))
+    .unwrap();
+    let created = new.create(&PostParams::default(), &written).await.unwrap();
+    assert_eq!(created.note.as_deref(), Some("mirrored to web-mirror"));
+    assert_eq!(
+        created.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("web")
+    );
+    let seen = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.message.as_deref(), Some("mirrored to web-mirror"));
+
+    // Read back as core v1, with the core names.
+    let as_core = core.get("web.1").await.unwrap();
+    assert_eq!(as_core.involved_object.kind.as_deref(), Some("ConfigMap"));
+    assert_eq!(as_core.involved_object.uid.as_deref(), Some("u-1"));
+    assert_eq!(as_core.reporting_component.as_deref(), Some("mirror"));
+    assert_eq!(as_core.reason.as_deref(), Some("Mirrored"));
+    assert_eq!(as_core.series.as_ref().and_then(|s| s.count), Some(2));
+    assert_eq!(
+        as_core.metadata.resource_version,
+        created.metadata.resource_version
+    );
+
+    // Written as core v1 (client-go's old recorder), read as events.k8s.io.
+    let old: CoreEvent = serde_json::from_value(json!({
+        "metadata": {"name": "db.1"},
+        "involvedObject": {"kind": "Deployment", "name": "db", "namespace": "default"},
+        "reason": "ScalingReplicaSet", "message": "scaled up to 3", "type": "Normal",
+        "source": {"component": "deployment-controller"}, "count": 4,
+        "firstTimestamp": "2026-12-01T09:00:00Z", "lastTimestamp": "2026-12-01T09:05:00Z"
+    }))
+    .unwrap();
+    core.create(&PostParams::default(), &old).await.unwrap();
+    let as_new = new.get("db.1").await.unwrap();
+    assert_eq!(as_new.note.as_deref(), Some("scaled up to 3"));
+    assert_eq!(as_new.deprecated_count, Some(4));
+    assert_eq!(
+        as_new
+            .deprecated_source
+            .as_ref()
+            .and_then(|s| s.component.as_deref()),
+        Some("deployment-controller")
+    );
+    assert_eq!(
+        new.list(&ListParams::default()).await.unwrap().items.len(),
+        2
+    );
+
+    // Patches through one group land in the other.
+    new.patch(
+        "web.1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"series": {"count": 3}, "note": "again"})),
+    )
+    .await
+    .unwrap();
+    let as_core = core.get("web.1").await.unwrap();
+    assert_eq!(as_core.series.as_ref().and_then(|s| s.count), Some(3));
+    assert_eq!(as_core.message.as_deref(), Some("again"));
+    assert!(as_core.involved_object.name.is_some());
+
+    // The standard field selectors, in each group's names.
+    let names = |items: Vec<CoreEvent>| -> Vec<String> {
+        items.into_iter().map(|e| e.name_any()).collect()
+    };
+    for (selector, want) in [
+        ("involvedObject.name=web", vec!["web.1"]),
+        (
+            "involvedObject.kind=Deployment,involvedObject.namespace=default",
+            vec!["db.1"],
+        ),
+        ("involvedObject.uid=u-1", vec!["web.1"]),
+        ("reason!=Mirrored", vec!["db.1"]),
+        ("source=deployment-controller", vec!["db.1"]),
+        ("reportingComponent=mirror,type=Normal", vec!["web.1"]),
+    ] {
+        let listed = core
+            .list(&ListParams::default().fields(selector))
+            .await
+            .unwrap();
+        assert_eq!(names(listed.items), want, "{selector}");
+    }
+    let listed = new
+        .list(&ListParams::default().fields("regarding.name=db,reportingController!=mirror"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    let err = core
+        .list(&ListParams::default().fields("regarding.name=web"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 400 && s.message.contains("field label not supported: regarding.name")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn field_selectors_of_pods_secrets_and_namespaces() {
+    use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+    let (_server, client) = server().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for (name, node, phase) in [("a", "node-1", "Running"), ("b", "node-2", "Pending")] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        // As a kubelet would.
+        pods.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": phase}})),
+        )
+        .await
+        .unwrap();
+    }
+    let list = |selector: &'static str| {
+        let pods = pods.clone();
+        async move {
+            pods.list(&ListParams::default().fields(selector))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|p| p.name_any())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list("spec.nodeName=node-1").await, ["a"]);
+    assert_eq!(list("status.phase!=Running").await, ["b"]);
+    assert_eq!(list("spec.hostNetwork=false,metadata.name=b").await, ["b"]);
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    for (name, type_) in [("tls", "kubernetes.io/tls"), ("plain", "Opaque")] {
+        let secret: Secret =
+            serde_json::from_value(json!({"metadata": {"name": name}, "type": type_})).unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    let tls = secrets
+        .list(&ListParams::default().fields("type=kubernetes.io/tls"))
+        .await
+        .unwrap();
+    assert_eq!(tls.items.len(), 1);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let active = namespaces
+        .list(&ListParams::default().fields("status.phase=Active"))
+        .await
+        .unwrap();
+    assert!(active.items.len() >= 4);
+    let err = secrets
+        .list(&ListParams::default().fields("spec.nodeName=x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(s) if s.code == 400),
+        "refused"
+    );
+}
