@@ -94,7 +94,10 @@ impl ResourceDef {
             ("regarding.name", "involvedObject.name"),
             ("regarding.uid", "involvedObject.uid"),
             ("regarding.apiVersion", "involvedObject.apiVersion"),
-            ("regarding.resourceVersion", "involvedObject.resourceVersion"),
+            (
+                "regarding.resourceVersion",
+                "involvedObject.resourceVersion",
+            ),
             ("regarding.fieldPath", "involvedObject.fieldPath"),
         ];
         let same = |label: &'static str| (label, label, "");

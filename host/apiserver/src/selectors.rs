@@ -332,10 +332,9 @@ mod tests {
                 .matches_object(&event)
         );
         assert!(
-            FieldSelector::parse("involvedObject.name=db")
+            !FieldSelector::parse("involvedObject.name=db")
                 .unwrap()
                 .matches_object(&json!({}))
-                == false
         );
     }
 }

@@ -98,16 +98,19 @@ pub fn watch_in(
     }
 }
 
+/// Objects by name.
+type Named = BTreeMap<String, DynamicObject>;
+
 /// Turns the events of several namespaces' watchers into the events of one.
 struct Merge {
     resource: ApiResource,
     /// Until every namespace has listed once: what each has listed so far,
     /// and whether its list is complete.
-    first: Option<BTreeMap<String, (BTreeMap<String, DynamicObject>, bool)>>,
+    first: Option<BTreeMap<String, (Named, bool)>>,
     /// Afterwards: the names the store holds per namespace.
     known: HashMap<String, HashSet<String>>,
     /// Re-lists in progress.
-    relist: HashMap<String, BTreeMap<String, DynamicObject>>,
+    relist: HashMap<String, Named>,
 }
 
 impl Merge {
