@@ -1,6 +1,6 @@
 //! Kubernetes Events (`events.k8s.io/v1`) about the reconciled object.
 //!
-//! The plugin needs `get`, `create`, `patch` and `update` on
+//! The plugin needs `get`, `create`, `patch` and `delete` on
 //! `events.k8s.io/Event` in its grant:
 //! [`Metadata::records_events`](crate::Metadata::records_events) asks for them.
 //! The API server serves the same Events through core `v1` too, so
@@ -50,9 +50,10 @@ pub const SERIES_WINDOW_SECONDS: i64 = 6 * 60;
 /// `reason`, `action` and `note` about the same object within
 /// [`SERIES_WINDOW_SECONDS`] of the last occurrence update one Event's
 /// `series` (`count`, `lastObservedTime`) instead of creating another, so a
-/// reconciler that records on every pass does not flood the namespace. The
-/// Event's name is derived from those fields; recording needs `get`,
-/// `create`, `patch` and `update` on `events.k8s.io/Event`
+/// reconciler that records on every pass does not flood the namespace; a
+/// later one starts a new Event in its place. The Event's name is derived
+/// from those fields; recording needs `get`, `create`, `patch` and `delete`
+/// on `events.k8s.io/Event`
 /// ([`Metadata::records_events`](crate::Metadata::records_events) asks for them).
 pub fn record<K>(
     regarding: &K,
@@ -107,9 +108,6 @@ where
         metadata: ObjectMeta {
             name: Some(event_name.clone()),
             namespace: Some(namespace.clone()),
-            resource_version: existing
-                .as_ref()
-                .and_then(|e| e.metadata.resource_version.clone()),
             ..Default::default()
         },
         event_time: Some(MicroTime(now)),
@@ -130,11 +128,16 @@ where
         }),
         ..Default::default()
     };
-    match existing {
-        // The last occurrence is too old: a new Event in its place.
-        Some(_) => api.replace(&event_name, &event),
-        None => api.create(&event),
+    if existing.is_some() {
+        // The last occurrence is too old: a new Event in its place (the API
+        // server lets only `series` of an Event change).
+        match api.delete(&event_name) {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
     }
+    api.create(&event)
 }
 
 /// FNV-1a of the parts, each followed by a zero byte: stable across builds

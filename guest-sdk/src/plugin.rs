@@ -153,11 +153,11 @@ impl Metadata {
 
     /// Ask to record Events (`events.k8s.io/v1`), for
     /// [`events::record`](crate::events::record): `get`, `create`, `patch`
-    /// and `update`, so that repeats are counted on one Event.
+    /// and `delete`, so that repeats are counted on one Event.
     pub fn records_events(self) -> Self {
         self.access_type(
             crate::events::event_type(),
-            &[Verb::Get, Verb::Create, Verb::Patch, Verb::Update],
+            &[Verb::Get, Verb::Create, Verb::Patch, Verb::Delete],
         )
     }
 

@@ -201,11 +201,18 @@ impl Grant {
     }
 
     /// Where the host may watch `resource` for this plugin: the namespaces
-    /// in which the grant allows `watch` on it; `None` if nowhere. A rule
-    /// limited to namespaces never covers a cluster-scoped type.
+    /// in which the grant allows both `list` and `watch` on it (a watcher
+    /// does both); `None` if nowhere. A rule limited to namespaces never
+    /// covers a cluster-scoped type.
     pub fn watch_namespaces(&self, resource: &ResourceType) -> Option<Namespaces> {
+        self.namespaces_for(resource, Verb::List)?
+            .intersect(&self.namespaces_for(resource, Verb::Watch)?)
+    }
+
+    /// The namespaces in which the grant allows `verb` on `resource`.
+    fn namespaces_for(&self, resource: &ResourceType, verb: Verb) -> Option<Namespaces> {
         let mut namespaces = std::collections::BTreeSet::new();
-        for rule in self.rules_for(resource, Verb::Watch) {
+        for rule in self.rules_for(resource, verb) {
             if rule.namespaces.is_empty() {
                 return Some(Namespaces::All);
             }
@@ -485,6 +492,11 @@ mod tests {
             [[resources]]
             group = "apps"
             kind = "Deployment"
+            verbs = ["list", "watch"]
+            namespaces = ["e"]
+            [[resources]]
+            group = "apps"
+            kind = "Deployment"
             verbs = ["patch"]
             namespaces = ["d"]
             [[resources]]
@@ -497,7 +509,8 @@ mod tests {
         let only = |v: &[&str]| Namespaces::Only(v.iter().map(|s| (*s).to_owned()).collect());
         assert_eq!(
             grant.watch_namespaces(&rt("apps", "Deployment")),
-            Some(only(&["a", "b", "c"]))
+            Some(only(&["a", "b", "e"])),
+            "list and watch, in any rules"
         );
         assert_eq!(grant.watch_namespaces(&rt("", "Secret")), None);
         let mut m = metadata(vec![Verb::Get]);

@@ -423,7 +423,7 @@ async fn a_plugin_asking_beyond_its_grant_does_not_load() {
     // With the missing permission added, it loads, with the grant's limits.
     std::fs::write(
         dir.path().join("demoapp.toml"),
-        format!("{grant}\n[[resources]]\ngroup = \"events.k8s.io\"\nkind = \"Event\"\nverbs = [\"get\", \"create\", \"patch\", \"update\"]\n[limits]\ndeadline_ms = 1500\n"),
+        format!("{grant}\n[[resources]]\ngroup = \"events.k8s.io\"\nkind = \"Event\"\nverbs = [\"get\", \"create\", \"patch\", \"delete\"]\n[limits]\ndeadline_ms = 1500\n"),
     )
     .unwrap();
     let plugin = operator::load_plugin(
@@ -706,7 +706,7 @@ async fn run_uses_the_kubeconfig_cluster_and_grant_files() {
         [[resources]]
         group = "events.k8s.io"
         kind = "Event"
-        verbs = ["get", "create", "patch", "update"]
+        verbs = ["get", "create", "patch", "delete"]
         "#,
     )
     .unwrap();

@@ -34,7 +34,7 @@ fn grant(namespaces: &[&str]) -> String {
         [[resources]]
         group = "events.k8s.io"
         kind = "Event"
-        verbs = ["get", "create", "patch", "update"]
+        verbs = ["get", "create", "patch", "delete"]
         {ns}
         "#
     )

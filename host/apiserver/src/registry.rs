@@ -107,7 +107,7 @@ impl ResourceDef {
                 labels.extend([
                     same("reason"),
                     same("reportingComponent"),
-                    ("source", "source.component", ""),
+                    ("source", "source.component|reportingComponent", ""),
                     same("type"),
                 ]);
                 return labels;

@@ -246,17 +246,23 @@ impl FieldSelector {
     /// Whether the object matches.
     pub fn matches_object(&self, object: &Value) -> bool {
         self.0.iter().all(|r| {
-            let node = r
+            // `a|b`: the first of the paths that is set (core Events'
+            // `source` falls back to `reportingComponent`).
+            let actual = r
                 .path
-                .split('.')
-                .try_fold(object, |node, key| node.get(key));
-            let actual = match node {
-                None | Some(Value::Null) => r.missing.clone(),
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Bool(b)) => b.to_string(),
-                Some(Value::Number(n)) => n.to_string(),
-                Some(other) => other.to_string(),
-            };
+                .split('|')
+                .find_map(|path| {
+                    let node = path.split('.').try_fold(object, |node, key| node.get(key));
+                    match node {
+                        None | Some(Value::Null) => None,
+                        Some(Value::String(s)) if s.is_empty() => None,
+                        Some(Value::String(s)) => Some(s.clone()),
+                        Some(Value::Bool(b)) => Some(b.to_string()),
+                        Some(Value::Number(n)) => Some(n.to_string()),
+                        Some(other) => Some(other.to_string()),
+                    }
+                })
+                .unwrap_or_else(|| r.missing.clone());
             (actual == r.value) == r.equal
         })
     }

@@ -1234,6 +1234,8 @@ async fn events_are_one_store_served_under_both_groups() {
         ("involvedObject.uid=u-1", vec!["web.1"]),
         ("reason!=Mirrored", vec!["db.1"]),
         ("source=deployment-controller", vec!["db.1"]),
+        // No source: the reporting controller stands in, as on a real server.
+        ("source=mirror", vec!["web.1"]),
         ("reportingComponent=mirror,type=Normal", vec!["web.1"]),
     ] {
         let listed = core

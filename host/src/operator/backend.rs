@@ -93,6 +93,32 @@ fn collection_path(r: &ResourceType, namespace: Option<&str>) -> String {
     }
 }
 
+/// The embedded API server's description of a built-in type (its field
+/// labels are the real server's); a custom type serves the metadata ones.
+fn served_def(r: &ResourceType) -> reconcile_apiserver::registry::ResourceDef {
+    static BUILTINS: std::sync::OnceLock<Vec<reconcile_apiserver::registry::ResourceDef>> =
+        std::sync::OnceLock::new();
+    let builtins = BUILTINS.get_or_init(reconcile_apiserver::registry::builtins);
+    builtins
+        .iter()
+        .find(|d| d.group == r.group && d.plural == r.plural && d.version == r.version)
+        .cloned()
+        .unwrap_or_else(|| reconcile_apiserver::registry::ResourceDef {
+            group: r.group.clone(),
+            version: r.version.clone(),
+            kind: r.kind.clone(),
+            plural: r.plural.clone(),
+            singular: r.kind.to_lowercase(),
+            short_names: Vec::new(),
+            categories: Vec::new(),
+            namespaced: r.namespaced,
+            status: false,
+            printer_columns: Vec::new(),
+            schema: None,
+            custom: true,
+        })
+}
+
 struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
@@ -262,9 +288,14 @@ impl KubeBackend {
                 let labels =
                     LabelSelector::parse(options.label_selector.as_deref().unwrap_or_default())
                         .map_err(|e| K8sError::new(K8sErrorKind::Invalid, 400, "BadRequest", e))?;
-                let fields =
-                    FieldSelector::parse(options.field_selector.as_deref().unwrap_or_default())
-                        .map_err(|e| K8sError::new(K8sErrorKind::Invalid, 400, "BadRequest", e))?;
+                // The field labels the API server serves for the type, so
+                // that a cached list answers as the server would.
+                let def = served_def(&call.resource);
+                let fields = FieldSelector::parse_for(
+                    options.field_selector.as_deref().unwrap_or_default(),
+                    &def.field_labels(),
+                )
+                .map_err(|e| K8sError::new(K8sErrorKind::Invalid, 400, "BadRequest", e))?;
                 let mut items: Vec<Value> = Vec::new();
                 for object in cache.store.state() {
                     let value = serde_json::to_value(&*object).unwrap_or(Value::Null);
@@ -273,7 +304,11 @@ impl KubeBackend {
                         .is_none_or(|ns| value["metadata"]["namespace"].as_str() == Some(ns));
                     if in_namespace
                         && labels.matches_object(&value)
-                        && fields.matches_object(&value)
+                        && (fields.metadata_only()
+                            || fields.matches_object(&reconcile_apiserver::convert::to_storage(
+                                &def,
+                                value.clone(),
+                            )))
                     {
                         items.push(value);
                     }
