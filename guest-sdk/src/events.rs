@@ -82,8 +82,9 @@ where
         .clone()
         .unwrap_or_else(|| format!("{kind}/{namespace}/{name}"));
     let key = fnv1a(&[&identity, controller, type_, reason, action, note]);
-    // Names are at most 253 characters.
+    // Names are at most 253 characters, and each part ends alphanumeric.
     let prefix: String = name.chars().take(253 - 17).collect();
+    let prefix = prefix.trim_end_matches(['-', '.']);
     let event_name = format!("{prefix}.{key:016x}");
     let api = Api::<Event>::namespaced(&namespace);
     let now = Timestamp::now();

@@ -22,7 +22,7 @@
 //! A plugin whose request exceeds its grant is refused at load; a call
 //! outside the grant fails with `forbidden` and sends nothing. The host
 //! watches the plugin's primary and owned types only in the namespaces where
-//! the grant allows `watch` on them ([`Grant::watch_namespaces`]), so a
+//! the grant allows `list` and `watch` on them ([`Grant::watch_namespaces`]), so a
 //! plugin is never woken for an object it may not touch.
 
 use std::fmt;
@@ -282,15 +282,11 @@ impl Grant {
 
     /// Whether `verb` on `resource` in `namespace` is allowed.
     pub fn allows(&self, resource: &ResourceType, verb: Verb, namespace: Option<&str>) -> bool {
-        self.resources.iter().any(|r| {
-            r.group == resource.group
-                && r.kind == resource.kind
-                && r.verbs.contains(&verb)
-                && (r.namespaces.is_empty()
-                    // A rule limited to namespaces never covers a
-                    // cluster-scoped type, whatever namespace the call names.
-                    || (resource.namespaced
-                        && namespace.is_some_and(|ns| r.namespaces.iter().any(|n| n == ns))))
+        // `rules_for` leaves out namespace-limited rules of cluster-scoped
+        // types, whatever namespace the call names.
+        self.rules_for(resource, verb).any(|r| {
+            r.namespaces.is_empty()
+                || namespace.is_some_and(|ns| r.namespaces.iter().any(|n| n == ns))
         })
     }
 

@@ -82,10 +82,7 @@ impl ResourceDef {
     /// The field selectors served for this type: each label and the path
     /// of the stored object it reads, with the value a missing field has.
     pub fn field_labels(&self) -> Vec<(&'static str, &'static str, &'static str)> {
-        let mut labels = vec![
-            ("metadata.name", "metadata.name", ""),
-            ("metadata.namespace", "metadata.namespace", ""),
-        ];
+        let mut labels = METADATA_FIELD_LABELS.to_vec();
         // The involved object's fields: events.k8s.io's label, core's label
         // (the stored path).
         const INVOLVED: [(&str, &str); 7] = [
@@ -190,6 +187,12 @@ impl ResourceDef {
         builtin_list_type(path)
     }
 }
+
+/// The field selectors every type serves (see [`ResourceDef::field_labels`]).
+pub const METADATA_FIELD_LABELS: [(&str, &str, &str); 2] = [
+    ("metadata.name", "metadata.name", ""),
+    ("metadata.namespace", "metadata.namespace", ""),
+];
 
 /// How a list merges.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1051,10 +1051,6 @@ impl Store {
             Some(_) => present(def, &stored.value()),
             None => stored.value(),
         };
-        let stored_form = |object: Value| match &storage {
-            Some(_) => convert::to_storage(def, object),
-            None => object,
-        };
         let storage_def: &ResourceDef = storage.as_deref().unwrap_or(def);
         if kind == PatchType::Apply {
             check_body_type(def, body)?;
@@ -1083,7 +1079,7 @@ impl Store {
                 };
                 let applied = apply::apply(def, scope, &json!({}), body, &who)?;
                 let managed = applied["metadata"]["managedFields"].clone();
-                let mut object = stored_form(applied);
+                let mut object = convert::to_storage(def, applied);
                 with_meta(&mut object, |m| m.insert("name".into(), name.into()));
                 let create_options = WriteOptions {
                     manager: options.manager.clone(),
@@ -1114,7 +1110,8 @@ impl Store {
                 force: options.force,
                 now: &now(),
             };
-            let applied = stored_form(apply::apply(def, scope, &old_value, body, &who)?);
+            let applied =
+                convert::to_storage(def, apply::apply(def, scope, &old_value, body, &who)?);
             let result = self.finish_write(
                 &mut state,
                 storage_def,
@@ -1165,7 +1162,7 @@ impl Store {
                 "a patch may not change metadata.name",
             ));
         }
-        let patched = stored_form(patched);
+        let patched = convert::to_storage(def, patched);
         let result = self.finish_write(&mut state, storage_def, scope, old, patched, options);
         self.publish(&mut state);
         result.map(|v| (v, false))

@@ -23,6 +23,8 @@ use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tr
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracer;
+use reconcile_apiserver::convert;
+use reconcile_apiserver::registry::{METADATA_FIELD_LABELS, ResourceDef};
 use reconcile_apiserver::selectors::{FieldSelector, LabelSelector};
 use serde_json::{Value, json};
 
@@ -93,30 +95,14 @@ fn collection_path(r: &ResourceType, namespace: Option<&str>) -> String {
     }
 }
 
-/// The embedded API server's description of a built-in type (its field
-/// labels are the real server's); a custom type serves the metadata ones.
-fn served_def(r: &ResourceType) -> reconcile_apiserver::registry::ResourceDef {
-    static BUILTINS: std::sync::OnceLock<Vec<reconcile_apiserver::registry::ResourceDef>> =
-        std::sync::OnceLock::new();
-    let builtins = BUILTINS.get_or_init(reconcile_apiserver::registry::builtins);
-    builtins
+/// The embedded API server's description of a built-in type: its field
+/// labels are the real server's (a custom type has the metadata ones).
+fn builtin_def(r: &ResourceType) -> Option<&'static ResourceDef> {
+    static BUILTINS: std::sync::OnceLock<Vec<ResourceDef>> = std::sync::OnceLock::new();
+    BUILTINS
+        .get_or_init(reconcile_apiserver::registry::builtins)
         .iter()
         .find(|d| d.group == r.group && d.plural == r.plural && d.version == r.version)
-        .cloned()
-        .unwrap_or_else(|| reconcile_apiserver::registry::ResourceDef {
-            group: r.group.clone(),
-            version: r.version.clone(),
-            kind: r.kind.clone(),
-            plural: r.plural.clone(),
-            singular: r.kind.to_lowercase(),
-            short_names: Vec::new(),
-            categories: Vec::new(),
-            namespaced: r.namespaced,
-            status: false,
-            printer_columns: Vec::new(),
-            schema: None,
-            custom: true,
-        })
 }
 
 struct HeaderInjector<'a>(&'a mut http::HeaderMap);
@@ -290,26 +276,28 @@ impl KubeBackend {
                         .map_err(|e| K8sError::new(K8sErrorKind::Invalid, 400, "BadRequest", e))?;
                 // The field labels the API server serves for the type, so
                 // that a cached list answers as the server would.
-                let def = served_def(&call.resource);
+                let def = builtin_def(&call.resource);
+                let field_labels = def.map_or(METADATA_FIELD_LABELS.to_vec(), |d| d.field_labels());
                 let fields = FieldSelector::parse_for(
                     options.field_selector.as_deref().unwrap_or_default(),
-                    &def.field_labels(),
+                    &field_labels,
                 )
                 .map_err(|e| K8sError::new(K8sErrorKind::Invalid, 400, "BadRequest", e))?;
+                // Label paths are those of the stored form (Events: core).
+                let stored_form = def.filter(|d| convert::storage_type(d).is_some());
                 let mut items: Vec<Value> = Vec::new();
                 for object in cache.store.state() {
                     let value = serde_json::to_value(&*object).unwrap_or(Value::Null);
                     let in_namespace = namespace
                         .as_ref()
                         .is_none_or(|ns| value["metadata"]["namespace"].as_str() == Some(ns));
-                    if in_namespace
-                        && labels.matches_object(&value)
-                        && (fields.metadata_only()
-                            || fields.matches_object(&reconcile_apiserver::convert::to_storage(
-                                &def,
-                                value.clone(),
-                            )))
-                    {
+                    let fields_match = match stored_form {
+                        Some(d) if !fields.metadata_only() => {
+                            fields.matches_object(&convert::to_storage(d, value.clone()))
+                        }
+                        _ => fields.matches_object(&value),
+                    };
+                    if in_namespace && labels.matches_object(&value) && fields_match {
                         items.push(value);
                     }
                 }

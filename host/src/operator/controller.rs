@@ -481,7 +481,7 @@ fn reflect(
 }
 
 /// Where the host watches `resource` for `plugin`: where its grant allows
-/// `watch` (everywhere for a plugin without a grant).
+/// `list` and `watch` (everywhere for a plugin without a grant).
 fn watch_namespaces(plugin: &Plugin, resource: &ResourceType) -> Option<Namespaces> {
     match plugin.grant() {
         Some(grant) => grant.watch_namespaces(resource),
@@ -575,7 +575,7 @@ pub async fn run(
     // woken for an object it may not touch.
     let Some(namespaces) = watch_namespaces(&plugin, &metadata.primary) else {
         let message = format!(
-            "the grant does not allow watch on {}: the controller does not run",
+            "the grant does not allow list and watch on {} in any namespace: the controller does not run",
             metadata.primary.gvk()
         );
         tracing::error!(plugin = %name, "{message}");
@@ -600,7 +600,7 @@ pub async fn run(
         let Some(owned_namespaces) = owned_namespaces else {
             tracing::warn!(
                 plugin = %name,
-                "the grant allows watch on {} in none of the namespaces the plugin reconciles in: its changes will not wake the plugin",
+                "the grant allows list and watch on {} in none of the namespaces the plugin reconciles in: its changes will not wake the plugin",
                 owned.gvk()
             );
             continue;
