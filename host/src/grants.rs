@@ -154,10 +154,13 @@ impl Grant {
 
     /// Reads a grant file.
     pub fn load(path: &Path) -> Result<Self, GrantError> {
-        let text = std::fs::read_to_string(path).map_err(|error| GrantError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
+        let text =
+            crate::files::read_text(path, crate::files::MAX_TEXT_BYTES).map_err(|error| {
+                GrantError::Read {
+                    path: path.to_owned(),
+                    error,
+                }
+            })?;
         Self::from_toml(&text, path)
     }
 

@@ -13,6 +13,7 @@
 //!
 //! - [`engine`]: wasmtime setup, compile cache, limits, the traced call.
 //! - [`caps`]: one module per WIT interface the plugin imports (`k8s`, `log`, `trace`).
+//! - [`files`]: bounded reads of regular files only (plugins, grants, manifests).
 //! - [`metadata`]: what a plugin says about itself, and its checks.
 //! - [`grants`]: what the operator allows a plugin, from grant files.
 //! - [`operator`]: one kube-runtime controller per plugin, the traced k8s
@@ -23,6 +24,7 @@
 
 pub mod caps;
 pub mod engine;
+pub mod files;
 pub mod grants;
 pub mod metadata;
 pub mod operator;

@@ -134,8 +134,15 @@ struct OperatorArgs {
     max_backoff_s: u64,
     /// Stop once no reconcile is running or waiting for a retry for one
     /// second; exit non-zero if any object's latest reconcile failed.
+    /// A controller whose caches cannot sync stops counting as busy after
+    /// 60 s (and counts as failed).
     #[arg(long)]
     exit_when_idle: bool,
+    /// On SIGTERM or Ctrl-C, how long running reconciles may finish before
+    /// they are cut, in seconds (keep it below the pod's
+    /// terminationGracePeriodSeconds).
+    #[arg(long, default_value_t = 25.0)]
+    shutdown_grace: f64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -441,24 +448,31 @@ async fn operate(
         let settings = ControllerSettings {
             concurrency: args.concurrency.max(1),
             backoff_max: Duration::from_secs(args.max_backoff_s.max(1)),
+            shutdown_grace: Duration::try_from_secs_f64(args.shutdown_grace)
+                .context("--shutdown-grace takes a number of seconds, 0 or more")?,
             ..ControllerSettings::default()
         };
         let operator = Operator::start(client, plugins, settings, telemetry.tracer());
-        if args.exit_when_idle {
+        let idle = if args.exit_when_idle {
             let activity = operator.activity().clone();
             tokio::select! {
                 _ = async {
                     while !activity.idle_for(Duration::from_secs(1)) {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                } => {}
-                _ = shutdown_signal() => {}
+                } => true,
+                _ = shutdown_signal() => false,
             }
         } else {
             shutdown_signal().await;
+            false
+        };
+        if !idle {
+            tracing::info!("stopping: running reconciles may finish within {}s", args.shutdown_grace);
         }
         let failures = operator.activity().failures();
         let reconciles = operator.activity().reconciles();
+        let activity = operator.activity().clone();
         operator.stop().await;
         if let Some(server) = server {
             server.shutdown().await;
@@ -466,8 +480,9 @@ async fn operate(
         for (object, failure) in &failures {
             tracing::error!(object = %object, "latest reconcile failed: {failure}");
         }
-        tracing::info!(reconciles, failed = failures.len(), "stopped");
-        Ok::<_, anyhow::Error>(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        tracing::info!(reconciles, failed = failures.len(), cut = activity.cut(), "stopped");
+        // A stop by signal is a clean exit; idle with failures is not.
+        Ok::<_, anyhow::Error>(if idle && !failures.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
     }
     .await;
     if let Err(e) = telemetry.shutdown(config.shutdown_timeout) {
@@ -523,7 +538,7 @@ async fn call(
     attempt: u32,
 ) -> anyhow::Result<ExitCode> {
     let plugin = engine.load_file(plugin).await?;
-    let text = std::fs::read_to_string(object)
+    let text = reconcile_host::files::read_text(object, reconcile_host::files::MAX_TEXT_BYTES)
         .with_context(|| format!("cannot read {}", object.display()))?;
     let value = reconcile_host::operator::manifests::first_object(&text)
         .map_err(|e| anyhow::anyhow!("{} is not a YAML or JSON object: {e}", object.display()))?;

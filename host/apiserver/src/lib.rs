@@ -60,6 +60,19 @@ pub struct ApiServerConfig {
     pub bookmark_interval: Duration,
     /// Longest a watch stays open without `timeoutSeconds`.
     pub max_watch: Duration,
+    /// Bytes of object history kept for watches, besides the count.
+    pub history_bytes: usize,
+    /// Longest a client may take to send a request's headers (the real
+    /// server closes such connections after about 32 s).
+    pub header_timeout: Duration,
+    /// Longest a client may take to send a request's body: 504 after it.
+    pub body_timeout: Duration,
+    /// Bytes a watch may have queued for a client that does not read
+    /// before the server ends it (the client lists again).
+    pub watch_buffer_bytes: usize,
+    /// How long a shutdown waits for requests in flight before closing
+    /// their connections.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ApiServerConfig {
@@ -69,6 +82,11 @@ impl Default for ApiServerConfig {
             history: 10_000,
             bookmark_interval: Duration::from_secs(30),
             max_watch: Duration::from_secs(1800),
+            history_bytes: 64 * 1024 * 1024,
+            header_timeout: Duration::from_secs(32),
+            body_timeout: Duration::from_secs(60),
+            watch_buffer_bytes: 16 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(2),
         }
     }
 }
@@ -100,7 +118,7 @@ pub struct ApiServer {
     addr: SocketAddr,
     store: Arc<Store>,
     faults: Arc<Faults>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
     finished: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
@@ -123,26 +141,33 @@ impl ApiServer {
         let listener = std::net::TcpListener::bind(config.listen).map_err(listen_error)?;
         listener.set_nonblocking(true).map_err(listen_error)?;
         let addr = listener.local_addr().map_err(listen_error)?;
-        let store = Arc::new(Store::new(config.history));
+        let store = Arc::new(Store::with_limits(config.history, config.history_bytes));
         let faults = Arc::new(Faults::default());
         let shared = Arc::new(server::Shared {
             store: store.clone(),
             faults: faults.clone(),
             bookmark_interval: config.bookmark_interval,
             max_watch: config.max_watch,
+            body_timeout: config.body_timeout,
+            watch_buffer_bytes: config.watch_buffer_bytes,
         });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
         let cut = faults.clone();
+        let timeouts = (config.header_timeout, config.shutdown_grace);
         // The server runs on a thread of its own with a single-threaded
         // runtime: the store is behind one lock anyway, and this avoids the
         // wake-ups of a work-stealing scheduler on every request (and any
-        // dependence on the caller's runtime).
+        // dependence on the caller's runtime). Bodies are parsed on the
+        // runtime's blocking threads, so one hostile body holds no one
+        // else up. Deep (but allowed) nesting recurses: the stacks are big.
         std::thread::Builder::new()
             .name("kube-apiserver".into())
+            .stack_size(server::STACK_BYTES)
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    .thread_stack_size(server::STACK_BYTES)
                     .build()
                 {
                     Ok(rt) => rt,
@@ -159,27 +184,14 @@ impl ApiServer {
                             return;
                         }
                     };
-                    // Answers are small and latency matters: no Nagle delays.
-                    use axum::serve::ListenerExt as _;
-                    let listener = listener.tap_io(|stream| {
-                        let _ = stream.set_nodelay(true);
-                    });
                     let app = axum::Router::new()
                         .fallback(server::handle)
                         .layer(axum::extract::DefaultBodyLimit::disable())
                         .with_state(shared);
-                    let shutdown = async move {
-                        let _ = stopped.await;
-                        // Open watches would hold a graceful shutdown forever.
-                        cut.cut_watches();
-                    };
-                    if let Err(error) = axum::serve(listener, app)
-                        .with_graceful_shutdown(shutdown)
-                        .await
-                    {
-                        tracing::error!(%error, "the embedded API server stopped");
-                    }
+                    serve(listener, app, stopped, timeouts, cut).await;
                 });
+                // Dropping the runtime drops every connection still open.
+                drop(runtime);
                 let _ = done.send(());
             })
             .map_err(listen_error)?;
@@ -187,7 +199,7 @@ impl ApiServer {
             addr,
             store,
             faults,
-            stop: Some(stop),
+            stop,
             finished: Some(finished),
         })
     }
@@ -235,9 +247,7 @@ impl ApiServer {
 
     /// Stops the server and waits for it.
     pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop.send_replace(true);
         if let Some(finished) = self.finished.take() {
             let _ = finished.await;
         }
@@ -246,9 +256,61 @@ impl ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        self.stop.send_replace(true);
+    }
+}
+
+/// Accepts connections until `stopped`, then lets requests in flight
+/// finish for up to the grace.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    (header_timeout, grace): (Duration, Duration),
+    cut: Arc<Faults>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Out of file descriptors and the like: pause, go on.
+                        tracing::warn!(%error, "the embedded API server cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Answers are small and latency matters: no Nagle delays.
+                let _ = stream.set_nodelay(true);
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            _ = stopped.wait_for(|s| *s) => break,
         }
+    }
+    drop(listener);
+    // Open watches would hold a graceful shutdown forever.
+    cut.cut_watches();
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("the embedded API server closed connections still in flight");
     }
 }
 

@@ -11,7 +11,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, oneshot};
 
 use crate::apply::Scope;
 use crate::discovery;
@@ -27,12 +27,22 @@ use crate::table;
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
+/// Deepest nesting of a request body, as in the real server (Go's JSON
+/// decoder and go-yaml both stop at 10,000).
+pub const MAX_DEPTH: usize = 10_000;
+
+/// Stack of the server's threads: a body nested `MAX_DEPTH` deep is parsed,
+/// merged and dropped recursively (only the pages used are committed).
+pub(crate) const STACK_BYTES: usize = 256 * 1024 * 1024;
+
 /// What the handlers share.
 pub(crate) struct Shared {
     pub(crate) store: Arc<Store>,
     pub(crate) faults: Arc<Faults>,
     pub(crate) bookmark_interval: Duration,
     pub(crate) max_watch: Duration,
+    pub(crate) body_timeout: Duration,
+    pub(crate) watch_buffer_bytes: usize,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -199,9 +209,27 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             } => return error_response(&ApiError::injected(status, retry_after)),
         }
     }
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(b) => b,
-        Err(_) => return error_response(&ApiError::too_large(MAX_BODY_BYTES)),
+    let body = match tokio::time::timeout(
+        shared.body_timeout,
+        axum::body::to_bytes(body, MAX_BODY_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) if is_too_large(&e) => {
+            return error_response(&ApiError::too_large(MAX_BODY_BYTES));
+        }
+        Ok(Err(e)) => {
+            return error_response(&ApiError::bad_request(format!(
+                "cannot read the request body: {e}"
+            )));
+        }
+        Err(_) => {
+            return error_response(&ApiError::timeout(format!(
+                "the request body did not arrive within {}s",
+                shared.body_timeout.as_secs()
+            )));
+        }
     };
     let accept = parts
         .headers
@@ -271,7 +299,64 @@ struct ResourceRequest<'a> {
     accept: String,
 }
 
-fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, ApiError> {
+/// Whether a body read failed on the size limit (rather than the connection).
+fn is_too_large(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Parses a request body off the serving thread: a slow or hostile body
+/// holds up no other request.
+async fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, ApiError> {
+    let body = body.clone();
+    let content_type = content_type.to_owned();
+    tokio::task::spawn_blocking(move || parse_body_now(&body, &content_type))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ApiError::internal(format!(
+                "the request body could not be parsed: {e}"
+            )))
+        })
+}
+
+/// The nesting depth of JSON (or YAML flow collections) in `body`, up to
+/// `MAX_DEPTH + 1`: brackets outside double-quoted strings.
+fn nesting_depth(body: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > MAX_DEPTH {
+                    break;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+fn parse_body_now(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
     if content_type.contains("protobuf") {
         return crate::protobuf::decode(body).map_err(ApiError::unsupported_media_type);
     }
@@ -283,10 +368,29 @@ fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
     }
-    match serde_json::from_slice::<Value>(body) {
+    let yaml = content_type.contains("yaml");
+    if nesting_depth(body) > MAX_DEPTH {
+        let what = if yaml { "YAML" } else { "JSON" };
+        return Err(ApiError::bad_request(format!(
+            "the request body is not valid {what}: exceeded max depth of {MAX_DEPTH}"
+        )));
+    }
+    let mut json = serde_json::Deserializer::from_slice(body);
+    json.disable_recursion_limit();
+    let parsed =
+        serde::Deserialize::deserialize(&mut json).and_then(|v: Value| json.end().map(|()| v));
+    match parsed {
         Ok(v) => Ok(v),
-        Err(_) if content_type.contains("yaml") => serde_saphyr::from_slice::<Value>(body)
-            .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}"))),
+        Err(_) if yaml => {
+            let mut budget = serde_saphyr::Budget::default();
+            budget.max_depth = MAX_DEPTH;
+            budget.flow_nesting_limit = MAX_DEPTH;
+            let mut options = serde_saphyr::Options::default();
+            options.budget = Some(budget);
+            serde_saphyr::from_slice_with_options::<Value>(body, options).map_err(|e| {
+                ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
+            })
+        }
         Err(json_error) => Err(ApiError::bad_request(format!(
             "the request body is not valid JSON: {json_error}"
         ))),
@@ -386,7 +490,7 @@ impl ResourceRequest<'_> {
             ("GET", "list") => self.list(),
             ("GET", "watch") => self.watch(),
             ("POST", _) if self.path.name.is_none() => {
-                let body = parse_body(&self.body, &self.content_type())?;
+                let body = parse_body(&self.body, &self.content_type()).await?;
                 let options = WriteOptions {
                     manager: self.manager(),
                     dry_run: self.dry_run()?,
@@ -396,7 +500,7 @@ impl ResourceRequest<'_> {
                 Ok(bytes_response(201, object_json(&def, &created)))
             }
             ("PUT", _) if self.path.name.is_some() => {
-                let body = parse_body(&self.body, &self.content_type())?;
+                let body = parse_body(&self.body, &self.content_type()).await?;
                 let options = WriteOptions {
                     manager: self.manager(),
                     dry_run: self.dry_run()?,
@@ -441,7 +545,7 @@ impl ResourceRequest<'_> {
                         "PATCH, fieldManager is required for apply requests",
                     ));
                 }
-                let body = parse_body(&self.body, &content_type)?;
+                let body = parse_body(&self.body, &content_type).await?;
                 let options = WriteOptions {
                     manager: self.manager(),
                     dry_run: self.dry_run()?,
@@ -458,7 +562,7 @@ impl ResourceRequest<'_> {
                 let options: Value = if self.body.is_empty() {
                     json!({})
                 } else {
-                    parse_body(&self.body, &self.content_type())?
+                    parse_body(&self.body, &self.content_type()).await?
                 };
                 let propagation = self.propagation(&options)?;
                 let preconditions = options.get("preconditions").cloned().unwrap_or(Value::Null);
@@ -484,7 +588,7 @@ impl ResourceRequest<'_> {
                 let options: Value = if self.body.is_empty() {
                     json!({})
                 } else {
-                    parse_body(&self.body, &self.content_type())?
+                    parse_body(&self.body, &self.content_type()).await?
                 };
                 let propagation = self.propagation(&options)?;
                 let deleted =
@@ -627,10 +731,17 @@ impl ResourceRequest<'_> {
             bookmark_interval: self.shared.bookmark_interval,
             cut: self.shared.faults.cut_signal(),
         };
-        let (tx, rx) = mpsc::channel::<Bytes>(256);
-        tokio::spawn(watch.run(tx));
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+        let queue = Arc::new(WatchQueue::new(self.shared.watch_buffer_bytes));
+        let (reader, gone) = oneshot::channel::<()>();
+        tokio::spawn(watch.run(WatchSink {
+            queue: queue.clone(),
+            gone,
+        }));
+        let stream = futures::stream::unfold((queue, reader), |(queue, reader)| async move {
+            queue
+                .pop()
+                .await
+                .map(|b| (Ok::<_, Infallible>(b), (queue, reader)))
         });
         Ok((
             StatusCode::OK,
@@ -638,6 +749,124 @@ impl ResourceRequest<'_> {
             Body::from_stream(stream),
         )
             .into_response())
+    }
+}
+
+/// What a watch has queued for its client, bounded in bytes: a client that
+/// stops reading has its watch ended (and the queue dropped) once it is
+/// `limit` behind, as the real server closes a watcher whose buffer is full.
+struct WatchQueue {
+    state: std::sync::Mutex<QueueState>,
+    /// Wakes the reader (an item or the end) and the writer (room).
+    readable: Notify,
+    writable: Notify,
+    limit: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: std::collections::VecDeque<Bytes>,
+    bytes: usize,
+    ended: bool,
+}
+
+/// Lines queued at most, whatever their size.
+const WATCH_QUEUE_LINES: usize = 4096;
+
+impl WatchQueue {
+    fn new(limit: usize) -> Self {
+        WatchQueue {
+            state: std::sync::Mutex::default(),
+            readable: Notify::new(),
+            writable: Notify::new(),
+            limit: limit.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn full(&self, state: &QueueState) -> bool {
+        state.bytes >= self.limit || state.items.len() >= WATCH_QUEUE_LINES
+    }
+
+    /// Queues chunks; false (and the queue emptied and ended) if the client
+    /// is already too far behind.
+    fn push(&self, chunks: impl IntoIterator<Item = Bytes>) -> bool {
+        let mut state = self.lock();
+        if state.ended {
+            return false;
+        }
+        if self.full(&state) {
+            state.items.clear();
+            state.bytes = 0;
+            state.ended = true;
+            drop(state);
+            self.readable.notify_one();
+            return false;
+        }
+        for chunk in chunks {
+            state.bytes += chunk.len();
+            state.items.push_back(chunk);
+        }
+        drop(state);
+        self.readable.notify_one();
+        true
+    }
+
+    /// Waits for room, then queues (for the initial events, which a slow
+    /// client may take its time over).
+    async fn push_when_room(&self, chunks: impl IntoIterator<Item = Bytes>) {
+        loop {
+            let room = self.writable.notified();
+            {
+                let state = self.lock();
+                if state.ended || !self.full(&state) {
+                    break;
+                }
+            }
+            room.await;
+        }
+        self.push(chunks);
+    }
+
+    fn end(&self) {
+        self.lock().ended = true;
+        self.readable.notify_one();
+    }
+
+    /// The next chunk; `None` once the watch has ended and the queue is empty.
+    async fn pop(&self) -> Option<Bytes> {
+        loop {
+            let more = self.readable.notified();
+            {
+                let mut state = self.lock();
+                if let Some(chunk) = state.items.pop_front() {
+                    state.bytes = state.bytes.saturating_sub(chunk.len());
+                    drop(state);
+                    self.writable.notify_one();
+                    return Some(chunk);
+                }
+                if state.ended {
+                    return None;
+                }
+            }
+            more.await;
+        }
+    }
+}
+
+/// The writing end of a watch: its queue, and whether the client is gone.
+struct WatchSink {
+    queue: Arc<WatchQueue>,
+    /// Resolves (with an error) once the response body is dropped.
+    gone: oneshot::Receiver<()>,
+}
+
+impl Drop for WatchSink {
+    fn drop(&mut self) {
+        self.queue.end();
     }
 }
 
@@ -663,19 +892,23 @@ impl Watch {
         Bytes::from(line)
     }
 
-    /// An event line around a stored object, from its bytes.
-    fn stored_line(&self, kind: &str, object: &Stored) -> Bytes {
+    /// An event line around a stored object: its bytes are shared, not
+    /// copied, between the store and every watch.
+    fn stored_line(&self, kind: &str, object: &Stored) -> Vec<Bytes> {
         if self.table {
-            return Self::line(kind, self.object(&object.value()));
+            return vec![Self::line(kind, self.object(&object.value()))];
         }
-        let json = object_json(&self.def, object);
-        let mut line = Vec::with_capacity(json.len() + 32);
-        line.extend_from_slice(b"{\"type\":\"");
-        line.extend_from_slice(kind.as_bytes());
-        line.extend_from_slice(b"\",\"object\":");
-        line.extend_from_slice(&json);
-        line.extend_from_slice(b"}\n");
-        Bytes::from(line)
+        let head = match kind {
+            "ADDED" => &b"{\"type\":\"ADDED\",\"object\":"[..],
+            "MODIFIED" => &b"{\"type\":\"MODIFIED\",\"object\":"[..],
+            "DELETED" => &b"{\"type\":\"DELETED\",\"object\":"[..],
+            _ => &b"{\"type\":\"ERROR\",\"object\":"[..],
+        };
+        vec![
+            Bytes::from_static(head),
+            object_json(&self.def, object),
+            Bytes::from_static(b"}\n"),
+        ]
     }
 
     fn object(&self, object: &Value) -> Value {
@@ -700,7 +933,7 @@ impl Watch {
 
     /// The event as this watch sees it (selectors can turn a modification
     /// into an ADDED or DELETED).
-    fn translate(&self, event: &Event) -> Option<Bytes> {
+    fn translate(&self, event: &Event) -> Option<Vec<Bytes>> {
         if event.key != self.def.storage_key() {
             return None;
         }
@@ -725,15 +958,17 @@ impl Watch {
         Some(self.stored_line(kind, &event.object))
     }
 
-    async fn run(mut self, tx: mpsc::Sender<Bytes>) {
+    async fn run(mut self, mut sink: WatchSink) {
+        let queue = sink.queue.clone();
         let (mut rx, mut last) = if self.initial {
             let (items, rv, rx) = self.store.snapshot(&self.def, &self.filter);
             for item in items {
-                if tx.send(self.stored_line("ADDED", &item)).await.is_err() {
-                    return;
+                tokio::select! {
+                    () = queue.push_when_room(self.stored_line("ADDED", &item)) => {}
+                    _ = &mut sink.gone => return,
                 }
             }
-            if self.initial_end_bookmark && tx.send(self.bookmark(rv, true)).await.is_err() {
+            if self.initial_end_bookmark && !queue.push([self.bookmark(rv, true)]) {
                 return;
             }
             (rx, rv)
@@ -744,10 +979,11 @@ impl Watch {
                     let mut last = from;
                     for event in backlog {
                         last = last.max(event.rv);
-                        if let Some(line) = self.translate(&event)
-                            && tx.send(line).await.is_err()
-                        {
-                            return;
+                        if let Some(line) = self.translate(&event) {
+                            tokio::select! {
+                                () = queue.push_when_room(line) => {}
+                                _ = &mut sink.gone => return,
+                            }
                         }
                     }
                     (rx, last)
@@ -757,7 +993,7 @@ impl Watch {
                         "too old resource version: {from} ({})",
                         self.store.compacted()
                     ));
-                    let _ = tx.send(Self::line("ERROR", e.to_json())).await;
+                    queue.push([Self::line("ERROR", e.to_json())]);
                     return;
                 }
             }
@@ -770,9 +1006,9 @@ impl Watch {
             tokio::select! {
                 _ = &mut deadline => return,
                 _ = self.cut.changed() => return,
-                _ = tx.closed() => return,
+                _ = &mut sink.gone => return,
                 _ = ticker.tick(), if self.bookmarks => {
-                    if tx.send(self.bookmark(last, false)).await.is_err() {
+                    if !queue.push([self.bookmark(last, false)]) {
                         return;
                     }
                 }
@@ -783,14 +1019,19 @@ impl Watch {
                         }
                         last = event.rv;
                         if let Some(line) = self.translate(&event)
-                            && tx.send(line).await.is_err()
+                            && !queue.push(line)
                         {
+                            tracing::debug!(
+                                resource = %self.def.plural,
+                                "ended a watch whose client fell {} bytes behind",
+                                queue.limit
+                            );
                             return;
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         let e = ApiError::expired("the watch fell behind; list again");
-                        let _ = tx.send(Self::line("ERROR", e.to_json())).await;
+                        queue.push([Self::line("ERROR", e.to_json())]);
                         return;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,

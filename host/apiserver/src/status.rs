@@ -235,6 +235,11 @@ impl ApiError {
         Self::new(406, "NotAcceptable", message)
     }
 
+    /// 504: the request did not complete in time.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(504, "Timeout", message)
+    }
+
     /// 500.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)

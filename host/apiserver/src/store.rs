@@ -159,6 +159,9 @@ struct State {
     objects: HashMap<StorageKey, Objects>,
     history: VecDeque<Arc<Event>>,
     history_limit: usize,
+    /// Bytes of the objects in the history, and their bound.
+    history_bytes: usize,
+    history_bytes_limit: usize,
     /// Versions at or below this one are no longer in the history.
     compacted: u64,
     /// Events of the write in progress, published when it commits.
@@ -370,9 +373,14 @@ impl State {
             object,
             previous,
         });
+        self.history_bytes += event.object.json.len();
         self.history.push_back(event.clone());
-        while self.history.len() > self.history_limit {
+        // Bounded by count and by bytes (the newest event always stays).
+        while self.history.len() > self.history_limit
+            || (self.history_bytes > self.history_bytes_limit && self.history.len() > 1)
+        {
             if let Some(old) = self.history.pop_front() {
+                self.history_bytes = self.history_bytes.saturating_sub(old.object.json.len());
                 self.compacted = self.compacted.max(old.rv);
             }
         }
@@ -659,8 +667,14 @@ impl State {
 
 impl Store {
     /// A store with the built-in types, the standard namespaces, and a
-    /// history of `history_limit` events.
+    /// history of `history_limit` events (and at most 64 MiB of objects).
     pub fn new(history_limit: usize) -> Self {
+        Self::with_limits(history_limit, 64 * 1024 * 1024)
+    }
+
+    /// A store whose history keeps at most `history_limit` events and
+    /// `history_bytes` bytes of objects.
+    pub fn with_limits(history_limit: usize, history_bytes: usize) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let store = Store {
             state: std::sync::Mutex::new(State {
@@ -669,6 +683,8 @@ impl Store {
                 objects: HashMap::new(),
                 history: VecDeque::new(),
                 history_limit: history_limit.max(1),
+                history_bytes: 0,
+                history_bytes_limit: history_bytes,
                 compacted: 0,
                 pending: Vec::new(),
             }),
@@ -726,6 +742,7 @@ impl Store {
     pub fn compact(&self) {
         let mut state = self.lock();
         state.history.clear();
+        state.history_bytes = 0;
         state.compacted = state.rv;
     }
 

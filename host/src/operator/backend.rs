@@ -46,6 +46,37 @@ pub struct Cache {
     pub store: Store<DynamicObject>,
     /// The namespaces it watches: reads elsewhere go to the API server.
     pub namespaces: Namespaces,
+    /// Whether the store has listed once.
+    pub ready: Ready,
+}
+
+/// Whether a reflector store has listed once, for any number of waiters.
+///
+/// kube-runtime's `Store::wait_until_ready` wakes only the last of several
+/// concurrent waiters (one oneshot receiver shared by all), so the host
+/// keeps its own signal, set by the reflector stream's first `InitDone`.
+#[derive(Clone, Debug)]
+pub struct Ready(tokio::sync::watch::Receiver<bool>);
+
+impl Ready {
+    /// A signal and the setter its stream calls on `InitDone`.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Ready(rx))
+    }
+
+    /// Whether the store has listed once.
+    pub fn is_ready(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the store has listed; never if its stream ends first.
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        if rx.wait_for(|r| *r).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// The backend of one plugin.
@@ -231,7 +262,7 @@ impl KubeBackend {
     ) -> Result<K8sResponse, K8sError> {
         // Before the first list completes, an empty store would answer
         // "not found" for objects that exist.
-        if tokio::time::timeout_at(deadline.into(), cache.store.wait_until_ready())
+        if tokio::time::timeout_at(deadline.into(), cache.ready.wait())
             .await
             .is_err()
         {

@@ -19,7 +19,7 @@ use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use serde_json::{Value, json};
 
-use super::backend::{Cache, KubeBackend, api_resource};
+use super::backend::{Cache, KubeBackend, Ready, api_resource};
 use super::watch::{Namespaces, watch_in};
 use crate::caps::k8s::{CallContext, K8sBackend, K8sCall, K8sErrorKind, K8sOp, ResourceType};
 use crate::engine::Plugin;
@@ -34,6 +34,8 @@ pub struct ControllerSettings {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
+    /// How long shutdown waits for running reconciles before cutting them.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ControllerSettings {
@@ -42,6 +44,7 @@ impl Default for ControllerSettings {
             concurrency: 4,
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(25),
         }
     }
 }
@@ -58,7 +61,10 @@ pub struct Activity {
 struct ActivityState {
     /// Controllers whose caches have not synced yet.
     starting: usize,
-    running: usize,
+    /// Running reconciles, per plugin.
+    running: HashMap<String, usize>,
+    /// Reconciles cut by a shutdown.
+    cut: u64,
     retrying: HashSet<Key>,
     failed: HashMap<Key, String>,
     reconciles: u64,
@@ -69,7 +75,8 @@ impl Default for ActivityState {
     fn default() -> Self {
         ActivityState {
             starting: 0,
-            running: 0,
+            running: HashMap::new(),
+            cut: 0,
             retrying: HashSet::new(),
             failed: HashMap::new(),
             reconciles: 0,
@@ -116,15 +123,17 @@ impl Activity {
             .collect()
     }
 
-    fn begin(&self) {
+    fn begin(&self, plugin: &str) {
         let mut s = self.lock();
-        s.running += 1;
+        *s.running.entry(plugin.to_owned()).or_default() += 1;
         s.last_change = Instant::now();
     }
 
     fn end(&self, key: Key, failure: Option<&Failure>) {
         let mut s = self.lock();
-        s.running = s.running.saturating_sub(1);
+        if let Some(running) = s.running.get_mut(&key.0) {
+            *running = running.saturating_sub(1);
+        }
         s.reconciles += 1;
         s.last_change = Instant::now();
         match failure {
@@ -154,7 +163,7 @@ impl Activity {
     pub fn idle_for(&self, quiet: Duration) -> bool {
         let s = self.lock();
         s.starting == 0
-            && s.running == 0
+            && s.running.values().all(|r| *r == 0)
             && s.retrying.is_empty()
             && s.last_change.elapsed() >= quiet
     }
@@ -176,6 +185,19 @@ impl Activity {
             .collect();
         out.sort();
         out
+    }
+
+    /// `plugin`'s reconciles still running, now cut by a shutdown: how many.
+    fn cut_running(&self, plugin: &str) -> usize {
+        let mut s = self.lock();
+        let cut = s.running.remove(plugin).unwrap_or_default();
+        s.cut += cut as u64;
+        cut
+    }
+
+    /// Reconciles cut by a shutdown past its grace.
+    pub fn cut(&self) -> u64 {
+        self.lock().cut
     }
 
     /// Reconciles finished so far.
@@ -346,7 +368,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
         ctx.forget(&key.0, &key.1);
         return Ok(Action::await_change());
     }
-    ctx.activity.begin();
+    ctx.activity.begin(&ctx.plugin.metadata().name);
     let started = Instant::now();
     let state = ctx.state(&key);
     let (reason, attempt) = ctx.reason(&obj, &state, deleting);
@@ -469,12 +491,20 @@ fn reflect(
 ) {
     let writer = reflector::store::Writer::new(resource.clone());
     let store = writer.as_reader();
-    let stream = reflector::reflector(writer, watch_in(client, resource, namespaces));
+    let (synced, ready) = Ready::new();
+    let stream = reflector::reflector(writer, watch_in(client, resource, namespaces)).inspect(
+        move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                synced.send_replace(true);
+            }
+        },
+    );
     (
         Cache {
             resource: resource.clone(),
             store,
             namespaces: namespaces.clone(),
+            ready,
         },
         stream,
     )
@@ -492,6 +522,10 @@ fn watch_namespaces(plugin: &Plugin, resource: &ResourceType) -> Option<Namespac
 /// How long a controller may take to sync its caches before the host
 /// reports it (it keeps trying).
 const SYNC_WARNING: Duration = Duration::from_secs(10);
+
+/// How long a controller whose caches have not synced counts as starting:
+/// past it, `--exit-when-idle` no longer waits for it (it keeps trying).
+const SYNC_GIVE_UP: Duration = Duration::from_secs(60);
 
 /// How often a controller forgets the failures of deleted objects.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -611,10 +645,11 @@ pub async fn run(
         controller = controller.owns_stream_with(stream.touched_objects(), resource);
     }
     let store = controller.store();
-    let stores: Vec<(String, reflector::Store<DynamicObject>)> = caches
+    let stores: Vec<(String, Ready)> = caches
         .iter()
-        .map(|c| (c.resource.kind.clone(), c.store.clone()))
+        .map(|c| (c.resource.kind.clone(), c.ready.clone()))
         .collect();
+    let primary_ready = caches[0].ready.clone();
     let backend: Arc<dyn K8sBackend> = Arc::new(KubeBackend::new(client, &name, tracer, caches));
     // A concurrency of 0 would mean "unbounded" to kube-runtime.
     let concurrency = plugin
@@ -622,6 +657,7 @@ pub async fn run(
         .and_then(|g| g.limits.concurrency)
         .unwrap_or(settings.concurrency)
         .max(1);
+    let grace = settings.shutdown_grace;
     let plugin = plugin.with_backend(backend.clone());
     let ctx = Arc::new(Context {
         plugin,
@@ -635,37 +671,50 @@ pub async fn run(
     });
 
     // Startup: the controller counts as started once every store has
-    // listed; then it forgets, every second, the failures of deleted objects.
+    // listed (or after SYNC_GIVE_UP, still trying); then it forgets, every
+    // second, the failures of deleted objects.
     let background = {
         let ctx = ctx.clone();
         let name = name.clone();
         async move {
-            let synced =
-                futures::future::join_all(stores.iter().map(|(_, s)| s.wait_until_ready()));
-            let synced = tokio::time::timeout(SYNC_WARNING, synced).await;
-            if synced.is_err() {
+            let all_synced = || async {
+                for (_, ready) in &stores {
+                    ready.wait().await;
+                }
+            };
+            if tokio::time::timeout(SYNC_WARNING, all_synced())
+                .await
+                .is_err()
+            {
                 let unsynced: Vec<&str> = stores
                     .iter()
-                    .filter(|(_, s)| s.wait_until_ready().now_or_never().is_none())
+                    .filter(|(_, r)| !r.is_ready())
                     .map(|(kind, _)| kind.as_str())
                     .collect();
                 let message = format!(
-                    "the caches of {} have not synced after {}s: can the host list and watch them?",
+                    "the caches of {} have not synced after {}s: can the host list and watch them? (it keeps trying)",
                     unsynced.join(", "),
                     SYNC_WARNING.as_secs()
                 );
                 tracing::error!(plugin = %name, "{message}");
                 ctx.activity.controller_failed(&name, message);
-            }
-            starting.done();
-            if synced.is_err() {
-                for (_, store) in &stores {
-                    let _ = store.wait_until_ready().await;
+                if tokio::time::timeout(SYNC_GIVE_UP - SYNC_WARNING, all_synced())
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(
+                        plugin = %name,
+                        "the caches have not synced after {}s: the controller counts as failed (it keeps trying)",
+                        SYNC_GIVE_UP.as_secs()
+                    );
+                    starting.done();
                 }
+                all_synced().await;
                 ctx.activity
                     .forget(&(name.clone(), String::new(), String::new()));
-                tracing::info!(plugin = %name, "caches synced");
             }
+            tracing::info!(plugin = %name, "caches synced");
+            starting.done();
             loop {
                 tokio::time::sleep(SWEEP_EVERY).await;
                 ctx.sweep();
@@ -674,11 +723,34 @@ pub async fn run(
     };
     let background = tokio::spawn(background);
 
+    // kube-runtime's graceful shutdown waits for running reconciles, and
+    // forever if the primary store never listed (its runner holds every
+    // task until then). Cut it: at once when nothing can be running, after
+    // the grace otherwise; a cut reconcile is dropped at its next yield.
+    let forceful = {
+        let shutdown = shutdown.clone();
+        let activity = activity.clone();
+        let name = name.clone();
+        async move {
+            shutdown.await;
+            if !primary_ready.is_ready() {
+                return;
+            }
+            tokio::time::sleep(grace).await;
+            let cut = activity.cut_running(&name);
+            tracing::warn!(
+                plugin = %name,
+                "cut {cut} running reconcile(s) after the shutdown grace of {}s; they run again when the host restarts",
+                grace.as_secs_f64()
+            );
+        }
+    };
     let results = ctx.clone();
     controller
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
+        .take_until(forceful)
         .for_each(move |result| {
             let ctx = results.clone();
             async move {

@@ -124,10 +124,13 @@ pub fn read(paths: &[PathBuf]) -> Result<Vec<Manifest>, ManifestError> {
         let mut found = Vec::new();
         files(path, &mut found)?;
         for file in found {
-            let text = std::fs::read_to_string(&file).map_err(|error| ManifestError::Read {
-                path: file.clone(),
-                error,
-            })?;
+            let text =
+                crate::files::read_text(&file, crate::files::MAX_TEXT_BYTES).map_err(|error| {
+                    ManifestError::Read {
+                        path: file.clone(),
+                        error,
+                    }
+                })?;
             let parsed = documents(&text).map_err(|message| ManifestError::Invalid {
                 source_name: file.display().to_string(),
                 message,

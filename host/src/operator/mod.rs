@@ -17,6 +17,14 @@ pub use controller::{Activity, ControllerSettings};
 use crate::engine::{Engine, Limits, LoadError, Plugin};
 use crate::grants::{Grant, GrantError};
 
+fn list(errors: &[OperatorError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  - {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// How plugins get their grants.
 #[derive(Clone, Debug)]
 pub enum GrantPolicy {
@@ -48,6 +56,9 @@ pub enum OperatorError {
     /// A grant is missing, invalid or too small.
     #[error(transparent)]
     Grant(#[from] GrantError),
+    /// Several plugins failed: every one is named.
+    #[error("{} plugins did not load:\n{}", .0.len(), list(.0))]
+    Several(Vec<OperatorError>),
     /// Two plugins have the same name.
     #[error("two plugins are named {name}: {first} and {second}; plugin names must be unique")]
     Duplicate {
@@ -125,22 +136,35 @@ pub async fn load_plugins(
     if paths.is_empty() {
         return Err(OperatorError::NoPlugins(dir.to_owned()));
     }
+    // Every file is tried, so that one start reports every bad one.
     let mut plugins: Vec<(Plugin, PathBuf)> = Vec::new();
+    let mut errors = Vec::new();
     for path in paths {
-        let plugin = load_plugin(engine, &path, policy).await?;
+        let plugin = match load_plugin(engine, &path, policy).await {
+            Ok(plugin) => plugin,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
         if let Some((_, first)) = plugins
             .iter()
             .find(|(p, _)| p.metadata().name == plugin.metadata().name)
         {
-            return Err(OperatorError::Duplicate {
+            errors.push(OperatorError::Duplicate {
                 name: plugin.metadata().name.clone(),
                 first: first.display().to_string(),
                 second: path.display().to_string(),
             });
+            continue;
         }
         plugins.push((plugin, path));
     }
-    Ok(plugins.into_iter().map(|(p, _)| p).collect())
+    match errors.len() {
+        0 => Ok(plugins.into_iter().map(|(p, _)| p).collect()),
+        1 => Err(errors.remove(0)),
+        _ => Err(OperatorError::Several(errors)),
+    }
 }
 
 /// Running controllers, one per plugin.

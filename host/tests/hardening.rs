@@ -1,0 +1,313 @@
+//! The host stops when asked, in every state: caches that never sync, a
+//! slow first list with `--exit-when-idle`, a client holding a half-sent
+//! request to `dev`'s API server; and it refuses files it must not read.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use reconcile_apiserver::Match;
+use serde_json::json;
+use support::cluster::{Cluster, cluster};
+use support::guest;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+const ENABLED: &str = "mirror.reconcile.dev/enabled";
+
+const GRANT: &str = r#"
+[[resources]]
+group = "core"
+kind = "ConfigMap"
+verbs = ["get", "list", "watch", "patch"]
+[[resources]]
+group = "events.k8s.io"
+kind = "Event"
+verbs = ["get", "create", "patch", "delete"]
+"#;
+
+/// A directory with the mirror plugin and its grant, and a kubeconfig for `c`.
+fn setup(c: &Cluster) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(guest("mirror"), plugins.join("mirror.wasm")).unwrap();
+    std::fs::write(plugins.join("mirror.grants.toml"), GRANT).unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, c.server.kubeconfig()).unwrap();
+    (dir, plugins, kubeconfig)
+}
+
+fn host(home: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_reconcile-host"));
+    command
+        .args(["--log-format", "json"])
+        .env_remove("KUBECONFIG")
+        .env("HOME", home)
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Reads the child's stderr until a line contains `what`; returns every
+/// line so far, and keeps reading in the background.
+async fn wait_for_line(
+    child: &mut Child,
+    what: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (found_tx, found_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = rx.recv().await {
+            let hit = line.contains(what);
+            seen.push(line);
+            if hit {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(found, Ok(true)),
+        "no line with {what:?}:\n{}",
+        seen.join("\n")
+    );
+    for line in seen {
+        let _ = found_tx.send(line);
+    }
+    tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            if found_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    found_rx
+}
+
+fn terminate(child: &Child) {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits (at most `limit`) for the child to exit after SIGTERM; its status
+/// and how long it took.
+async fn exit_within(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let sent = Instant::now();
+    terminate(child);
+    match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => (status.unwrap(), sent.elapsed()),
+        Err(_) => panic!("still running {limit:?} after SIGTERM"),
+    }
+}
+
+async fn rest(mut lines: tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    let mut out = Vec::new();
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(200), lines.recv()).await
+    {
+        out.push(line);
+    }
+    out.join("\n")
+}
+
+async fn source(c: &Cluster, name: &str) {
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {ENABLED: "true"}},
+        "data": {"k": "v"},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &cm).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exits_on_sigterm_while_its_first_list_keeps_failing() {
+    let c = cluster().await;
+    let (dir, plugins, kubeconfig) = setup(&c);
+    c.server.faults().fail(
+        Match::any().verb("list").resource("configmaps"),
+        u32::MAX,
+        500,
+    );
+    let mut child = host(dir.path())
+        .arg("run")
+        .arg("--plugins")
+        .arg(&plugins)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .spawn()
+        .unwrap();
+    let lines = wait_for_line(&mut child, "watching core/v1/ConfigMap").await;
+    // Let it fail a few lists and back off.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, took) = exit_within(&mut child, Duration::from_secs(10)).await;
+    let log = rest(lines).await;
+    assert!(status.success(), "{status} after {took:?}:\n{log}");
+    assert!(took < Duration::from_secs(5), "{took:?}:\n{log}");
+    assert!(
+        c.server
+            .faults()
+            .requests_matching(&Match::any().verb("list").resource("configmaps"))
+            .len()
+            >= 2,
+        "the list is retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_when_idle_waits_for_a_slow_first_list_and_reconciles() {
+    let c = cluster().await;
+    source(&c, "settings").await;
+    let (dir, plugins, kubeconfig) = setup(&c);
+    let lists = Match::any().verb("list").resource("configmaps");
+    c.server.faults().fail(lists.clone(), u32::MAX, 500);
+    let child = host(dir.path())
+        .args(["run", "--exit-when-idle", "--plugins"])
+        .arg(&plugins)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .spawn()
+        .unwrap();
+    // Lists fail for 11 s: past the 10 s after which the host reports
+    // unsynced caches.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    c.server.faults().clear();
+    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("exits once idle")
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(log.contains("have not synced after 10s"), "{log}");
+    assert!(log.contains("caches synced"), "{log}");
+    let mirror = Api::<ConfigMap>::namespaced(c.client.clone(), "default")
+        .get_opt("settings-mirror")
+        .await
+        .unwrap();
+    assert!(
+        mirror.is_some(),
+        "reconciled after the lists recovered:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_exits_on_sigterm_while_a_client_holds_a_half_sent_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(guest("noop"), plugins.join("noop.wasm")).unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let mut child = host(dir.path())
+        .arg("dev")
+        .arg("--plugins")
+        .arg(&plugins)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .spawn()
+        .unwrap();
+    let lines = wait_for_line(&mut child, "caches synced").await;
+    let config = std::fs::read_to_string(&kubeconfig).unwrap();
+    let server = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: http://"))
+        .unwrap()
+        .to_owned();
+    // Headers started, never finished; and a body promised, never sent.
+    let mut headers = tokio::net::TcpStream::connect(&server).await.unwrap();
+    headers
+        .write_all(b"GET /api/v1/namespaces HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut body = tokio::net::TcpStream::connect(&server).await.unwrap();
+    body.write_all(
+        b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"apiVersion\"",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, took) = exit_within(&mut child, Duration::from_secs(15)).await;
+    let log = rest(lines).await;
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(took < Duration::from_secs(5), "{took:?}:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_that_are_not_regular_files_are_refused_without_reading_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", plugins.join("zero.wasm")).unwrap();
+    let fifo = plugins.join("fifo.wasm");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(plugins.join("junk.wasm"), b"not wasm at all").unwrap();
+
+    let inspect = |path: &Path| {
+        let mut command = host(dir.path());
+        command.arg("inspect").arg(path);
+        command.output()
+    };
+    for (path, what) in [
+        (
+            plugins.join("zero.wasm"),
+            "a character device, not a regular file",
+        ),
+        (fifo.clone(), "a FIFO, not a regular file"),
+    ] {
+        let output = tokio::time::timeout(Duration::from_secs(30), inspect(&path))
+            .await
+            .expect("inspect returns")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(stderr.contains(what), "{stderr}");
+        assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    }
+
+    // dev names every bad file at once.
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        host(dir.path())
+            .args(["dev", "--exit-when-idle", "--plugins"])
+            .arg(&plugins)
+            .arg("--kubeconfig")
+            .arg(dir.path().join("kubeconfig"))
+            .output(),
+    )
+    .await
+    .expect("dev returns")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("3 plugins did not load"), "{stderr}");
+    for name in ["zero.wasm", "fifo.wasm", "junk.wasm"] {
+        assert!(stderr.contains(name), "{name}: {stderr}");
+    }
+}
