@@ -273,7 +273,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
                 return error_response(&ApiError::no_route(&path));
             };
             let request = ResourceRequest {
-                shared: &shared,
+                shared: shared.clone(),
                 def,
                 path: r,
                 query,
@@ -281,7 +281,19 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
                 body,
                 accept,
             };
-            match request.serve(&parts.method, &verb).await {
+            let method = parts.method;
+            let served = if verb == "watch" {
+                request.serve(&method, &verb).await
+            } else {
+                // Parsing, validating and storing a body runs on a blocking
+                // thread: a large or hostile one holds up no other request
+                // (those that need the store wait for its lock only).
+                let runtime = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || runtime.block_on(request.serve(&method, &verb)))
+                    .await
+                    .unwrap_or_else(|e| Err(ApiError::internal(format!("the request failed: {e}"))))
+            };
+            match served {
                 Ok(response) => response,
                 Err(e) => error_response(&e),
             }
@@ -289,8 +301,8 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
     }
 }
 
-struct ResourceRequest<'a> {
-    shared: &'a Arc<Shared>,
+struct ResourceRequest {
+    shared: Arc<Shared>,
     def: Arc<ResourceDef>,
     path: ResourcePath,
     query: HashMap<String, String>,
@@ -309,20 +321,6 @@ fn is_too_large(error: &axum::Error) -> bool {
         source = e.source();
     }
     false
-}
-
-/// Parses a request body off the serving thread: a slow or hostile body
-/// holds up no other request.
-async fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, ApiError> {
-    let body = body.clone();
-    let content_type = content_type.to_owned();
-    tokio::task::spawn_blocking(move || parse_body_now(&body, &content_type))
-        .await
-        .unwrap_or_else(|e| {
-            Err(ApiError::internal(format!(
-                "the request body could not be parsed: {e}"
-            )))
-        })
 }
 
 /// The nesting depth of JSON (or YAML flow collections) in `body`, up to
@@ -356,7 +354,8 @@ fn nesting_depth(body: &[u8]) -> usize {
     deepest
 }
 
-fn parse_body_now(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
+/// Parses a request body (on a blocking thread: see `handle`).
+fn parse_body(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
     if content_type.contains("protobuf") {
         return crate::protobuf::decode(body).map_err(ApiError::unsupported_media_type);
     }
@@ -385,6 +384,10 @@ fn parse_body_now(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
             let mut budget = serde_saphyr::Budget::default();
             budget.max_depth = MAX_DEPTH;
             budget.flow_nesting_limit = MAX_DEPTH;
+            // Every node takes input bytes: the body's size bounds them
+            // (the defaults would refuse large but ordinary manifests).
+            budget.max_nodes = MAX_BODY_BYTES;
+            budget.max_events = 2 * MAX_BODY_BYTES;
             let mut options = serde_saphyr::Options::default();
             options.budget = Some(budget);
             serde_saphyr::from_slice_with_options::<Value>(body, options).map_err(|e| {
@@ -397,7 +400,7 @@ fn parse_body_now(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
     }
 }
 
-impl ResourceRequest<'_> {
+impl ResourceRequest {
     fn namespace(&self) -> Option<&str> {
         self.path.namespace.as_deref()
     }
@@ -490,7 +493,7 @@ impl ResourceRequest<'_> {
             ("GET", "list") => self.list(),
             ("GET", "watch") => self.watch(),
             ("POST", _) if self.path.name.is_none() => {
-                let body = parse_body(&self.body, &self.content_type()).await?;
+                let body = parse_body(&self.body, &self.content_type())?;
                 let options = WriteOptions {
                     manager: self.manager(),
                     dry_run: self.dry_run()?,
@@ -500,7 +503,7 @@ impl ResourceRequest<'_> {
                 Ok(bytes_response(201, object_json(&def, &created)))
             }
             ("PUT", _) if self.path.name.is_some() => {
-                let body = parse_body(&self.body, &self.content_type()).await?;
+                let body = parse_body(&self.body, &self.content_type())?;
                 let options = WriteOptions {
                     manager: self.manager(),
                     dry_run: self.dry_run()?,
@@ -545,7 +548,7 @@ impl ResourceRequest<'_> {
                         "PATCH, fieldManager is required for apply requests",
                     ));
                 }
-                let body = parse_body(&self.body, &content_type).await?;
+                let body = parse_body(&self.body, &content_type)?;
                 let options = WriteOptions {
                     manager: self.manager(),
                     dry_run: self.dry_run()?,
@@ -562,7 +565,7 @@ impl ResourceRequest<'_> {
                 let options: Value = if self.body.is_empty() {
                     json!({})
                 } else {
-                    parse_body(&self.body, &self.content_type()).await?
+                    parse_body(&self.body, &self.content_type())?
                 };
                 let propagation = self.propagation(&options)?;
                 let preconditions = options.get("preconditions").cloned().unwrap_or(Value::Null);
@@ -588,7 +591,7 @@ impl ResourceRequest<'_> {
                 let options: Value = if self.body.is_empty() {
                     json!({})
                 } else {
-                    parse_body(&self.body, &self.content_type()).await?
+                    parse_body(&self.body, &self.content_type())?
                 };
                 let propagation = self.propagation(&options)?;
                 let deleted =

@@ -237,6 +237,8 @@ impl Stored {
 /// The store. Cheap to share.
 pub struct Store {
     state: std::sync::Mutex<State>,
+    /// A copy of `state.registry`, refreshed when CRDs change.
+    served: std::sync::RwLock<Registry>,
     events: broadcast::Sender<Arc<Event>>,
 }
 
@@ -688,6 +690,7 @@ impl Store {
                 compacted: 0,
                 pending: Vec::new(),
             }),
+            served: std::sync::RwLock::new(Registry::new()),
             events,
         };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -711,6 +714,15 @@ impl Store {
     }
 
     fn publish(&self, state: &mut State) {
+        // Served types change with CRDs only: discovery and routing read a
+        // copy, without waiting for the lock a long write holds.
+        if state
+            .pending
+            .iter()
+            .any(|e| e.key.0 == "apiextensions.k8s.io" && e.key.1 == "customresourcedefinitions")
+        {
+            *self.served.write().unwrap_or_else(|e| e.into_inner()) = state.registry.clone();
+        }
         for event in state.pending.drain(..) {
             // No receivers is fine.
             let _ = self.events.send(event);
@@ -728,9 +740,12 @@ impl Store {
         Some(f(self, def))
     }
 
-    /// The served types.
+    /// The served types (as of the latest committed write).
     pub fn registry(&self) -> Registry {
-        self.lock().registry.clone()
+        self.served
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The current resourceVersion.

@@ -2,6 +2,8 @@
 //! against the embedded API server over real HTTP on 127.0.0.1.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +24,7 @@ use reconcile_apiserver::{ApiServer, ApiServerConfig, Match};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use support::{raw, raw_get, raw_with_head};
 
 async fn server() -> (ApiServer, Client) {
     let config = ApiServerConfig {
@@ -616,74 +619,6 @@ async fn raw_watch_semantics() {
     assert_eq!(line["type"], "ERROR");
     assert_eq!(line["object"]["code"], 410);
     assert_eq!(line["object"]["reason"], "Expired");
-}
-
-/// A GET with a plain HTTP/1.1 client, returning the status-200 body.
-async fn raw_get(url: &str) -> String {
-    let (status, body) = raw("GET", url, "", b"").await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// A minimal HTTP/1.1 request over a TcpStream (Connection: close).
-async fn raw(method: &str, url: &str, content_type: &str, body: &[u8]) -> (u16, String) {
-    let (status, _, body) = raw_with_head(method, url, content_type, body).await;
-    (status, body)
-}
-
-/// Like `raw`, with the response head too.
-async fn raw_with_head(
-    method: &str,
-    url: &str,
-    content_type: &str,
-    body: &[u8],
-) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    // A server may answer (413) before reading a large body.
-    let _ = stream.write_all(body).await;
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response).await;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("0")
-        .parse()
-        .unwrap();
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    (
-        status,
-        head.to_owned(),
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        },
-    )
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 #[tokio::test]
