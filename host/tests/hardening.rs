@@ -228,12 +228,7 @@ async fn dev_exits_on_sigterm_while_a_client_holds_a_half_sent_request() {
         .spawn()
         .unwrap();
     let lines = wait_for_line(&mut child, "caches synced").await;
-    let config = std::fs::read_to_string(&kubeconfig).unwrap();
-    let server = config
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: http://"))
-        .unwrap()
-        .to_owned();
+    let server = client_addr(dir.path());
     // Headers started, never finished; and a body promised, never sent.
     let mut headers = tokio::net::TcpStream::connect(&server).await.unwrap();
     headers
@@ -310,4 +305,131 @@ async fn plugins_that_are_not_regular_files_are_refused_without_reading_them() {
     for name in ["zero.wasm", "fifo.wasm", "junk.wasm"] {
         assert!(stderr.contains(name), "{name}: {stderr}");
     }
+}
+
+/// `reconcile-host cluster` in a child process, and a client for it.
+async fn cluster_process(home: &Path) -> (Child, kube::Client) {
+    let kubeconfig = home.join("kubeconfig");
+    let mut child = host(home)
+        .args(["cluster", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .spawn()
+        .unwrap();
+    let _lines = wait_for_line(&mut child, "embedded API server running").await;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    (child, kube::Client::try_from(config).unwrap())
+}
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// The bound the README documents for the embedded API server under these
+/// loads (its history keeps at most 64 MiB of objects, each watch at most
+/// 16 MiB queued).
+const RSS_BOUND_MIB: u64 = 256;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_memory_stays_bounded_under_big_updates_and_stalled_watchers() {
+    use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+    let home = tempfile::tempdir().unwrap();
+    let (child, client) = cluster_process(home.path()).await;
+    let pid = child.id().unwrap();
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_json::from_value(json!({
+            "metadata": {"name": "blobs.hostile.reconcile.dev"},
+            "spec": {"group": "hostile.reconcile.dev", "scope": "Namespaced",
+                "names": {"plural": "blobs", "singular": "blob", "kind": "Blob"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+        }))
+        .unwrap();
+    Api::all(client.clone())
+        .create(&PostParams::default(), &crd)
+        .await
+        .unwrap();
+    let resource = ApiResource {
+        group: "hostile.reconcile.dev".into(),
+        version: "v1".into(),
+        api_version: "hostile.reconcile.dev/v1".into(),
+        kind: "Blob".into(),
+        plural: "blobs".into(),
+    };
+    let blobs: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
+    let before = rss_mib(pid);
+
+    // 300 updates of a 2.9 MB object.
+    let apply = PatchParams::apply("hardening").force();
+    for i in 0..300u32 {
+        let data = format!("{i:08}").repeat(2_900_000 / 8);
+        let blob = json!({"apiVersion": "hostile.reconcile.dev/v1", "kind": "Blob",
+            "metadata": {"name": "big"}, "spec": {"data": data}});
+        blobs
+            .patch("big", &apply, &Patch::Apply(&blob))
+            .await
+            .unwrap();
+    }
+    let after_updates = rss_mib(pid);
+
+    // 20 watchers that never read, and 200 writes of 200 KB.
+    let addr = client_addr(home.path());
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream
+            .write_all(
+                b"GET /api/v1/namespaces/default/configmaps?watch=true HTTP/1.1\r\nHost: x\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for i in 0..200u32 {
+        let data = format!("{i:08}").repeat(200_000 / 8);
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "stalled"}, "data": {"d": data}});
+        configmaps
+            .patch("stalled", &apply, &Patch::Apply(&cm))
+            .await
+            .unwrap();
+    }
+    let after_watchers = rss_mib(pid);
+    println!(
+        "embedded API server RSS: {before} MiB at start, {after_updates} MiB after 300 updates of 2.9 MB, {after_watchers} MiB after 200 writes of 200 KB with 20 stalled watchers (bound {RSS_BOUND_MIB} MiB)"
+    );
+    assert!(
+        after_updates < RSS_BOUND_MIB,
+        "{after_updates} MiB after the updates"
+    );
+    assert!(
+        after_watchers < RSS_BOUND_MIB,
+        "{after_watchers} MiB with stalled watchers"
+    );
+    // Still serving.
+    assert!(configmaps.get("stalled").await.is_ok());
+    drop(stalled);
+}
+
+/// host:port of the kubeconfig under `home`.
+fn client_addr(home: &Path) -> String {
+    std::fs::read_to_string(home.join("kubeconfig"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: http://"))
+        .unwrap()
+        .to_owned()
 }
