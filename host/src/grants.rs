@@ -45,9 +45,20 @@ pub struct ResourceGrant {
     pub kind: String,
     /// Allowed verbs.
     pub verbs: Vec<Verb>,
-    /// Allowed namespaces; empty for all.
-    #[serde(default)]
+    /// Allowed namespaces; empty for all (left out of the file: an empty
+    /// list there is refused, as it reads like "none").
+    #[serde(default, deserialize_with = "namespace_list")]
     pub namespaces: Vec<String>,
+}
+
+fn namespace_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    if list.is_empty() {
+        return Err(serde::de::Error::custom(
+            "namespaces = [] would read as no namespace: leave `namespaces` out for all namespaces, or list them",
+        ));
+    }
+    Ok(list)
 }
 
 /// Limits a grant sets.
@@ -148,8 +159,55 @@ impl Grant {
                 rule.group.clear();
             }
         }
+        let problems = grant.problems();
+        if !problems.is_empty() {
+            return Err(GrantError::Invalid {
+                path: source.to_owned(),
+                message: problems.join("; "),
+            });
+        }
         grant.source = source.display().to_string();
         Ok(grant)
+    }
+
+    /// What would make every reconcile fail, or match nothing.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let limits = &self.limits;
+        if limits.deadline_ms == Some(0) {
+            problems.push("limits.deadline_ms = 0 would time out every reconcile at once: give a number of milliseconds above 0".to_owned());
+        }
+        if limits.memory_mib == Some(0) {
+            problems.push(
+                "limits.memory_mib = 0 leaves a plugin no memory: give a number of MiB above 0"
+                    .to_owned(),
+            );
+        }
+        if limits.concurrency == Some(0) {
+            problems
+                .push("limits.concurrency = 0 would run no reconcile: give 1 or more".to_owned());
+        }
+        for rule in &self.resources {
+            let mut first = rule.kind.chars();
+            if let Some(c) = first.next()
+                && c.is_ascii_lowercase()
+            {
+                problems.push(format!(
+                    "kind = {:?} matches no type: kinds are written as the API names them, as in {:?}",
+                    rule.kind,
+                    format!("{}{}", c.to_ascii_uppercase(), first.as_str())
+                ));
+            }
+            for ns in &rule.namespaces {
+                if !reconcile_apiserver::validation::is_label(ns) {
+                    problems.push(format!(
+                        "namespace {ns:?} of {} is not a valid namespace name (lower-case letters, digits and '-', at most 63)",
+                        rule.kind
+                    ));
+                }
+            }
+        }
+        problems
     }
 
     /// Reads a grant file.
@@ -572,5 +630,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("surprise"), "{err}");
+    }
+
+    #[test]
+    fn grants_that_would_fail_every_reconcile_are_refused_at_load() {
+        let refused = |text: &str| {
+            Grant::from_toml(text, Path::new("g.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        for (limit, what) in [
+            ("memory_mib = 0", "memory_mib = 0"),
+            ("deadline_ms = 0", "deadline_ms = 0"),
+            ("concurrency = 0", "concurrency = 0"),
+        ] {
+            let err = refused(&format!("[limits]\n{limit}\n"));
+            assert!(err.contains(what), "{err}");
+        }
+        let rule = |extra: &str| {
+            format!("[[resources]]\nkind = \"ConfigMap\"\nverbs = [\"get\"]\n{extra}\n")
+        };
+        let err = refused(&rule("namespaces = [\"Bad_NS\"]"));
+        assert!(
+            err.contains("\"Bad_NS\" of ConfigMap is not a valid namespace name"),
+            "{err}"
+        );
+        let err = refused(&rule("namespaces = []"));
+        assert!(
+            err.contains("leave `namespaces` out for all namespaces"),
+            "{err}"
+        );
+        let err = refused("[[resources]]\nkind = \"configMap\"\nverbs = [\"get\"]\n");
+        assert!(err.contains("as in \"ConfigMap\""), "{err}");
+        // Every problem at once.
+        let err = refused("[limits]\nmemory_mib = 0\nconcurrency = 0\n");
+        assert!(
+            err.contains("memory_mib") && err.contains("concurrency"),
+            "{err}"
+        );
     }
 }

@@ -341,9 +341,7 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
                 logger,
             )?;
             let result = call(&engine, &plugin, &object, reason, attempt).await;
-            if let Err(e) = telemetry.shutdown(config.shutdown_timeout) {
-                tracing::warn!("spans may be lost: {e}");
-            }
+            flush(&telemetry, config.shutdown_timeout);
             result
         }
     }
@@ -485,9 +483,7 @@ async fn operate(
         Ok::<_, anyhow::Error>(if idle && !failures.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
     }
     .await;
-    if let Err(e) = telemetry.shutdown(config.shutdown_timeout) {
-        tracing::warn!("spans may be lost: {e}");
-    }
+    flush(&telemetry, config.shutdown_timeout);
     result
 }
 
@@ -512,6 +508,17 @@ async fn cluster(listen: std::net::SocketAddr, kubeconfig: &Path) -> anyhow::Res
     tracing::info!("stopping the embedded API server");
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Flushes spans, and says how many never reached the collector.
+fn flush(telemetry: &Telemetry, timeout: Duration) {
+    if let Err(e) = telemetry.shutdown(timeout) {
+        tracing::warn!("spans may be lost: {e}");
+    }
+    let dropped = telemetry.dropped_spans();
+    if dropped > 0 {
+        tracing::warn!(dropped, "{dropped} spans could not be exported in all");
+    }
 }
 
 /// Ctrl-C or SIGTERM.

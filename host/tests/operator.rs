@@ -514,6 +514,14 @@ async fn api_faults_reach_the_plugin_typed_and_are_retried() {
 
     // 500s are retried by the host within the deadline, then reach the
     // plugin as `unavailable`; backoff retries until the server recovers.
+    // (Once c409's own follow-up reconcile is over: its patch would take
+    // some of the faults.)
+    let activity = c.operator.as_ref().unwrap().activity().clone();
+    eventually("c409's reconciles are over", || {
+        let activity = activity.clone();
+        async move { activity.idle_for(Duration::from_millis(300)) }
+    })
+    .await;
     c.server
         .faults()
         .fail(Match::any().verb("patch").resource("configmaps"), 7, 500);

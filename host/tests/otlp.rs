@@ -335,8 +335,60 @@ async fn a_collector_that_is_down_changes_nothing_for_reconciles() {
                 Outcome::Done
             );
         }
-        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown(Duration::from_secs(2)))
+        let flushed = telemetry.clone();
+        let _ = tokio::task::spawn_blocking(move || flushed.shutdown(Duration::from_secs(2)))
             .await
             .unwrap();
+        // Every span of the ten reconciles is counted as dropped.
+        assert!(
+            telemetry.dropped_spans() >= 10,
+            "{protocol}: {} dropped",
+            telemetry.dropped_spans()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_or_unusable_collector_is_a_warning_naming_its_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let object = dir.path().join("cm.yaml");
+    std::fs::write(
+        &object,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n  namespace: default\n",
+    )
+    .unwrap();
+    let refused = refused_endpoint().await;
+    for (variable, value, expect) in [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{refused}"),
+            "cannot export",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "ftp://collector:4318".to_owned(),
+            "the scheme is ftp",
+        ),
+    ] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
+            .args(["--log-format", "json", "call"])
+            .arg(guest("noop"))
+            .arg("--object")
+            .arg(&object)
+            .env("OTEL_TRACES_EXPORTER", "otlp")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env(variable, &value)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{variable}={value}: {stderr}");
+        let warning = stderr
+            .lines()
+            .find(|l| l.contains(expect))
+            .unwrap_or_else(|| panic!("{variable}={value}: no warning:\n{stderr}"));
+        assert!(warning.contains("\"level\":\"warn\""), "{warning}");
+        assert!(warning.contains(variable), "{warning}");
     }
 }

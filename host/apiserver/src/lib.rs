@@ -22,7 +22,8 @@
 //! - [`apply`]: server-side apply and `managedFields`.
 //! - [`patch`]: merge, JSON and strategic merge patches; [`protobuf`]: protobuf bodies of simple kinds.
 //! - [`selectors`]: label and field selectors.
-//! - [`validation`]: names and required fields.
+//! - [`typed`]: built-ins decoded against their k8s-openapi types (400s).
+//! - [`validation`]: names, metadata, data keys and sizes, required fields (422s).
 //! - [`discovery`], [`table`]: what kubectl needs besides objects.
 //! - [`faults`]: fault injection and the request log.
 //! - [`status`]: `Status` errors.
@@ -39,6 +40,7 @@ mod server;
 pub mod status;
 pub mod store;
 pub mod table;
+pub mod typed;
 pub mod validation;
 
 use std::net::SocketAddr;

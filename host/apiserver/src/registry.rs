@@ -528,11 +528,58 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceDef>, CrdError> {
             "metadata.name: Invalid value: must be spec.names.plural+\".\"+spec.group ({plural}.{group})"
         )));
     }
+    // As the real server's CRD validation.
+    if !group.contains('.') {
+        return Err(CrdError(format!(
+            "spec.group: Invalid value: {group:?}: should be a domain with at least one dot"
+        )));
+    }
+    if !crate::validation::is_subdomain(&group) {
+        return Err(CrdError(format!(
+            "spec.group: Invalid value: {group:?}: a lowercase RFC 1123 subdomain"
+        )));
+    }
+    let protected = ["k8s.io", "kubernetes.io"]
+        .iter()
+        .any(|d| group == *d || group.ends_with(&format!(".{d}")));
+    if protected
+        && crd["metadata"]["annotations"]["api-approved.kubernetes.io"]
+            .as_str()
+            .is_none_or(str::is_empty)
+    {
+        return Err(CrdError(
+            "metadata.annotations[api-approved.kubernetes.io]: Required value: protected groups must have approval annotation \"api-approved.kubernetes.io\", see https://github.com/kubernetes/enhancements/pull/1111".into(),
+        ));
+    }
+    let kind_ok = kind.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !kind.ends_with('-');
+    if !kind_ok {
+        return Err(CrdError(format!(
+            "spec.names.kind: Invalid value: {kind:?}: may have mixed case, but should otherwise match: [a-z]([-a-z0-9]*[a-z0-9])?"
+        )));
+    }
+    if !crate::validation::is_label(&plural) {
+        return Err(CrdError(format!(
+            "spec.names.plural: Invalid value: {plural:?}: a lowercase RFC 1123 label"
+        )));
+    }
     let versions = spec
         .get("versions")
         .and_then(Value::as_array)
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| CrdError("spec.versions: Required value".into()))?;
+        .ok_or_else(|| {
+            CrdError("spec.versions: Invalid value: []: must have exactly one version marked as storage version".into())
+        })?;
+    let storage = versions
+        .iter()
+        .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+        .count();
+    if storage != 1 {
+        return Err(CrdError(format!(
+            "spec.versions: Invalid value: {storage} storage versions: must have exactly one version marked as storage version"
+        )));
+    }
     let mut defs = Vec::new();
     for version in versions {
         if version.get("served").and_then(Value::as_bool) == Some(false) {

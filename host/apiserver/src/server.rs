@@ -23,6 +23,7 @@ use crate::store::{
     Deleted, Event, EventType, Filter, PatchType, Propagation, Store, Stored, WriteOptions, present,
 };
 use crate::table;
+use crate::validation;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -272,6 +273,11 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             let Some(def) = registry.find(&r.group, &r.version, &r.plural) else {
                 return error_response(&ApiError::no_route(&path));
             };
+            if !acceptable(&accept) {
+                return error_response(&ApiError::not_acceptable(
+                    "only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf",
+                ));
+            }
             let request = ResourceRequest {
                 shared: shared.clone(),
                 def,
@@ -309,6 +315,31 @@ struct ResourceRequest {
     headers: HeaderMap,
     body: Bytes,
     accept: String,
+}
+
+/// Whether an `Accept` header allows an answer this server gives: JSON
+/// (tables included), or anything (YAML and protobuf clients also accept
+/// JSON in practice, and are answered with it).
+fn acceptable(accept: &str) -> bool {
+    accept.trim().is_empty()
+        || accept.split(',').any(|range| {
+            let media = range
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            matches!(
+                media.as_str(),
+                "*/*"
+                    | "application/*"
+                    | "application/json"
+                    | "application/yaml"
+                    | "application/vnd.kubernetes.protobuf"
+                    | "application/json-seq"
+                    | "application/vnd.kubernetes.protobuf;stream=watch"
+            )
+        })
 }
 
 /// Whether a body read failed on the size limit (rather than the connection).
@@ -356,18 +387,30 @@ fn nesting_depth(body: &[u8]) -> usize {
 
 /// Parses a request body (on a blocking thread: see `handle`).
 fn parse_body(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
-    if content_type.contains("protobuf") {
-        return crate::protobuf::decode(body).map_err(ApiError::unsupported_media_type);
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if media == "application/vnd.kubernetes.protobuf" {
+        return crate::protobuf::decode(body).map_err(ApiError::bad_request);
     }
-    if content_type.contains("cbor") {
+    // No content type is read as JSON, as the real server does.
+    let known = media.is_empty()
+        || media == "application/json"
+        || media == "application/yaml"
+        || (media.starts_with("application/")
+            && (media.ends_with("+json") || media.ends_with("+yaml")));
+    if !known {
         return Err(ApiError::unsupported_media_type(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (not {content_type})"
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (not {media})"
         )));
     }
     if body.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
     }
-    let yaml = content_type.contains("yaml");
+    let yaml = media.ends_with("yaml");
     if nesting_depth(body) > MAX_DEPTH {
         let what = if yaml { "YAML" } else { "JSON" };
         return Err(ApiError::bad_request(format!(
@@ -413,6 +456,13 @@ impl ResourceRequest {
                 "dryRun: Unsupported value: {other:?}: supported values: \"All\""
             ))),
         }
+    }
+
+    /// The request's field manager; too long a one is refused.
+    fn checked_manager(&self, options_kind: &str) -> Result<String, ApiError> {
+        let manager = self.manager();
+        validation::check_field_manager(options_kind, &manager)?;
+        Ok(manager)
     }
 
     fn manager(&self) -> String {
@@ -495,7 +545,7 @@ impl ResourceRequest {
             ("POST", _) if self.path.name.is_none() => {
                 let body = parse_body(&self.body, &self.content_type())?;
                 let options = WriteOptions {
-                    manager: self.manager(),
+                    manager: self.checked_manager("CreateOptions")?,
                     dry_run: self.dry_run()?,
                     force: false,
                 };
@@ -505,7 +555,7 @@ impl ResourceRequest {
             ("PUT", _) if self.path.name.is_some() => {
                 let body = parse_body(&self.body, &self.content_type())?;
                 let options = WriteOptions {
-                    manager: self.manager(),
+                    manager: self.checked_manager("UpdateOptions")?,
                     dry_run: self.dry_run()?,
                     force: false,
                 };
@@ -550,7 +600,7 @@ impl ResourceRequest {
                 }
                 let body = parse_body(&self.body, &content_type)?;
                 let options = WriteOptions {
-                    manager: self.manager(),
+                    manager: self.checked_manager("PatchOptions")?,
                     dry_run: self.dry_run()?,
                     force,
                 };

@@ -15,6 +15,7 @@ use crate::patch;
 use crate::registry::{self, Registry, ResourceDef};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
+use crate::typed;
 use crate::validation;
 
 /// Events buffered for watches; a watch further behind gets ERROR 410 and
@@ -859,6 +860,18 @@ impl Store {
         object: Value,
         options: &WriteOptions,
     ) -> Result<Arc<Stored>, ApiError> {
+        if let Some(rv) = object["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|rv| !rv.is_empty())
+        {
+            return Err(ApiError::invalid_field(
+                &def.kind,
+                object["metadata"]["name"].as_str().unwrap_or_default(),
+                "metadata.resourceVersion",
+                "FieldValueInvalid",
+                format!("Invalid value: {rv:?}: must be empty"),
+            ));
+        }
         let mut state = self.lock();
         let result = match state.storage_def(def) {
             Some(storage) => check_body_type(def, &object).and_then(|()| {
@@ -958,6 +971,7 @@ impl Store {
                 map.remove("status");
             }
         }
+        typed::check(def, &object)?;
         validation::check_object(def, &object)?;
         let crd_defs = Self::prepare_special(def, &mut object)?;
         match managed {
@@ -1162,6 +1176,12 @@ impl Store {
         let old_value = served(&old);
         let mut patched = old_value.clone();
         match kind {
+            // A merge patch that is not an object would replace the whole object.
+            PatchType::Merge if !body.is_object() => {
+                return Err(ApiError::bad_request(
+                    "Invalid JSON Patch: a merge patch must be a JSON object",
+                ));
+            }
             PatchType::Merge => patch::merge_patch(&mut patched, body),
             PatchType::Json => patch::json_patch(&mut patched, body).map_err(|e| {
                 ApiError::invalid_field(
@@ -1189,6 +1209,13 @@ impl Store {
         {
             return Err(ApiError::conflict(def, name));
         }
+        if !patched.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "the patch leaves {}, not an object",
+                json_kind(&patched)
+            )));
+        }
+        check_body_type(def, &patched)?;
         if name_of(&patched) != name {
             return Err(ApiError::bad_request(
                 "a patch may not change metadata.name",
@@ -1213,6 +1240,7 @@ impl Store {
     ) -> Result<Arc<Stored>, ApiError> {
         let old = stored.value();
         let name = name_of(&old);
+        check_immutable(def, &name, &old, &body)?;
         let mut new = match scope {
             Scope::Status => {
                 if body
@@ -1307,6 +1335,7 @@ impl Store {
                 ));
             }
         }
+        typed::check(def, &new)?;
         if scope == Scope::Main {
             validation::check_object(def, &new)?;
             if spec_changed(def, &new, &old) {
@@ -1551,6 +1580,56 @@ fn same_but_times(a: &Value, b: &Value) -> bool {
             v == w
         }
     })
+}
+
+/// What a write may not change, refused as the real server does (a
+/// changed `creationTimestamp` is ignored there too, and here).
+fn check_immutable(
+    def: &ResourceDef,
+    name: &str,
+    old: &Value,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let text = |v: &Value, key: &str| v["metadata"][key].as_str().unwrap_or_default().to_owned();
+    let namespace = text(new, "namespace");
+    if def.namespaced && !namespace.is_empty() && namespace != text(old, "namespace") {
+        return Err(ApiError::bad_request(format!(
+            "the namespace of the provided object ({namespace}) does not match the namespace sent on the request ({})",
+            text(old, "namespace")
+        )));
+    }
+    let uid = text(new, "uid");
+    if !uid.is_empty() && uid != text(old, "uid") {
+        return Err(ApiError::invalid_field(
+            &def.kind,
+            name,
+            "metadata.uid",
+            "FieldValueInvalid",
+            format!("Invalid value: {uid:?}: field is immutable"),
+        ));
+    }
+    let deletion = text(new, "deletionTimestamp");
+    if !deletion.is_empty() && text(old, "deletionTimestamp").is_empty() {
+        return Err(ApiError::invalid_field(
+            &def.kind,
+            name,
+            "metadata.deletionTimestamp",
+            "FieldValueInvalid",
+            format!("Invalid value: {deletion:?}: field is immutable; set by a delete only"),
+        ));
+    }
+    Ok(())
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 fn check_body_type(def: &ResourceDef, body: &Value) -> Result<(), ApiError> {

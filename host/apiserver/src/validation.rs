@@ -1,4 +1,5 @@
-//! Names and required fields: what makes an object `Invalid` (422).
+//! Names, metadata, data keys and sizes, and required fields: what makes
+//! an object `Invalid` (422), with the real server's field paths.
 
 use serde_json::Value;
 
@@ -19,9 +20,61 @@ pub fn is_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// A DNS-1123 subdomain.
+/// A DNS-1123 subdomain: at most 253 characters, dot-separated parts of
+/// lower-case letters, digits and `-` (no length limit per part).
 pub fn is_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_label)
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+const QUALIFIED_HELP: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+const CONFIG_KEY_HELP: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
+
+/// Largest ConfigMap or Secret data, as in the real server.
+pub const MAX_DATA_BYTES: usize = 1024 * 1024;
+
+/// Largest total size of an object's annotations.
+pub const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
+
+/// Why `s` is not a qualified name (`[prefix/]name`, as label keys,
+/// annotation keys and finalizers are), if it is not.
+pub fn qualified_name_error(s: &str) -> Option<String> {
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    if let Some(prefix) = prefix {
+        if prefix.is_empty() {
+            return Some("prefix part must be non-empty".into());
+        }
+        if !is_subdomain(prefix) {
+            return Some(format!("prefix part {SUBDOMAIN_HELP}"));
+        }
+    }
+    if name.is_empty() {
+        return Some("name part must be non-empty".into());
+    }
+    if name.len() > 63 {
+        return Some("name part must be no more than 63 characters".into());
+    }
+    let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || !ends_ok(name.chars().next())
+        || !ends_ok(name.chars().last())
+    {
+        return Some(QUALIFIED_HELP.into());
+    }
+    None
 }
 
 fn cause(field: &str, reason: &str, message: String) -> Cause {
@@ -108,6 +161,10 @@ pub fn check_object(def: &ResourceDef, object: &Value) -> Result<(), ApiError> {
         }
         ("coordination.k8s.io", "leases") | ("", _) | (_, _) => {}
     }
+    check_metadata(&object["metadata"], &mut causes);
+    if def.group.is_empty() && matches!(def.kind.as_str(), "ConfigMap" | "Secret") {
+        check_data(object, &mut causes);
+    }
     if let Some(labels) = object["metadata"]["labels"].as_object() {
         for (k, v) in labels {
             let value_ok = v.as_str().is_some_and(|v| {
@@ -134,6 +191,143 @@ pub fn check_object(def: &ResourceDef, object: &Value) -> Result<(), ApiError> {
     } else {
         Err(ApiError::invalid(&def.kind, name, causes))
     }
+}
+
+/// Label and annotation keys, finalizers, owner references.
+fn check_metadata(meta: &Value, causes: &mut Vec<Cause>) {
+    for (field, map) in [
+        ("metadata.labels", &meta["labels"]),
+        ("metadata.annotations", &meta["annotations"]),
+    ] {
+        for key in map.as_object().into_iter().flat_map(|m| m.keys()) {
+            if let Some(why) = qualified_name_error(key) {
+                causes.push(cause(
+                    field,
+                    "FieldValueInvalid",
+                    format!("Invalid value: {key:?}: {why}"),
+                ));
+            }
+        }
+    }
+    if let Some(annotations) = meta["annotations"].as_object() {
+        let size: usize = annotations
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        if size > MAX_ANNOTATION_BYTES {
+            causes.push(cause(
+                "metadata.annotations",
+                "FieldValueTooLong",
+                format!("Too long: must have at most {MAX_ANNOTATION_BYTES} bytes"),
+            ));
+        }
+    }
+    for (i, finalizer) in meta["finalizers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let text = finalizer.as_str().unwrap_or_default();
+        if let Some(why) = qualified_name_error(text) {
+            causes.push(cause(
+                &format!("metadata.finalizers[{i}]"),
+                "FieldValueInvalid",
+                format!("Invalid value: {text:?}: {why}"),
+            ));
+        }
+    }
+    let refs = meta["ownerReferences"].as_array();
+    for reference in refs.into_iter().flatten() {
+        for (key, what) in [
+            ("apiVersion", "version"),
+            ("kind", "kind"),
+            ("name", "name"),
+            ("uid", "uid"),
+        ] {
+            if reference[key].as_str().is_none_or(str::is_empty) {
+                causes.push(cause(
+                    &format!("metadata.ownerReferences.{key}"),
+                    "FieldValueInvalid",
+                    format!("Invalid value: \"\": {what} must not be empty"),
+                ));
+            }
+        }
+    }
+    let controllers: Vec<&str> = refs
+        .into_iter()
+        .flatten()
+        .filter(|r| r["controller"].as_bool() == Some(true))
+        .map(|r| r["name"].as_str().unwrap_or_default())
+        .collect();
+    if controllers.len() > 1 {
+        causes.push(cause(
+            "metadata.ownerReferences",
+            "FieldValueInvalid",
+            format!(
+                "Invalid value: only one reference can have Controller set to true; found \"true\" in references for {}",
+                controllers.join(" and ")
+            ),
+        ));
+    }
+}
+
+/// ConfigMap and Secret keys, and their total size.
+fn check_data(object: &Value, causes: &mut Vec<Cause>) {
+    let mut size = 0usize;
+    for field in ["data", "binaryData", "stringData"] {
+        for (key, value) in object[field].as_object().into_iter().flatten() {
+            size += value.as_str().map_or(0, str::len);
+            let valid = !key.is_empty()
+                && key.len() <= 253
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+                && key != "."
+                && key != ".."
+                && !key.starts_with("..");
+            if !valid {
+                let why = if key.starts_with("..") {
+                    "must not start with '..'".to_owned()
+                } else {
+                    CONFIG_KEY_HELP.to_owned()
+                };
+                causes.push(cause(
+                    &format!("{field}[{key}]"),
+                    "FieldValueInvalid",
+                    format!("Invalid value: {key:?}: {why}"),
+                ));
+            }
+        }
+    }
+    if size > MAX_DATA_BYTES {
+        causes.push(cause(
+            "data",
+            "FieldValueTooLong",
+            format!("Too long: must have at most {MAX_DATA_BYTES} bytes"),
+        ));
+    }
+}
+
+/// A field manager longer than the real server allows: 422 on the
+/// request's options, as there.
+pub fn check_field_manager(options_kind: &str, manager: &str) -> Result<(), ApiError> {
+    if manager.len() <= 128 {
+        return Ok(());
+    }
+    let mut e = ApiError::invalid(
+        options_kind,
+        "",
+        vec![cause(
+            "fieldManager",
+            "FieldValueTooLong",
+            "Too long: must have at most 128 bytes".into(),
+        )],
+    );
+    e.message = format!(
+        "{options_kind}.meta.k8s.io \"\" is invalid: fieldManager: Too long: must have at most 128 bytes"
+    );
+    Err(e)
 }
 
 /// Type and `required` checks against a CRD's OpenAPI schema.

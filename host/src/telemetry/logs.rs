@@ -307,6 +307,26 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for LogLayer {
     }
 }
 
+/// Longest message or field value the host logs: a failing list's body in
+/// a client error would otherwise make one line of hundreds of kilobytes.
+pub const MAX_VALUE_BYTES: usize = 4096;
+
+/// `s`, cut at `MAX_VALUE_BYTES` (on a character boundary) with a note of
+/// how much was left out.
+fn bounded(mut s: String) -> String {
+    if s.len() <= MAX_VALUE_BYTES {
+        return s;
+    }
+    let mut end = MAX_VALUE_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = s.len() - end;
+    s.truncate(end);
+    s.push_str(&format!("… [{cut} more bytes]"));
+    s
+}
+
 #[derive(Default)]
 struct FieldVisitor {
     message: String,
@@ -316,9 +336,10 @@ struct FieldVisitor {
 impl Visit for FieldVisitor {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            self.message = value.to_owned();
+            self.message = bounded(value.to_owned());
         } else {
-            self.fields.push((field.name(), value.into()));
+            self.fields
+                .push((field.name(), bounded(value.to_owned()).into()));
         }
     }
 
@@ -339,15 +360,16 @@ impl Visit for FieldVisitor {
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.fields.push((field.name(), value.to_string().into()));
+        self.fields
+            .push((field.name(), bounded(value.to_string()).into()));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if field.name() == "message" {
-            self.message = format!("{value:?}");
+            self.message = bounded(format!("{value:?}"));
         } else {
             self.fields
-                .push((field.name(), format!("{value:?}").into()));
+                .push((field.name(), bounded(format!("{value:?}")).into()));
         }
     }
 }
@@ -426,6 +448,15 @@ mod tests {
         });
         let text = buffer.text();
         assert!(text.contains(" INFO t: m a=\"b c\" d=e trace_id=00000000000000000000000000000102 span_id=0000000000000304"), "{text}");
+    }
+
+    #[test]
+    fn long_values_are_cut_with_a_note() {
+        let long = "é".repeat(MAX_VALUE_BYTES);
+        let cut = bounded(long.clone());
+        assert!(cut.len() < MAX_VALUE_BYTES + 40, "{}", cut.len());
+        assert!(cut.ends_with(&format!("… [{} more bytes]", long.len() - MAX_VALUE_BYTES)));
+        assert_eq!(bounded("short".into()), "short");
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! processor running on its own thread, OTLP connections are made lazily,
 //! and [`Telemetry::shutdown`] flushes with a bounded wait.
 
+pub mod export;
 pub mod logs;
 pub mod tree;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -56,6 +58,8 @@ pub struct OtlpConfig {
     pub headers: Vec<(String, String)>,
     /// Export timeout.
     pub timeout: Duration,
+    /// The variable the endpoint came from, for messages.
+    pub variable: &'static str,
 }
 
 /// The head sampler.
@@ -100,6 +104,9 @@ pub struct TelemetryConfig {
     pub sampler: SamplerConfig,
     /// How long shutdown waits for pending spans.
     pub shutdown_timeout: Duration,
+    /// The batch processor's queue, when `OTEL_BSP_MAX_QUEUE_SIZE` was
+    /// unusable (the SDK reads the variable itself otherwise).
+    pub queue_size: Option<usize>,
     /// Problems found in the variables; each was replaced by its default.
     pub warnings: Vec<String>,
 }
@@ -156,7 +163,33 @@ impl TelemetryConfig {
             }
         }
 
-        let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let disabled = match var("OTEL_SDK_DISABLED") {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("true") => true,
+            Some(v) if v.eq_ignore_ascii_case("false") => false,
+            Some(other) => {
+                warnings.push(format!(
+                    "OTEL_SDK_DISABLED={other} is not true or false; using false (spans are exported)"
+                ));
+                false
+            }
+        };
+        let mut queue_size = None;
+        for (variable, default) in [
+            ("OTEL_BSP_MAX_QUEUE_SIZE", 2048usize),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512),
+        ] {
+            if let Some(value) = var(variable)
+                && !value.parse::<usize>().is_ok_and(|n| n > 0)
+            {
+                warnings.push(format!(
+                    "{variable}={value} is not a positive number (every span would be dropped); using {default}"
+                ));
+                if variable == "OTEL_BSP_MAX_QUEUE_SIZE" {
+                    queue_size = Some(default);
+                }
+            }
+        }
         let exporter_var = var("OTEL_TRACES_EXPORTER");
         let exporter_from_env = exporter_var.is_some() || disabled;
         let exporter = if disabled {
@@ -192,6 +225,7 @@ impl TelemetryConfig {
             exporter_from_env,
             sampler,
             shutdown_timeout: Duration::from_secs(5),
+            queue_size,
             warnings,
         }
     }
@@ -219,18 +253,31 @@ fn otlp_config(var: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<String>)
             OtlpProtocol::HttpProtobuf
         }
     };
-    let endpoint = match (
+    let default = match protocol {
+        OtlpProtocol::HttpProtobuf => format!("{DEFAULT_HTTP_ENDPOINT}/v1/traces"),
+        OtlpProtocol::Grpc => DEFAULT_GRPC_ENDPOINT.to_owned(),
+    };
+    let (endpoint, variable) = match (
         var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
         var("OTEL_EXPORTER_OTLP_ENDPOINT"),
         protocol,
     ) {
-        (Some(traces), _, _) => traces,
-        (None, Some(base), OtlpProtocol::HttpProtobuf) => {
-            format!("{}/v1/traces", base.trim_end_matches('/'))
+        (Some(traces), _, _) => (traces, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        (None, Some(base), OtlpProtocol::HttpProtobuf) => (
+            format!("{}/v1/traces", base.trim_end_matches('/')),
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        (None, Some(base), OtlpProtocol::Grpc) => (base, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        (None, None, _) => (default.clone(), "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    };
+    let endpoint = match endpoint_error(&endpoint) {
+        None => endpoint,
+        Some(why) => {
+            warnings.push(format!(
+                "{variable}={endpoint:?} is not usable ({why}); exporting to {default}"
+            ));
+            default
         }
-        (None, Some(base), OtlpProtocol::Grpc) => base,
-        (None, None, OtlpProtocol::HttpProtobuf) => format!("{DEFAULT_HTTP_ENDPOINT}/v1/traces"),
-        (None, None, OtlpProtocol::Grpc) => DEFAULT_GRPC_ENDPOINT.to_owned(),
     };
     if protocol == OtlpProtocol::HttpProtobuf && endpoint.contains(":4317") {
         warnings.push(format!(
@@ -263,7 +310,35 @@ fn otlp_config(var: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<String>)
         endpoint,
         headers,
         timeout,
+        variable,
     }
+}
+
+/// Why an OTLP endpoint cannot work, if it cannot: an http(s) URL with a
+/// host and a port that exists.
+fn endpoint_error(endpoint: &str) -> Option<String> {
+    let uri: http::Uri = match endpoint.parse() {
+        Ok(uri) => uri,
+        Err(e) => return Some(format!("not a URL: {e}")),
+    };
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return Some(format!("the scheme is {other}, not http or https")),
+        None => return Some("no scheme: write http://host:port".into()),
+    }
+    let Some(authority) = uri.authority() else {
+        return Some("no host".into());
+    };
+    if authority.host().is_empty() {
+        return Some("no host".into());
+    }
+    if let Some(port) = authority.as_str().rsplit_once(':').map(|(_, p)| p)
+        && !authority.as_str().ends_with(']')
+        && port.parse::<u16>().is_err()
+    {
+        return Some(format!("the port {port} is not between 0 and 65535"));
+    }
+    None
 }
 
 fn sampler_config(
@@ -356,15 +431,52 @@ pub fn install_crypto_provider() {
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     /// The OTLP exporter could not be built (a malformed endpoint, say).
-    #[error(
-        "cannot build the OTLP exporter for {endpoint}: {error}; check OTEL_EXPORTER_OTLP_ENDPOINT"
-    )]
+    #[error("cannot build the OTLP exporter for {endpoint}: {error}; check {variable}")]
     Exporter {
         /// The endpoint in use.
         endpoint: String,
+        /// The variable it came from.
+        variable: &'static str,
         /// What went wrong.
         error: opentelemetry_otlp::ExporterBuildError,
     },
+}
+
+/// The OTLP exporter `otlp` describes.
+fn otlp_exporter(otlp: &OtlpConfig) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    let error = |error| TelemetryError::Exporter {
+        endpoint: otlp.endpoint.clone(),
+        variable: otlp.variable,
+        error,
+    };
+    match otlp.protocol {
+        OtlpProtocol::Grpc => {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            for (k, v) in &otlp.headers {
+                if let (Ok(k), Ok(v)) = (
+                    tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
+                    v.parse(),
+                ) {
+                    metadata.insert(k, v);
+                }
+            }
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(&otlp.endpoint)
+                .with_timeout(otlp.timeout)
+                .with_metadata(metadata)
+                .build()
+                .map_err(error)
+        }
+        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(&otlp.endpoint)
+            .with_timeout(otlp.timeout)
+            .with_headers(otlp.headers.iter().cloned().collect::<HashMap<_, _>>())
+            .build()
+            .map_err(error),
+    }
 }
 
 /// The running tracer provider. Shut it down before exit to flush spans.
@@ -372,6 +484,7 @@ pub enum TelemetryError {
 pub struct Telemetry {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    drops: Arc<export::Drops>,
 }
 
 impl fmt::Debug for Telemetry {
@@ -396,6 +509,7 @@ impl Telemetry {
                     .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
             )
             .build();
+        let drops = Arc::new(export::Drops::default());
         let builder = SdkTracerProvider::builder()
             .with_resource(resource)
             .with_sampler(config.sampler.build());
@@ -405,53 +519,52 @@ impl Telemetry {
                 builder.with_batch_exporter(opentelemetry_stdout::SpanExporter::default())
             }
             TracesExporter::Tree(view) => builder.with_span_processor(view.processor()),
-            TracesExporter::Otlp(otlp) => {
-                let error = |error| TelemetryError::Exporter {
-                    endpoint: otlp.endpoint.clone(),
-                    error,
-                };
-                let exporter = match otlp.protocol {
-                    OtlpProtocol::Grpc => {
-                        let mut metadata = tonic::metadata::MetadataMap::new();
-                        for (k, v) in &otlp.headers {
-                            if let (Ok(k), Ok(v)) = (
-                                tonic::metadata::MetadataKey::from_bytes(
-                                    k.to_ascii_lowercase().as_bytes(),
-                                ),
-                                v.parse(),
-                            ) {
-                                metadata.insert(k, v);
-                            }
-                        }
-                        opentelemetry_otlp::SpanExporter::builder()
-                            .with_tonic()
-                            .with_endpoint(&otlp.endpoint)
-                            .with_timeout(otlp.timeout)
-                            .with_metadata(metadata)
-                            .build()
-                            .map_err(error)?
+            TracesExporter::Otlp(otlp) => match otlp_exporter(otlp) {
+                Ok(exporter) => {
+                    let exporter = export::Observed::new(
+                        exporter,
+                        &otlp.endpoint,
+                        otlp.variable,
+                        drops.clone(),
+                    );
+                    let mut batch = opentelemetry_sdk::trace::BatchConfigBuilder::default();
+                    if let Some(size) = config.queue_size {
+                        batch = batch.with_max_queue_size(size);
                     }
-                    OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-                        .with_http()
-                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                        .with_endpoint(&otlp.endpoint)
-                        .with_timeout(otlp.timeout)
-                        .with_headers(otlp.headers.iter().cloned().collect::<HashMap<_, _>>())
-                        .build()
-                        .map_err(error)?,
-                };
-                builder.with_batch_exporter(exporter)
-            }
+                    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+                        .with_batch_config(batch.build())
+                        .build();
+                    builder.with_span_processor(processor)
+                }
+                // Telemetry never stops the host: say so and run without it.
+                Err(e) => {
+                    tracing::warn!("{e}; spans are not exported");
+                    builder
+                }
+            },
         };
         let provider = builder.build();
         let tracer = provider.tracer(TRACER_NAME);
-        Ok(Telemetry { provider, tracer })
+        Ok(Telemetry {
+            provider,
+            tracer,
+            drops,
+        })
     }
 
     /// Wrap an existing provider (tests use an in-memory exporter).
     pub fn from_provider(provider: SdkTracerProvider) -> Self {
         let tracer = provider.tracer(TRACER_NAME);
-        Telemetry { provider, tracer }
+        Telemetry {
+            provider,
+            tracer,
+            drops: Arc::default(),
+        }
+    }
+
+    /// Spans the exporter could not deliver so far.
+    pub fn dropped_spans(&self) -> u64 {
+        self.drops.spans()
     }
 
     /// The host's tracer.
@@ -548,7 +661,8 @@ mod tests {
                 protocol: OtlpProtocol::Grpc,
                 endpoint: "http://collector:4317".into(),
                 headers: vec![],
-                timeout: Duration::from_secs(10)
+                timeout: Duration::from_secs(10),
+                variable: "OTEL_EXPORTER_OTLP_ENDPOINT",
             })
         );
         let c = config(&[
@@ -573,6 +687,54 @@ mod tests {
         };
         assert_eq!(otlp.endpoint, "http://traces:9999/custom");
         assert_eq!(otlp.timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn unusable_values_warn_naming_their_variable_and_fall_back() {
+        for (variable, value, why) in [
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "ftp://collector/x",
+                "scheme is ftp",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://collector:99999",
+                "port 99999",
+            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url", "not a URL"),
+        ] {
+            let c = config(&[(variable, value)]);
+            let TracesExporter::Otlp(otlp) = &c.exporter else {
+                panic!("otlp")
+            };
+            assert_eq!(otlp.endpoint, "http://localhost:4318/v1/traces");
+            assert!(
+                c.warnings
+                    .iter()
+                    .any(|w| w.starts_with(&format!("{variable}=")) && w.contains(why)),
+                "{variable}: {:?}",
+                c.warnings
+            );
+        }
+        let c = config(&[("OTEL_SDK_DISABLED", "maybe")]);
+        assert!(matches!(c.exporter, TracesExporter::Otlp(_)));
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("OTEL_SDK_DISABLED=maybe"))
+        );
+        let c = config(&[("OTEL_BSP_MAX_QUEUE_SIZE", "0")]);
+        assert_eq!(c.queue_size, Some(2048));
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("OTEL_BSP_MAX_QUEUE_SIZE=0"))
+        );
+        assert_eq!(
+            config(&[("OTEL_BSP_MAX_QUEUE_SIZE", "100")]).queue_size,
+            None
+        );
     }
 
     #[test]
