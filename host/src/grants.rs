@@ -188,16 +188,6 @@ impl Grant {
                 .push("limits.concurrency = 0 would run no reconcile: give 1 or more".to_owned());
         }
         for rule in &self.resources {
-            let mut first = rule.kind.chars();
-            if let Some(c) = first.next()
-                && c.is_ascii_lowercase()
-            {
-                problems.push(format!(
-                    "kind = {:?} matches no type: kinds are written as the API names them, as in {:?}",
-                    rule.kind,
-                    format!("{}{}", c.to_ascii_uppercase(), first.as_str())
-                ));
-            }
             for ns in &rule.namespaces {
                 if !reconcile_apiserver::validation::is_label(ns) {
                     problems.push(format!(
@@ -374,8 +364,23 @@ impl Grant {
             if self.rules_for(resource, verb).next().is_none()
                 && seen.insert((resource.group.as_str(), resource.kind.as_str(), verb))
             {
+                // Kinds are case-sensitive: a grant writing `deployment`
+                // for `Deployment` gets a hint.
+                let hint = self
+                    .resources
+                    .iter()
+                    .find(|r| {
+                        r.kind != resource.kind && r.kind.eq_ignore_ascii_case(&resource.kind)
+                    })
+                    .map(|r| {
+                        format!(
+                            " (the grant writes kind {:?}; kinds are case-sensitive: {:?})",
+                            r.kind, resource.kind
+                        )
+                    })
+                    .unwrap_or_default();
                 missing.push(format!(
-                    "{verb} on {}/{}{why}",
+                    "{verb} on {}/{}{why}{hint}",
                     group_name(&resource.group),
                     resource.kind
                 ));
@@ -660,8 +665,20 @@ mod tests {
             err.contains("leave `namespaces` out for all namespaces"),
             "{err}"
         );
-        let err = refused("[[resources]]\nkind = \"configMap\"\nverbs = [\"get\"]\n");
-        assert!(err.contains("as in \"ConfigMap\""), "{err}");
+        // A kind in the wrong case loads, and the plugin it fails is told why.
+        let lower = Grant::from_toml(
+            "[[resources]]\ngroup = \"apps\"\nkind = \"deployment\"\nverbs = [\"get\", \"list\", \"watch\"]\n",
+            Path::new("g.toml"),
+        )
+        .unwrap();
+        let err = lower
+            .check(&metadata(vec![Verb::Get]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("kinds are case-sensitive: \"Deployment\""),
+            "{err}"
+        );
         // Every problem at once.
         let err = refused("[limits]\nmemory_mib = 0\nconcurrency = 0\n");
         assert!(

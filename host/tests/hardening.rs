@@ -183,24 +183,23 @@ async fn exit_when_idle_waits_for_a_slow_first_list_and_reconciles() {
     let (dir, plugins, kubeconfig) = setup(&c);
     let lists = Match::any().verb("list").resource("configmaps");
     c.server.faults().fail(lists.clone(), u32::MAX, 500);
-    let child = host(dir.path())
+    let mut child = host(dir.path())
         .args(["run", "--exit-when-idle", "--plugins"])
         .arg(&plugins)
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .spawn()
         .unwrap();
-    // Lists fail for 11 s: past the 10 s after which the host reports
-    // unsynced caches.
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // Lists fail until the host has reported unsynced caches (after 10 s),
+    // where the old host counted the controller as started and stopped.
+    let lines = wait_for_line(&mut child, "have not synced after 10s").await;
     c.server.faults().clear();
-    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+    let status = tokio::time::timeout(Duration::from_secs(90), child.wait())
         .await
         .expect("exits once idle")
         .unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{log}");
-    assert!(log.contains("have not synced after 10s"), "{log}");
+    let log = rest(lines).await;
+    assert!(status.success(), "{log}");
     assert!(log.contains("caches synced"), "{log}");
     let mirror = Api::<ConfigMap>::namespaced(c.client.clone(), "default")
         .get_opt("settings-mirror")
@@ -432,4 +431,43 @@ fn client_addr(home: &Path) -> String {
         .find_map(|l| l.trim().strip_prefix("server: http://"))
         .unwrap()
         .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cuts_a_running_reconcile_after_the_shutdown_grace_and_exits_0() {
+    let c = cluster().await;
+    source(&c, "spin").await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(guest("fault-loop"), plugins.join("fault-loop.wasm")).unwrap();
+    // A reconcile may run for a minute: longer than the grace.
+    std::fs::write(
+        plugins.join("fault-loop.grants.toml"),
+        "[[resources]]\ngroup = \"core\"\nkind = \"ConfigMap\"\nverbs = [\"get\", \"list\", \"watch\"]\n[limits]\ndeadline_ms = 60000\n",
+    )
+    .unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, c.server.kubeconfig()).unwrap();
+    let mut child = host(dir.path())
+        .args(["run", "--shutdown-grace", "1", "--plugins"])
+        .arg(&plugins)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .spawn()
+        .unwrap();
+    let lines = wait_for_line(&mut child, "caches synced").await;
+    // The reconciles of the ConfigMaps are spinning now (they start as
+    // soon as the caches have synced).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, took) = exit_within(&mut child, Duration::from_secs(20)).await;
+    let log = rest(lines).await;
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(took < Duration::from_secs(5), "{took:?}:\n{log}");
+    assert!(log.contains("after the shutdown grace of 1s"), "{log}");
+    let stopped = log
+        .lines()
+        .find(|l| l.contains("\"message\":\"stopped\""))
+        .unwrap_or_else(|| panic!("no stop line:\n{log}"));
+    assert!(!stopped.contains("\"cut\":0"), "{stopped}");
 }

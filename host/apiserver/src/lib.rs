@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use faults::{Faults, Match, RequestRecord};
-pub use server::MAX_BODY_BYTES;
+pub use server::{MAX_BODY_BYTES, MAX_DEPTH, parse_body};
 pub use store::Store;
 
 /// Server settings.
@@ -170,6 +170,8 @@ impl ApiServer {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .thread_stack_size(server::STACK_BYTES)
+                    // Bounded: each request in flight may hold a big body.
+                    .max_blocking_threads(server::BLOCKING_THREADS)
                     .build()
                 {
                     Ok(rt) => rt,

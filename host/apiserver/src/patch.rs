@@ -26,13 +26,88 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// Most operations in one JSON patch, as on the real server (413 past it).
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// Most bytes one JSON patch may copy in all (`copy` can double a document
+/// per operation).
+pub const MAX_COPIED_BYTES: usize = 10 * 1024 * 1024;
+
+/// Why a JSON patch was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JsonPatchError {
+    /// Too many operations (413).
+    TooLarge(String),
+    /// Malformed, failing, or building something too deep or too big (400/422).
+    Invalid(String),
+}
+
+/// How deep `value` nests (a scalar is 0), without recursion.
+pub fn depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            Value::Array(items) => {
+                deepest = deepest.max(d + 1);
+                stack.extend(items.iter().map(|i| (i, d + 1)));
+            }
+            Value::Object(map) => {
+                deepest = deepest.max(d + 1);
+                stack.extend(map.values().map(|i| (i, d + 1)));
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Bytes of `value` as JSON, without recursion (an upper bound is enough).
+fn size(value: &Value) -> usize {
+    let mut total = 0;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        total += match v {
+            Value::Array(items) => {
+                stack.extend(items.iter());
+                2 + items.len()
+            }
+            Value::Object(map) => {
+                stack.extend(map.values());
+                2 + map.keys().map(|k| k.len() + 4).sum::<usize>()
+            }
+            Value::String(s) => s.len() + 2,
+            other => other.to_string().len(),
+        };
+    }
+    total
+}
+
+fn segments(pointer: &str) -> usize {
+    pointer.matches('/').count()
+}
+
 /// Applies a JSON patch. A `test` of `null` against a missing path passes,
 /// as on the real API server (kube-runtime's finalizer helper relies on it).
-pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
+/// No operation may nest the document past `max_depth`, and copies are
+/// bounded in bytes: a patch cannot build what no body could send.
+pub fn json_patch(
+    target: &mut Value,
+    patch: &Value,
+    max_depth: usize,
+) -> Result<(), JsonPatchError> {
+    let invalid = |m: String| JsonPatchError::Invalid(m);
     let ops = patch
         .as_array()
-        .ok_or("a JSON patch must be a list of operations")?;
-    let mut kept = Vec::with_capacity(ops.len());
+        .ok_or_else(|| invalid("a JSON patch must be a list of operations".into()))?;
+    if ops.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(JsonPatchError::TooLarge(format!(
+            "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+            ops.len()
+        )));
+    }
+    let mut doc_depth = depth(target);
+    let mut copied = 0usize;
     for op in ops {
         let is_null_test = op["op"] == "test" && op.get("value").is_some_and(Value::is_null);
         if is_null_test {
@@ -41,11 +116,49 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
                 continue;
             }
         }
-        kept.push(op.clone());
+        let parsed: json_patch::PatchOperation = serde_json::from_value(op.clone())
+            .map_err(|e| invalid(format!("invalid JSON patch: {e}")))?;
+        let (path, added) = match &parsed {
+            json_patch::PatchOperation::Add(a) => (a.path.as_str(), Some(depth(&a.value))),
+            json_patch::PatchOperation::Replace(r) => (r.path.as_str(), Some(depth(&r.value))),
+            json_patch::PatchOperation::Copy(c) => {
+                let from = target.pointer(c.from.as_str());
+                let bytes = from.map_or(0, size);
+                copied += bytes;
+                if copied > MAX_COPIED_BYTES {
+                    return Err(invalid(format!(
+                        "the JSON patch copies more than {MAX_COPIED_BYTES} bytes in all"
+                    )));
+                }
+                (c.path.as_str(), from.map(depth))
+            }
+            json_patch::PatchOperation::Move(m) => {
+                // Exact depth only when the cheap bound says it could matter.
+                let bound = segments(m.path.as_str()) + doc_depth;
+                let moved = if bound > max_depth {
+                    target.pointer(m.from.as_str()).map(depth)
+                } else {
+                    Some(doc_depth)
+                };
+                (m.path.as_str(), moved)
+            }
+            json_patch::PatchOperation::Remove(_) | json_patch::PatchOperation::Test(_) => {
+                ("", None)
+            }
+        };
+        if let Some(added) = added {
+            let reached = segments(path) + added;
+            if reached > max_depth {
+                return Err(invalid(format!(
+                    "the JSON patch would nest the object {reached} levels deep, past the limit of {max_depth}"
+                )));
+            }
+            doc_depth = doc_depth.max(reached);
+        }
+        json_patch::patch(target, std::slice::from_ref(&parsed))
+            .map_err(|e| invalid(e.to_string()))?;
     }
-    let patch: json_patch::Patch = serde_json::from_value(Value::Array(kept))
-        .map_err(|e| format!("invalid JSON patch: {e}"))?;
-    json_patch::patch(target, &patch).map_err(|e| e.to_string())
+    Ok(())
 }
 
 /// Applies a strategic merge patch to a built-in object.
@@ -264,11 +377,46 @@ mod tests {
             {"op": "test", "path": "/metadata/finalizers", "value": null},
             {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}
         ]);
-        json_patch(&mut v, &patch).unwrap();
+        json_patch(&mut v, &patch, 100).unwrap();
         assert_eq!(v["metadata"]["finalizers"], json!(["f"]));
         // A real mismatch still fails.
         let again = json!([{"op": "test", "path": "/metadata/finalizers", "value": null}]);
-        assert!(json_patch(&mut v, &again).is_err());
+        assert!(json_patch(&mut v, &again, 100).is_err());
+    }
+
+    #[test]
+    fn json_patches_cannot_build_what_no_body_could_send() {
+        // Each copy doubles the depth: refused once past the limit.
+        let mut v = json!({"spec": [[[]]]});
+        let mut ops = Vec::new();
+        let mut path = String::from("/spec");
+        for _ in 0..12 {
+            path.push_str("/0");
+            ops.push(json!({"op": "copy", "from": "/spec", "path": format!("{path}/0")}));
+            path = format!("{path}/0");
+        }
+        let e = json_patch(&mut v, &json!(ops), 50).unwrap_err();
+        assert!(
+            matches!(&e, JsonPatchError::Invalid(m) if m.contains("past the limit of 50")),
+            "{e:?}"
+        );
+        // Copies are bounded in bytes.
+        let mut v = json!({"a": "x".repeat(1024 * 1024)});
+        let ops: Vec<Value> = (0..11)
+            .map(|i| json!({"op": "copy", "from": "/a", "path": format!("/b{i}")}))
+            .collect();
+        let e = json_patch(&mut v, &json!(ops), 50).unwrap_err();
+        assert!(
+            matches!(&e, JsonPatchError::Invalid(m) if m.contains("copies more than")),
+            "{e:?}"
+        );
+        // At most 10,000 operations.
+        let ops = vec![json!({"op": "test", "path": "/a", "value": "x"}); 10_001];
+        assert!(matches!(
+            json_patch(&mut json!({"a": "x"}), &json!(ops), 50),
+            Err(JsonPatchError::TooLarge(_))
+        ));
+        assert_eq!(depth(&json!({"a": [[1]], "b": 2})), 3);
     }
 
     #[test]

@@ -284,8 +284,31 @@ fn map_insert(out: &mut Map<String, Value>, name: &str, key: String, value: Valu
     }
 }
 
+/// Why a protobuf body was not decoded.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not valid protobuf (400, as the real server).
+    #[error("{0}")]
+    Malformed(String),
+    /// Valid, of a kind this server does not decode from protobuf (415).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl From<String> for DecodeError {
+    fn from(message: String) -> Self {
+        DecodeError::Malformed(message)
+    }
+}
+
+impl From<&str> for DecodeError {
+    fn from(message: &str) -> Self {
+        DecodeError::Malformed(message.to_owned())
+    }
+}
+
 /// Decodes a `application/vnd.kubernetes.protobuf` body to JSON.
-pub fn decode(body: &[u8]) -> Result<Value, String> {
+pub fn decode(body: &[u8]) -> Result<Value, DecodeError> {
     let envelope = body
         .strip_prefix(b"k8s\0")
         .ok_or("the body lacks the k8s protobuf magic")?;
@@ -313,7 +336,7 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
         .unwrap_or_default()
         .to_owned();
     let schema = schema_of(&api_version, &kind).ok_or_else(|| {
-        format!("this server decodes protobuf bodies only for simple core and RBAC kinds, not {api_version} {kind}; send JSON (kubectl create -f, kubectl apply)")
+        DecodeError::Unsupported(format!("this server decodes protobuf bodies only for simple core and RBAC kinds, not {api_version} {kind}; send JSON (kubectl create -f, kubectl apply)"))
     })?;
     let mut object = message(schema, raw)?;
     object.insert("apiVersion".into(), api_version.into());
@@ -356,15 +379,13 @@ mod tests {
 
     #[test]
     fn refusals_name_the_problem() {
-        assert!(decode(b"{}").unwrap_err().contains("magic"));
+        assert!(decode(b"{}").unwrap_err().to_string().contains("magic"));
         let type_meta = [field(1, b"apps/v1"), field(2, b"Deployment")].concat();
         let body = [b"k8s\0".to_vec(), field(1, &type_meta)].concat();
-        assert!(
-            decode(&body)
-                .unwrap_err()
-                .contains("not apps/v1 Deployment")
-        );
+        let unsupported = decode(&body).unwrap_err();
+        assert!(matches!(unsupported, DecodeError::Unsupported(_)));
+        assert!(unsupported.to_string().contains("not apps/v1 Deployment"));
         let truncated = [b"k8s\0".to_vec(), vec![0x0a, 0x50, 0x01]].concat();
-        assert!(decode(&truncated).is_err());
+        assert!(matches!(decode(&truncated), Err(DecodeError::Malformed(_))));
     }
 }

@@ -36,6 +36,9 @@ pub const MAX_DEPTH: usize = 10_000;
 /// merged and dropped recursively (only the pages used are committed).
 pub(crate) const STACK_BYTES: usize = 256 * 1024 * 1024;
 
+/// Requests parsed and stored at once; more wait their turn.
+pub(crate) const BLOCKING_THREADS: usize = 16;
+
 /// What the handlers share.
 pub(crate) struct Shared {
     pub(crate) store: Arc<Store>,
@@ -385,8 +388,10 @@ fn nesting_depth(body: &[u8]) -> usize {
     deepest
 }
 
-/// Parses a request body (on a blocking thread: see `handle`).
-fn parse_body(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
+/// Parses a request body of `content_type` as the server does (JSON,
+/// YAML or protobuf; depth and size bounded). Runs on a blocking thread
+/// in the server: see `handle`.
+pub fn parse_body(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
     let media = content_type
         .split(';')
         .next()
@@ -394,7 +399,10 @@ fn parse_body(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
         .trim()
         .to_ascii_lowercase();
     if media == "application/vnd.kubernetes.protobuf" {
-        return crate::protobuf::decode(body).map_err(ApiError::bad_request);
+        return crate::protobuf::decode(body).map_err(|e| match e {
+            crate::protobuf::DecodeError::Malformed(m) => ApiError::bad_request(m),
+            crate::protobuf::DecodeError::Unsupported(m) => ApiError::unsupported_media_type(m),
+        });
     }
     // No content type is read as JSON, as the real server does.
     let known = media.is_empty()
@@ -823,8 +831,11 @@ struct QueueState {
     ended: bool,
 }
 
-/// Lines queued at most, whatever their size.
-const WATCH_QUEUE_LINES: usize = 4096;
+/// Chunks queued at most, whatever their size (an event is one to three).
+const WATCH_QUEUE_CHUNKS: usize = 3 * 4096;
+
+/// How long a live event waits for room before the watch is ended.
+const WATCH_ROOM_WAIT: Duration = Duration::from_secs(5);
 
 impl WatchQueue {
     fn new(limit: usize) -> Self {
@@ -841,7 +852,7 @@ impl WatchQueue {
     }
 
     fn full(&self, state: &QueueState) -> bool {
-        state.bytes >= self.limit || state.items.len() >= WATCH_QUEUE_LINES
+        state.bytes >= self.limit || state.items.len() >= WATCH_QUEUE_CHUNKS
     }
 
     /// Queues chunks; false (and the queue emptied and ended) if the client
@@ -866,6 +877,26 @@ impl WatchQueue {
         drop(state);
         self.readable.notify_one();
         true
+    }
+
+    /// Queues a live event, waiting up to `WATCH_ROOM_WAIT` for room; false
+    /// (and the watch ended) if the client is still too far behind.
+    async fn push_live(&self, chunks: Vec<Bytes>) -> bool {
+        let _ = tokio::time::timeout(WATCH_ROOM_WAIT, self.wait_for_room()).await;
+        self.push(chunks)
+    }
+
+    async fn wait_for_room(&self) {
+        loop {
+            let room = self.writable.notified();
+            {
+                let state = self.lock();
+                if state.ended || !self.full(&state) {
+                    return;
+                }
+            }
+            room.await;
+        }
     }
 
     /// Waits for room, then queues (for the initial events, which a slow
@@ -1014,20 +1045,34 @@ impl Watch {
     async fn run(mut self, mut sink: WatchSink) {
         let queue = sink.queue.clone();
         let (mut rx, mut last) = if self.initial {
-            let (items, rv, rx) = self.store.snapshot(&self.def, &self.filter);
+            // Off the serving thread: a long write may hold the store's lock.
+            let (store, def, filter) = (self.store.clone(), self.def.clone(), self.filter.clone());
+            let Ok((items, rv, rx)) =
+                tokio::task::spawn_blocking(move || store.snapshot(&def, &filter)).await
+            else {
+                return;
+            };
             for item in items {
                 tokio::select! {
                     () = queue.push_when_room(self.stored_line("ADDED", &item)) => {}
                     _ = &mut sink.gone => return,
                 }
             }
-            if self.initial_end_bookmark && !queue.push([self.bookmark(rv, true)]) {
-                return;
+            if self.initial_end_bookmark {
+                tokio::select! {
+                    () = queue.push_when_room([self.bookmark(rv, true)]) => {}
+                    _ = &mut sink.gone => return,
+                }
             }
             (rx, rv)
         } else {
             let from = self.start.unwrap_or_default();
-            match self.store.watch_from(from) {
+            let store = self.store.clone();
+            let Ok(start) = tokio::task::spawn_blocking(move || store.watch_from(from)).await
+            else {
+                return;
+            };
+            match start {
                 Some((backlog, rx)) => {
                     let mut last = from;
                     for event in backlog {
@@ -1061,7 +1106,7 @@ impl Watch {
                 _ = self.cut.changed() => return,
                 _ = &mut sink.gone => return,
                 _ = ticker.tick(), if self.bookmarks => {
-                    if !queue.push([self.bookmark(last, false)]) {
+                    if !queue.push_live(vec![self.bookmark(last, false)]).await {
                         return;
                     }
                 }
@@ -1072,7 +1117,7 @@ impl Watch {
                         }
                         last = event.rv;
                         if let Some(line) = self.translate(&event)
-                            && !queue.push(line)
+                            && !queue.push_live(line).await
                         {
                             tracing::debug!(
                                 resource = %self.def.plural,

@@ -225,6 +225,11 @@ impl ApiError {
         )
     }
 
+    /// 413 with its own message.
+    pub fn too_large_message(message: impl Into<String>) -> Self {
+        Self::new(413, "RequestEntityTooLarge", message)
+    }
+
     /// 415: the patch type is not supported for this resource.
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
         Self::new(415, "UnsupportedMediaType", message)

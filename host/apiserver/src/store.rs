@@ -224,10 +224,12 @@ impl Stored {
         }
     }
 
-    /// The object, parsed.
+    /// The object, parsed (objects may nest as deep as bodies may).
     pub fn value(&self) -> Value {
         // The bytes were written from a Value by `new`.
-        serde_json::from_slice(&self.json).unwrap_or(Value::Null)
+        let mut json = serde_json::Deserializer::from_slice(&self.json);
+        json.disable_recursion_limit();
+        serde::Deserialize::deserialize(&mut json).unwrap_or(Value::Null)
     }
 
     fn key(&self) -> ObjectKey {
@@ -1183,15 +1185,20 @@ impl Store {
                 ));
             }
             PatchType::Merge => patch::merge_patch(&mut patched, body),
-            PatchType::Json => patch::json_patch(&mut patched, body).map_err(|e| {
-                ApiError::invalid_field(
-                    &def.kind,
-                    name,
-                    "patch",
-                    "FieldValueInvalid",
-                    format!("the server rejected our request due to an error in our request: {e}"),
-                )
-            })?,
+            PatchType::Json => {
+                patch::json_patch(&mut patched, body, crate::MAX_DEPTH).map_err(|e| match e {
+                    patch::JsonPatchError::TooLarge(m) => ApiError::too_large_message(m),
+                    patch::JsonPatchError::Invalid(e) => ApiError::invalid_field(
+                        &def.kind,
+                        name,
+                        "patch",
+                        "FieldValueInvalid",
+                        format!(
+                            "the server rejected our request due to an error in our request: {e}"
+                        ),
+                    ),
+                })?;
+            }
             PatchType::Strategic => {
                 if def.custom {
                     return Err(ApiError::unsupported_media_type(

@@ -200,7 +200,13 @@ fn check_metadata(meta: &Value, causes: &mut Vec<Cause>) {
         ("metadata.annotations", &meta["annotations"]),
     ] {
         for key in map.as_object().into_iter().flat_map(|m| m.keys()) {
-            if let Some(why) = qualified_name_error(key) {
+            // Annotation keys are checked case-insensitively, as there.
+            let checked = if field == "metadata.annotations" {
+                key.to_ascii_lowercase()
+            } else {
+                key.clone()
+            };
+            if let Some(why) = qualified_name_error(&checked) {
                 causes.push(cause(
                     field,
                     "FieldValueInvalid",
@@ -272,12 +278,21 @@ fn check_metadata(meta: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
-/// ConfigMap and Secret keys, and their total size.
+/// ConfigMap and Secret keys, and their total size (of the decoded bytes,
+/// where the field holds base64).
 fn check_data(object: &Value, causes: &mut Vec<Cause>) {
+    let secret = object["kind"] == "Secret";
     let mut size = 0usize;
     for field in ["data", "binaryData", "stringData"] {
+        let base64 = field == "binaryData" || (secret && field == "data");
         for (key, value) in object[field].as_object().into_iter().flatten() {
-            size += value.as_str().map_or(0, str::len);
+            let text = value.as_str().unwrap_or_default();
+            size += if base64 {
+                ((text.len() / 4) * 3)
+                    .saturating_sub(text.bytes().rev().take_while(|b| *b == b'=').count().min(2))
+            } else {
+                text.len()
+            };
             let valid = !key.is_empty()
                 && key.len() <= 253
                 && key

@@ -618,3 +618,32 @@ impl K8sBackend for KubeBackend {
         self.remote(&call, cx).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every waiter wakes when the store lists: kube-runtime's own
+    /// `wait_until_ready` wakes only the last of several, which held
+    /// `--exit-when-idle` for its whole 10 s sync warning.
+    #[tokio::test]
+    async fn every_waiter_wakes_when_the_store_lists() {
+        let (synced, ready) = Ready::new();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let ready = ready.clone();
+                tokio::spawn(async move { ready.wait().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(!ready.is_ready());
+        synced.send_replace(true);
+        for waiter in waiters {
+            tokio::time::timeout(Duration::from_secs(5), waiter)
+                .await
+                .expect("woken")
+                .expect("joined");
+        }
+        assert!(ready.is_ready());
+    }
+}

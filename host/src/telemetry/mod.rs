@@ -107,6 +107,8 @@ pub struct TelemetryConfig {
     /// The batch processor's queue, when `OTEL_BSP_MAX_QUEUE_SIZE` was
     /// unusable (the SDK reads the variable itself otherwise).
     pub queue_size: Option<usize>,
+    /// The batch size, when `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` was unusable.
+    pub batch_size: Option<usize>,
     /// Problems found in the variables; each was replaced by its default.
     pub warnings: Vec<String>,
 }
@@ -174,7 +176,7 @@ impl TelemetryConfig {
                 false
             }
         };
-        let mut queue_size = None;
+        let (mut queue_size, mut batch_size) = (None, None);
         for (variable, default) in [
             ("OTEL_BSP_MAX_QUEUE_SIZE", 2048usize),
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512),
@@ -187,6 +189,8 @@ impl TelemetryConfig {
                 ));
                 if variable == "OTEL_BSP_MAX_QUEUE_SIZE" {
                     queue_size = Some(default);
+                } else {
+                    batch_size = Some(default);
                 }
             }
         }
@@ -226,6 +230,7 @@ impl TelemetryConfig {
             sampler,
             shutdown_timeout: Duration::from_secs(5),
             queue_size,
+            batch_size,
             warnings,
         }
     }
@@ -530,6 +535,9 @@ impl Telemetry {
                     let mut batch = opentelemetry_sdk::trace::BatchConfigBuilder::default();
                     if let Some(size) = config.queue_size {
                         batch = batch.with_max_queue_size(size);
+                    }
+                    if let Some(size) = config.batch_size {
+                        batch = batch.with_max_export_batch_size(size);
                     }
                     let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
                         .with_batch_config(batch.build())

@@ -1,6 +1,8 @@
 //! Raw HTTP/1.1 requests for the API server's tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use reconcile_apiserver::{ApiServer, ApiServerConfig};
+
 /// A GET with a plain HTTP/1.1 client, returning the status-200 body.
 pub async fn raw_get(url: &str) -> String {
     let (status, body) = raw("GET", url, "", b"").await;
@@ -67,4 +69,36 @@ pub fn dechunk(mut body: &str) -> String {
         body = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// A CRD whose objects keep any fields: room for deep and big bodies.
+pub const BLOB_CRD: &str = r#"{
+  "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+  "metadata": {"name": "blobs.hostile.reconcile.dev"},
+  "spec": {"group": "hostile.reconcile.dev", "scope": "Namespaced",
+    "names": {"plural": "blobs", "singular": "blob", "kind": "Blob", "listKind": "BlobList"},
+    "versions": [{"name": "v1", "served": true, "storage": true,
+      "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+}"#;
+
+pub const BLOBS: &str = "/apis/hostile.reconcile.dev/v1/namespaces/default/blobs";
+
+pub async fn start(config: ApiServerConfig) -> ApiServer {
+    let server = ApiServer::start(config).await.unwrap();
+    let (status, body) = raw(
+        "POST",
+        &format!(
+            "{}/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            server.url()
+        ),
+        "application/json",
+        BLOB_CRD.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    server
+}
+
+pub fn nested(depth: usize) -> String {
+    format!("{}{}", "[".repeat(depth), "]".repeat(depth))
 }
