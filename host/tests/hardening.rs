@@ -103,6 +103,31 @@ async fn wait_for_line(
     found_rx
 }
 
+/// `reconcile-host run` of `plugins` against the kubeconfig, with `extra` flags.
+fn run(home: &Path, plugins: &Path, kubeconfig: &Path, extra: &[&str]) -> Child {
+    host(home)
+        .arg("run")
+        .args(extra)
+        .arg("--plugins")
+        .arg(plugins)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .spawn()
+        .unwrap()
+}
+
+/// Sends SIGTERM and asserts a clean exit within 5 s; the log.
+async fn stops_cleanly(
+    child: &mut Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> String {
+    let (status, took) = exit_within(child, Duration::from_secs(20)).await;
+    let log = rest(lines).await;
+    assert!(status.success(), "{status} after {took:?}:\n{log}");
+    assert!(took < Duration::from_secs(5), "{took:?}:\n{log}");
+    log
+}
+
 fn terminate(child: &Child) {
     let pid = child.id().unwrap().to_string();
     let status = std::process::Command::new("kill")
@@ -151,21 +176,11 @@ async fn run_exits_on_sigterm_while_its_first_list_keeps_failing() {
         u32::MAX,
         500,
     );
-    let mut child = host(dir.path())
-        .arg("run")
-        .arg("--plugins")
-        .arg(&plugins)
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .spawn()
-        .unwrap();
+    let mut child = run(dir.path(), &plugins, &kubeconfig, &[]);
     let lines = wait_for_line(&mut child, "watching core/v1/ConfigMap").await;
     // Let it fail a few lists and back off.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (status, took) = exit_within(&mut child, Duration::from_secs(10)).await;
-    let log = rest(lines).await;
-    assert!(status.success(), "{status} after {took:?}:\n{log}");
-    assert!(took < Duration::from_secs(5), "{took:?}:\n{log}");
+    stops_cleanly(&mut child, lines).await;
     assert!(
         c.server
             .faults()
@@ -183,13 +198,7 @@ async fn exit_when_idle_waits_for_a_slow_first_list_and_reconciles() {
     let (dir, plugins, kubeconfig) = setup(&c);
     let lists = Match::any().verb("list").resource("configmaps");
     c.server.faults().fail(lists.clone(), u32::MAX, 500);
-    let mut child = host(dir.path())
-        .args(["run", "--exit-when-idle", "--plugins"])
-        .arg(&plugins)
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .spawn()
-        .unwrap();
+    let mut child = run(dir.path(), &plugins, &kubeconfig, &["--exit-when-idle"]);
     // Lists fail until the host has reported unsynced caches (after 10 s),
     // where the old host counted the controller as started and stopped.
     let lines = wait_for_line(&mut child, "have not synced after 10s").await;
@@ -241,10 +250,7 @@ async fn dev_exits_on_sigterm_while_a_client_holds_a_half_sent_request() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, took) = exit_within(&mut child, Duration::from_secs(15)).await;
-    let log = rest(lines).await;
-    assert!(status.success(), "{status}:\n{log}");
-    assert!(took < Duration::from_secs(5), "{took:?}:\n{log}");
+    stops_cleanly(&mut child, lines).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,21 +455,17 @@ async fn sigterm_cuts_a_running_reconcile_after_the_shutdown_grace_and_exits_0()
     .unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, c.server.kubeconfig()).unwrap();
-    let mut child = host(dir.path())
-        .args(["run", "--shutdown-grace", "1", "--plugins"])
-        .arg(&plugins)
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .spawn()
-        .unwrap();
+    let mut child = run(
+        dir.path(),
+        &plugins,
+        &kubeconfig,
+        &["--shutdown-grace", "1"],
+    );
     let lines = wait_for_line(&mut child, "caches synced").await;
     // The reconciles of the ConfigMaps are spinning now (they start as
     // soon as the caches have synced).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (status, took) = exit_within(&mut child, Duration::from_secs(20)).await;
-    let log = rest(lines).await;
-    assert!(status.success(), "{status}:\n{log}");
-    assert!(took < Duration::from_secs(5), "{took:?}:\n{log}");
+    let log = stops_cleanly(&mut child, lines).await;
     assert!(log.contains("after the shutdown grace of 1s"), "{log}");
     let stopped = log
         .lines()

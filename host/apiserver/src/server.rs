@@ -902,16 +902,7 @@ impl WatchQueue {
     /// Waits for room, then queues (for the initial events, which a slow
     /// client may take its time over).
     async fn push_when_room(&self, chunks: impl IntoIterator<Item = Bytes>) {
-        loop {
-            let room = self.writable.notified();
-            {
-                let state = self.lock();
-                if state.ended || !self.full(&state) {
-                    break;
-                }
-            }
-            room.await;
-        }
+        self.wait_for_room().await;
         self.push(chunks);
     }
 
