@@ -471,6 +471,8 @@ mod tests {
                 http_hosts: vec![],
             },
             finalizer: None,
+            primary_selector: None,
+            field_manager: None,
         }
     }
 

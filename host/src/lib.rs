@@ -11,8 +11,10 @@
 //!
 //! # Layout
 //!
-//! - [`engine`]: wasmtime setup, compile cache, limits, the traced call.
-//! - [`caps`]: one module per WIT interface the plugin imports (`k8s`, `log`, `trace`).
+//! - [`engine`]: wasmtime setup, compile cache, limits, the traced call;
+//!   the contract versions served (0.1.0 and 0.2.0) and their bindings.
+//! - [`caps`]: one module per WIT interface the plugin imports (`k8s`, `log`,
+//!   `trace`, `http` for `wasi:http`), and the 0.2.0 imports translated to them.
 //! - [`files`]: bounded reads of regular files only (plugins, grants, manifests).
 //! - [`metadata`]: what a plugin says about itself, and its checks.
 //! - [`grants`]: what the operator allows a plugin, from grant files.

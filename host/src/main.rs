@@ -690,6 +690,12 @@ fn describe(plugin: &Plugin, _debug: &str) -> String {
         "finalizer:   {}",
         m.finalizer.as_deref().unwrap_or("(none)")
     );
+    if let Some(selector) = &m.primary_selector {
+        let _ = writeln!(out, "selects:     {selector}");
+    }
+    if let Some(manager) = &m.field_manager {
+        let _ = writeln!(out, "writes as:   {manager}");
+    }
     out
 }
 

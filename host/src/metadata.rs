@@ -77,6 +77,12 @@ pub struct PluginMetadata {
     pub access: AccessRequest,
     /// The finalizer the host manages for it.
     pub finalizer: Option<String>,
+    /// A label selector on the primary type: only matching objects are
+    /// watched (contract 0.2.0; `None` for 0.1.0 plugins).
+    pub primary_selector: Option<String>,
+    /// The field manager of the plugin's writes; `None` is the plugin name
+    /// (contract 0.2.0).
+    pub field_manager: Option<String>,
 }
 
 /// Why a plugin's metadata is refused.
@@ -110,6 +116,26 @@ pub enum MetadataError {
         /// The finalizer as given.
         finalizer: String,
     },
+    /// The primary selector is not a label selector.
+    #[error("plugin {plugin}: primary-selector {selector:?} is not a label selector: {why}")]
+    Selector {
+        /// Plugin name.
+        plugin: String,
+        /// The selector.
+        selector: String,
+        /// Why.
+        why: String,
+    },
+    /// The field manager is too long for the API server.
+    #[error(
+        "plugin {plugin}: field-manager {manager:?}... is longer than the 128 bytes the API server allows"
+    )]
+    FieldManager {
+        /// Plugin name.
+        plugin: String,
+        /// Its start.
+        manager: String,
+    },
 }
 
 impl PluginMetadata {
@@ -141,6 +167,8 @@ impl PluginMetadata {
                 http_hosts: m.access.http_hosts,
             },
             finalizer: m.finalizer,
+            primary_selector: None,
+            field_manager: None,
         }
     }
 
@@ -165,6 +193,23 @@ impl PluginMetadata {
                     resource: format!("{}/{}/{}", resource.group, resource.version, resource.kind),
                 });
             }
+        }
+        if let Some(selector) = &self.primary_selector
+            && let Err(why) = reconcile_apiserver::selectors::LabelSelector::parse(selector)
+        {
+            return Err(MetadataError::Selector {
+                plugin: self.name.clone(),
+                selector: selector.clone(),
+                why,
+            });
+        }
+        if let Some(manager) = &self.field_manager
+            && manager.len() > 128
+        {
+            return Err(MetadataError::FieldManager {
+                plugin: self.name.clone(),
+                manager: manager.chars().take(40).collect(),
+            });
         }
         if let Some(finalizer) = &self.finalizer {
             let valid = finalizer.split_once('/').is_some_and(|(domain, name)| {
@@ -203,6 +248,8 @@ mod tests {
             owns: vec![],
             access: AccessRequest::default(),
             finalizer: Some("demo.reconcile.dev/cleanup".into()),
+            primary_selector: None,
+            field_manager: None,
         }
     }
 

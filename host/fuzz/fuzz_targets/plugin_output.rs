@@ -64,6 +64,8 @@ fuzz_target!(|data: &[u8]| {
             http_hosts: parts.next().into_iter().collect(),
         },
         finalizer,
+        primary_selector: None,
+        field_manager: None,
     };
     if metadata.validate().is_ok() {
         let grant = Grant::from_request(&metadata);

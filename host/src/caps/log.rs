@@ -31,7 +31,7 @@ pub(crate) struct GuestLog {
     pub(crate) plugin: Arc<str>,
 }
 
-fn level(level: wit::Level) -> Level {
+pub(crate) fn level(level: wit::Level) -> Level {
     match level {
         wit::Level::Trace => Level::Trace,
         wit::Level::Debug => Level::Debug,
@@ -52,20 +52,31 @@ impl wit::Host for HostState {
         message: String,
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
-        let l = level(l);
+        self.plugin_log(level(l), message, fields, |v| {
+            Value::from(truncate(v, MAX_MESSAGE_BYTES).into_owned())
+        });
+        Ok(())
+    }
+}
+
+impl HostState {
+    /// Writes one plugin log line (every contract version): bounded
+    /// message and fields, the plugin's name and the current span's ids.
+    pub(crate) fn plugin_log<V>(
+        &mut self,
+        l: Level,
+        message: String,
+        fields: Vec<(String, V)>,
+        value: impl Fn(V) -> Value,
+    ) {
         if !self.log.logger.plugin_enabled(l) {
-            return Ok(());
+            return;
         }
         let message = truncate(message, MAX_MESSAGE_BYTES);
         let fields: Vec<(String, Value)> = fields
             .into_iter()
             .take(MAX_FIELDS)
-            .map(|(k, v)| {
-                (
-                    truncate(k, 128).into_owned(),
-                    Value::from(truncate(v, MAX_MESSAGE_BYTES).into_owned()),
-                )
-            })
+            .map(|(k, v)| (truncate(k, 128).into_owned(), value(v)))
             .collect();
         let mut all: Vec<(&str, Value)> = Vec::with_capacity(fields.len() + 1);
         all.push(("plugin", Value::from(&*self.log.plugin)));
@@ -77,7 +88,6 @@ impl wit::Host for HostState {
             fields: &all,
             trace: self.trace.current_span().get(),
         });
-        Ok(())
     }
 }
 

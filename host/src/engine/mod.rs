@@ -10,6 +10,7 @@ pub mod bindings;
 mod cache;
 pub mod limits;
 mod state;
+mod versions;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -173,7 +174,7 @@ pub enum LoadError {
     },
     /// Built against an incompatible version of the contract.
     #[error(
-        "{source_name} was built against {WIT_PACKAGE}@{version}, which this host ({WIT_PACKAGE}@{WIT_VERSION}) cannot run: rebuild it with a matching reconcile-sdk"
+        "{source_name} was built against {WIT_PACKAGE}@{version}, which this host cannot run: it serves {WIT_PACKAGE} {}; rebuild the plugin with a reconcile-sdk for one of them", versions::SERVED.join(" and ")
     )]
     Version {
         /// The file.
@@ -324,6 +325,18 @@ impl Engine {
             |s| s,
         )
         .map_err(|e| EngineError::Config(e.to_string()))?;
+        // 0.2.0: its own interfaces (the WASI ones it shares are in already)
+        // and wasi:http.
+        {
+            use bindings::v0_2::reconcile::plugin as v2;
+            type Own = wasmtime::component::HasSelf<HostState>;
+            let config = |e: wasmtime::Error| EngineError::Config(e.to_string());
+            v2::types::add_to_linker::<HostState, Own>(&mut linker, |s| s).map_err(config)?;
+            v2::k8s::add_to_linker::<HostState, Own>(&mut linker, |s| s).map_err(config)?;
+            v2::log::add_to_linker::<HostState, Own>(&mut linker, |s| s).map_err(config)?;
+            v2::trace::add_to_linker::<HostState, Own>(&mut linker, |s| s).map_err(config)?;
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(config)?;
+        }
         let cache = config
             .cache_dir
             .clone()
@@ -385,10 +398,15 @@ impl Engine {
                     source_name: source_name.clone(),
                     message: format!("{e:#}"),
                 })?;
-        let pre = ReconcilerPre::new(pre).map_err(|e| LoadError::WrongWorld {
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
             source_name: source_name.clone(),
             found: format!("{e:#}"),
-        })?;
+        };
+        let pre = if semver_compatible(&wit_version, "0.2.0") {
+            Pre::V0_2(bindings::v0_2::ReconcilerPre::new(pre).map_err(wrong_world)?)
+        } else {
+            Pre::V0_1(ReconcilerPre::new(pre).map_err(wrong_world)?)
+        };
         let metadata = self.call_metadata(&pre, &source_name).await?;
         metadata
             .validate()
@@ -451,7 +469,7 @@ impl Engine {
 
     async fn call_metadata(
         &self,
-        pre: &ReconcilerPre<HostState>,
+        pre: &Pre,
         source_name: &str,
     ) -> Result<PluginMetadata, LoadError> {
         let log = GuestLog {
@@ -467,11 +485,24 @@ impl Engine {
             log,
         );
         let result = tokio::time::timeout(limits.deadline, async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance
-                .reconcile_plugin_plugin()
-                .call_metadata(&mut store)
-                .await
+            match pre {
+                Pre::V0_1(pre) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let m = instance
+                        .reconcile_plugin_plugin()
+                        .call_metadata(&mut store)
+                        .await?;
+                    Ok(PluginMetadata::from_wit(m))
+                }
+                Pre::V0_2(pre) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let m = instance
+                        .reconcile_plugin_plugin()
+                        .call_metadata(&mut store)
+                        .await?;
+                    Ok::<_, wasmtime::Error>(versions::metadata(m))
+                }
+            }
         })
         .await;
         let failure = |kind: FailureKind, message: String| LoadError::Metadata {
@@ -480,7 +511,7 @@ impl Engine {
             message,
         };
         match result {
-            Ok(Ok(metadata)) => Ok(PluginMetadata::from_wit(metadata)),
+            Ok(Ok(metadata)) => Ok(metadata),
             Ok(Err(error)) => {
                 let (kind, message) = classify(
                     &error,
@@ -569,7 +600,10 @@ fn plugin_wit_version(
             found,
         });
     };
-    if !semver_compatible(version, WIT_VERSION) {
+    if !versions::SERVED
+        .iter()
+        .any(|served| semver_compatible(version, served))
+    {
         return Err(LoadError::Version {
             source_name: source_name.to_owned(),
             version: version.to_owned(),
@@ -617,10 +651,17 @@ pub struct Plugin {
     inner: Arc<PluginInner>,
 }
 
+/// A pre-instantiated plugin, per contract version.
+#[derive(Clone)]
+enum Pre {
+    V0_1(ReconcilerPre<HostState>),
+    V0_2(bindings::v0_2::ReconcilerPre<HostState>),
+}
+
 #[derive(Clone)]
 struct PluginInner {
     engine: Engine,
-    pre: ReconcilerPre<HostState>,
+    pre: Pre,
     metadata: PluginMetadata,
     digest: String,
     wit_version: String,
@@ -782,11 +823,24 @@ impl Plugin {
         );
         let wit_request = request.to_wit();
         let result = tokio::time::timeout(limits.deadline, async {
-            let instance = self.inner.pre.instantiate_async(&mut store).await?;
-            instance
-                .reconcile_plugin_plugin()
-                .call_reconcile(&mut store, &wit_request)
-                .await
+            match &self.inner.pre {
+                Pre::V0_1(pre) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    instance
+                        .reconcile_plugin_plugin()
+                        .call_reconcile(&mut store, &wit_request)
+                        .await
+                }
+                Pre::V0_2(pre) => {
+                    let request = versions::request(wit_request);
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let result = instance
+                        .reconcile_plugin_plugin()
+                        .call_reconcile(&mut store, &request)
+                        .await?;
+                    Ok(versions::result(result))
+                }
+            }
         })
         .await;
         store.data_mut().trace.finish();
@@ -866,6 +920,9 @@ mod tests {
     fn wit_version_matches_the_wit_files() {
         let world = include_str!("../../../wit/world.wit");
         assert!(world.contains(&format!("package {WIT_PACKAGE}@{WIT_VERSION};")));
+        let next = include_str!("../../../wit/0.2.0/world.wit");
+        assert!(next.contains(&format!("package {WIT_PACKAGE}@{};", versions::SERVED[1])));
+        assert_eq!(versions::SERVED[0], WIT_VERSION);
     }
 
     #[test]

@@ -16,6 +16,8 @@ use crate::grants::Grant;
 /// Store data of one plugin call.
 pub struct HostState {
     wasi: WasiCtx,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    http_hooks: crate::caps::http::Hooks,
     table: ResourceTable,
     pub(crate) limiter: CallLimiter,
     pub(crate) k8s: SharedBackend,
@@ -58,6 +60,8 @@ impl HostState {
             .build();
         HostState {
             wasi,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_hooks: crate::caps::http::Hooks,
             table: ResourceTable::new(),
             limiter: CallLimiter::new(memory),
             k8s,
@@ -88,6 +92,16 @@ impl WasiView for HostState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            hooks: &mut self.http_hooks,
+            table: &mut self.table,
+            ctx: &mut self.http,
         }
     }
 }

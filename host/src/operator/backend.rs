@@ -48,6 +48,9 @@ pub struct Cache {
     pub namespaces: Namespaces,
     /// Whether the store has listed once.
     pub ready: Ready,
+    /// The label selector of the watch, if it is partial (a 0.2.0 plugin's
+    /// `primary-selector`): then a miss or a list goes to the API server.
+    pub selector: Option<String>,
 }
 
 /// Whether a reflector store has listed once, for any number of waiters.
@@ -613,7 +616,15 @@ impl K8sBackend for KubeBackend {
             && !call.status
             && let Some(cache) = self.cache_for(&call.resource, call.namespace.as_deref())
         {
-            return self.read_cache(cache, &call, cx.deadline).await;
+            // A cache of the selected objects only cannot answer a list, or
+            // say that an object does not exist.
+            let partial = cache.selector.is_some();
+            if !(partial && matches!(call.op, K8sOp::List(_))) {
+                let read = self.read_cache(cache, &call, cx.deadline).await;
+                if !(partial && matches!(&read, Err(e) if e.kind == K8sErrorKind::NotFound)) {
+                    return read;
+                }
+            }
         }
         self.remote(&call, cx).await
     }

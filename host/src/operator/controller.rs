@@ -485,6 +485,7 @@ fn reflect(
     client: &kube::Client,
     resource: &ApiResource,
     namespaces: &Namespaces,
+    selector: Option<&str>,
 ) -> (
     Cache,
     impl futures::Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send + 'static,
@@ -492,19 +493,19 @@ fn reflect(
     let writer = reflector::store::Writer::new(resource.clone());
     let store = writer.as_reader();
     let (synced, ready) = Ready::new();
-    let stream = reflector::reflector(writer, watch_in(client, resource, namespaces)).inspect(
-        move |event| {
+    let stream = reflector::reflector(writer, watch_in(client, resource, namespaces, selector))
+        .inspect(move |event| {
             if matches!(event, Ok(watcher::Event::InitDone)) {
                 synced.send_replace(true);
             }
-        },
-    );
+        });
     (
         Cache {
             resource: resource.clone(),
             store,
             namespaces: namespaces.clone(),
             ready,
+            selector: selector.map(str::to_owned),
         },
         stream,
     )
@@ -617,8 +618,16 @@ pub async fn run(
         return;
     };
     let primary = api_resource(&metadata.primary);
-    let (primary_cache, primary_stream) = reflect(&client, &primary, &namespaces);
-    tracing::info!(plugin = %name, "watching {} in {namespaces}", metadata.primary.gvk());
+    let selector = metadata.primary_selector.as_deref();
+    let (primary_cache, primary_stream) = reflect(&client, &primary, &namespaces, selector);
+    match selector {
+        Some(labels) => {
+            tracing::info!(plugin = %name, "watching {} in {namespaces}, labels {labels}", metadata.primary.gvk())
+        }
+        None => {
+            tracing::info!(plugin = %name, "watching {} in {namespaces}", metadata.primary.gvk())
+        }
+    }
     let mut controller = Controller::for_stream_with(
         primary_stream.applied_objects(),
         primary_cache.store.clone(),
@@ -640,7 +649,7 @@ pub async fn run(
             continue;
         };
         let resource = api_resource(owned);
-        let (cache, stream) = reflect(&client, &resource, &owned_namespaces);
+        let (cache, stream) = reflect(&client, &resource, &owned_namespaces, None);
         caches.push(cache);
         controller = controller.owns_stream_with(stream.touched_objects(), resource);
     }
@@ -650,7 +659,12 @@ pub async fn run(
         .map(|c| (c.resource.kind.clone(), c.ready.clone()))
         .collect();
     let primary_ready = caches[0].ready.clone();
-    let backend: Arc<dyn K8sBackend> = Arc::new(KubeBackend::new(client, &name, tracer, caches));
+    // Writes go out as the plugin's field manager (its name by default).
+    let manager = metadata
+        .field_manager
+        .clone()
+        .unwrap_or_else(|| name.clone());
+    let backend: Arc<dyn K8sBackend> = Arc::new(KubeBackend::new(client, &manager, tracer, caches));
     // A concurrency of 0 would mean "unbounded" to kube-runtime.
     let concurrency = plugin
         .grant()

@@ -65,12 +65,13 @@ pub fn watch_in(
     client: &kube::Client,
     resource: &ApiResource,
     namespaces: &Namespaces,
+    selector: Option<&str>,
 ) -> BoxStream<'static, Result<Event<DynamicObject>, watcher::Error>> {
-    let one = |api: Api<DynamicObject>| {
-        watch(api, watcher::Config::default())
-            .default_backoff()
-            .boxed()
+    let config = match selector {
+        Some(labels) => watcher::Config::default().labels(labels),
+        None => watcher::Config::default(),
     };
+    let one = |api: Api<DynamicObject>| watch(api, config.clone()).default_backoff().boxed();
     match namespaces {
         Namespaces::All => one(Api::all_with(client.clone(), resource)),
         Namespaces::Only(set) if set.len() == 1 => {
