@@ -126,9 +126,14 @@ pub enum MetadataError {
         /// Why.
         why: String,
     },
+    /// A selected watch cannot release a finalizer.
+    #[error(
+        "plugin {0}: primary-selector and finalizer cannot go together: an object relabelled out of the selector would keep the finalizer and never finish deleting"
+    )]
+    SelectorWithFinalizer(String),
     /// The field manager is too long for the API server.
     #[error(
-        "plugin {plugin}: field-manager {manager:?}... is longer than the 128 bytes the API server allows"
+        "plugin {plugin}: field-manager {manager:?}... is not valid: at most 128 bytes, no control characters"
     )]
     FieldManager {
         /// Plugin name.
@@ -203,8 +208,11 @@ impl PluginMetadata {
                 why,
             });
         }
+        if self.primary_selector.is_some() && self.finalizer.is_some() {
+            return Err(MetadataError::SelectorWithFinalizer(self.name.clone()));
+        }
         if let Some(manager) = &self.field_manager
-            && manager.len() > 128
+            && (manager.len() > 128 || manager.chars().any(|c| c.is_control()))
         {
             return Err(MetadataError::FieldManager {
                 plugin: self.name.clone(),
@@ -251,6 +259,27 @@ mod tests {
             primary_selector: None,
             field_manager: None,
         }
+    }
+
+    #[test]
+    fn a_selector_is_a_label_selector_and_excludes_a_finalizer() {
+        let mut m = metadata();
+        m.finalizer = None;
+        m.primary_selector = Some("app in (web".into());
+        assert!(matches!(m.validate(), Err(MetadataError::Selector { .. })));
+        m.primary_selector = Some("app=web".into());
+        assert!(m.validate().is_ok());
+        m.finalizer = Some("demo.reconcile.dev/cleanup".into());
+        assert!(matches!(
+            m.validate(),
+            Err(MetadataError::SelectorWithFinalizer(_))
+        ));
+        m.finalizer = None;
+        m.field_manager = Some("x".repeat(129));
+        assert!(matches!(
+            m.validate(),
+            Err(MetadataError::FieldManager { .. })
+        ));
     }
 
     #[test]

@@ -110,6 +110,8 @@ pub struct ReconcileRequest {
     pub reason: Reason,
     /// 1 on the first attempt.
     pub attempt: u32,
+    /// The object's `metadata.generation`, when it has one.
+    pub generation: Option<i64>,
     /// A parent context for the root span (a propagated trace), if any.
     pub parent: Option<opentelemetry::Context>,
 }
@@ -117,11 +119,16 @@ pub struct ReconcileRequest {
 impl ReconcileRequest {
     /// A first attempt on `object`, triggered by a change.
     pub fn new(object: ObjectRef, body: Option<String>) -> Self {
+        let generation = body
+            .as_deref()
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+            .and_then(|v| v["metadata"]["generation"].as_i64());
         ReconcileRequest {
             object,
             body,
             reason: Reason::ObjectChanged,
             attempt: 1,
+            generation,
             parent: None,
         }
     }

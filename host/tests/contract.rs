@@ -141,6 +141,19 @@ async fn plugins_of_both_versions_run_in_one_host() {
     .await;
     assert_eq!(by("unselected", "contract-v020"), 0);
     assert!(by("selected", "contract-v020") >= 1);
+    // Labelled, the other object is selected too.
+    api.patch(
+        "unselected",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"metadata": {"labels": {"contract": "v020"}}})),
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the 0.2.0 plugin reconciled the newly selected object",
+        || async { by("unselected", "contract-v020") >= 1 },
+    )
+    .await;
 
     let line = line_of_v020().unwrap();
     // Typed fields stay typed in the JSON line.
@@ -174,6 +187,10 @@ async fn plugins_of_both_versions_run_in_one_host() {
         .collect();
     assert!(
         managers.iter().any(|m| m == "contract-v020-manager"),
+        "{managers:?}"
+    );
+    assert!(
+        !managers.iter().any(|m| m == "contract-v020"),
         "{managers:?}"
     );
     c.stop().await;

@@ -134,7 +134,7 @@ fn a_component_of_another_world() {
 fn a_plugin_of_a_contract_version_the_host_does_not_serve() {
     assert_refused(
         &guest("contract-unknown"),
-        "was built against reconcile:plugin@0.9.0, which this host cannot run: it serves reconcile:plugin 0.1.0 and 0.2.0",
+        "was built against reconcile:plugin@0.9.0, which this host cannot run: it serves reconcile:plugin 0.1.0, 0.2.0",
     );
 }
 

@@ -192,28 +192,28 @@ impl log::Host for HostState {
         &mut self,
         l: log::Level,
         message: String,
-        fields: Vec<(String, log::FieldValue)>,
+        fields: Vec<(String, types::Value)>,
     ) -> wasmtime::Result<()> {
         self.plugin_log(level(l), message, fields, |v| match v {
-            log::FieldValue::Text(s) => Value::from(
+            types::Value::String(s) => Value::from(
                 crate::caps::trace::truncate(s, crate::caps::log::MAX_MESSAGE_BYTES).into_owned(),
             ),
-            log::FieldValue::Integer(i) => Value::from(i),
+            types::Value::Int(i) => Value::from(i),
             // JSON has no NaN or infinities: those are written as text.
-            log::FieldValue::Float(f) => serde_json::Number::from_f64(f)
+            types::Value::Float(f) => serde_json::Number::from_f64(f)
                 .map_or_else(|| Value::from(f.to_string()), Value::Number),
-            log::FieldValue::Boolean(b) => Value::from(b),
+            types::Value::Boolean(b) => Value::from(b),
         });
         Ok(())
     }
 }
 
-fn value(v: trace::Value) -> trace1::Value {
+fn value(v: types::Value) -> trace1::Value {
     match v {
-        trace::Value::String(s) => trace1::Value::String(s),
-        trace::Value::Int(i) => trace1::Value::Int(i),
-        trace::Value::Float(f) => trace1::Value::Float(f),
-        trace::Value::Boolean(b) => trace1::Value::Boolean(b),
+        types::Value::String(s) => trace1::Value::String(s),
+        types::Value::Int(i) => trace1::Value::Int(i),
+        types::Value::Float(f) => trace1::Value::Float(f),
+        types::Value::Boolean(b) => trace1::Value::Boolean(b),
     }
 }
 
@@ -233,7 +233,7 @@ impl trace::Host for HostState {
         trace1::Host::add_event(self, name, attributes)
     }
 
-    fn set_attribute(&mut self, key: String, v: trace::Value) -> wasmtime::Result<()> {
+    fn set_attribute(&mut self, key: String, v: types::Value) -> wasmtime::Result<()> {
         trace1::Host::set_attribute(self, key, value(v))
     }
 

@@ -174,7 +174,8 @@ pub enum LoadError {
     },
     /// Built against an incompatible version of the contract.
     #[error(
-        "{source_name} was built against {WIT_PACKAGE}@{version}, which this host cannot run: it serves {WIT_PACKAGE} {}; rebuild the plugin with a reconcile-sdk for one of them", versions::SERVED.join(" and ")
+        "{source_name} was built against {WIT_PACKAGE}@{version}, which this host cannot run: it serves {WIT_PACKAGE} {}; rebuild the plugin with a reconcile-sdk for one of them",
+        versions::served()
     )]
     Version {
         /// The file.
@@ -218,7 +219,10 @@ pub struct Engine {
 
 struct EngineInner {
     wasmtime: wasmtime::Engine,
+    /// Imports of a 0.1.0 plugin.
     linker: Linker<HostState>,
+    /// Imports of a 0.2.0 plugin (wasi:http included).
+    linker_v0_2: Linker<HostState>,
     config: EngineConfig,
     cache: Option<cache::ArtifactCache>,
     tracer: SdkTracer,
@@ -317,25 +321,23 @@ impl Engine {
                     .map_err(|e| EngineError::Config(e.to_string()))?
             }
         };
+        // One linker per contract version: a 0.1.0 plugin gets exactly the
+        // 0.1.0 imports (no wasi:http), a 0.2.0 plugin the 0.2.0 ones.
+        let link = |e: wasmtime::Error| EngineError::Config(e.to_string());
+        type Own = wasmtime::component::HasSelf<HostState>;
         let mut linker = Linker::new(&wasmtime);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| EngineError::Config(e.to_string()))?;
-        bindings::Reconciler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(|e| EngineError::Config(e.to_string()))?;
-        // 0.2.0: its own interfaces (the WASI ones it shares are in already)
-        // and wasi:http.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
+        bindings::Reconciler::add_to_linker::<HostState, Own>(&mut linker, |s| s).map_err(link)?;
+        let mut linker_v0_2 = Linker::new(&wasmtime);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker_v0_2).map_err(link)?;
         {
             use bindings::v0_2::reconcile::plugin as v2;
-            type Own = wasmtime::component::HasSelf<HostState>;
-            let config = |e: wasmtime::Error| EngineError::Config(e.to_string());
-            v2::types::add_to_linker::<HostState, Own>(&mut linker, |s| s).map_err(config)?;
-            v2::k8s::add_to_linker::<HostState, Own>(&mut linker, |s| s).map_err(config)?;
-            v2::log::add_to_linker::<HostState, Own>(&mut linker, |s| s).map_err(config)?;
-            v2::trace::add_to_linker::<HostState, Own>(&mut linker, |s| s).map_err(config)?;
-            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(config)?;
+            let l = &mut linker_v0_2;
+            v2::types::add_to_linker::<HostState, Own>(l, |s| s).map_err(link)?;
+            v2::k8s::add_to_linker::<HostState, Own>(l, |s| s).map_err(link)?;
+            v2::log::add_to_linker::<HostState, Own>(l, |s| s).map_err(link)?;
+            v2::trace::add_to_linker::<HostState, Own>(l, |s| s).map_err(link)?;
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(l).map_err(link)?;
         }
         let cache = config
             .cache_dir
@@ -346,6 +348,7 @@ impl Engine {
             inner: Arc::new(EngineInner {
                 wasmtime,
                 linker,
+                linker_v0_2,
                 config,
                 cache,
                 tracer,
@@ -390,19 +393,23 @@ impl Engine {
             .compile(bytes.to_vec(), digest.clone(), source_name.clone())
             .await?;
         let wit_version = plugin_wit_version(&component, &self.inner.wasmtime, &source_name)?;
-        let pre =
-            self.inner
-                .linker
-                .instantiate_pre(&component)
-                .map_err(|e| LoadError::Imports {
-                    source_name: source_name.clone(),
-                    message: format!("{e:#}"),
-                })?;
+        let v0_2 = semver_compatible(&wit_version, versions::SERVED[1]);
+        let linker = if v0_2 {
+            &self.inner.linker_v0_2
+        } else {
+            &self.inner.linker
+        };
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Imports {
+                source_name: source_name.clone(),
+                message: format!("{e:#}"),
+            })?;
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
             source_name: source_name.clone(),
             found: format!("{e:#}"),
         };
-        let pre = if semver_compatible(&wit_version, "0.2.0") {
+        let pre = if v0_2 {
             Pre::V0_2(bindings::v0_2::ReconcilerPre::new(pre).map_err(wrong_world)?)
         } else {
             Pre::V0_1(ReconcilerPre::new(pre).map_err(wrong_world)?)
@@ -615,7 +622,11 @@ fn plugin_wit_version(
 /// Cargo's rule: same major, and for 0.x the same minor.
 fn semver_compatible(a: &str, b: &str) -> bool {
     let parts = |v: &str| -> Option<(u64, u64)> {
-        let core = v.split(['-', '+']).next()?;
+        // Pre-releases never match: wasmtime links them by exact name only.
+        if v.contains('-') {
+            return None;
+        }
+        let core = v.split('+').next()?;
         let mut it = core.split('.');
         Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
     };
@@ -832,7 +843,7 @@ impl Plugin {
                         .await
                 }
                 Pre::V0_2(pre) => {
-                    let request = versions::request(wit_request);
+                    let request = versions::request(wit_request, request.generation);
                     let instance = pre.instantiate_async(&mut store).await?;
                     let result = instance
                         .reconcile_plugin_plugin()
@@ -914,6 +925,7 @@ mod tests {
         assert!(semver_compatible("1.4.0", "1.0.0"));
         assert!(!semver_compatible("2.0.0", "1.0.0"));
         assert!(!semver_compatible("x", "0.1.0"));
+        assert!(!semver_compatible("0.2.0-rc.1", "0.2.0"));
     }
 
     #[test]

@@ -60,9 +60,9 @@ impl HostState {
             .build();
         HostState {
             wasi,
-            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http: crate::caps::http::context(),
             http_hooks: crate::caps::http::Hooks,
-            table: ResourceTable::new(),
+            table: crate::caps::http::table(),
             limiter: CallLimiter::new(memory),
             k8s,
             trace,

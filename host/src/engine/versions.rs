@@ -7,6 +7,11 @@ use crate::metadata::PluginMetadata;
 /// Every version of `reconcile:plugin` this host runs, oldest first.
 pub const SERVED: [&str; 2] = ["0.1.0", "0.2.0"];
 
+/// The served versions, for messages: "0.1.0, 0.2.0".
+pub fn served() -> String {
+    SERVED.join(", ")
+}
+
 fn resource(r: v2::ResourceType) -> v1::ResourceType {
     v1::ResourceType {
         group: r.group,
@@ -60,12 +65,7 @@ pub(crate) fn metadata(m: v2::PluginMetadata) -> PluginMetadata {
 }
 
 /// The 0.2.0 form of a request, with the object's generation.
-pub(crate) fn request(r: v1::ReconcileRequest) -> v2::ReconcileRequest {
-    let generation = r
-        .body
-        .as_deref()
-        .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
-        .and_then(|v| v["metadata"]["generation"].as_i64());
+pub(crate) fn request(r: v1::ReconcileRequest, generation: Option<i64>) -> v2::ReconcileRequest {
     v2::ReconcileRequest {
         object: v2::ObjectRef {
             group: r.object.group,

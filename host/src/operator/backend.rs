@@ -189,12 +189,17 @@ impl KubeBackend {
     }
 
     fn cache_for(&self, r: &ResourceType, namespace: Option<&str>) -> Option<&Cache> {
-        self.caches.iter().find(|c| {
+        let serves = |c: &&Cache| {
             c.resource.group == r.group
                 && c.resource.kind == r.kind
                 && c.resource.version == r.version
                 && (!r.namespaced || c.namespaces.covers(namespace))
-        })
+        };
+        // A full cache (an owned type's) before a selected one.
+        self.caches
+            .iter()
+            .filter(serves)
+            .min_by_key(|c| c.selector.is_some())
     }
 
     /// Checks a plugin's resource type against the API server's discovery

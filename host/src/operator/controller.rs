@@ -384,6 +384,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
         body: serde_json::to_string(&*obj).ok(),
         reason,
         attempt,
+        generation: obj.metadata.generation,
         parent: None,
     };
     let root = ctx.plugin.start_span(&request);

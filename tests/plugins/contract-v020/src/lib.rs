@@ -14,7 +14,7 @@ wit_bindgen::generate!({
 use exports::reconcile::plugin::plugin::Guest;
 use reconcile::plugin::types::{
     AccessRequest, Action, PluginMetadata, ReconcileError, ReconcileRequest, ResourceAccess,
-    ResourceType, Verb,
+    ResourceType, Value, Verb,
 };
 use reconcile::plugin::{k8s, log};
 use wasi::http::outgoing_handler;
@@ -100,11 +100,11 @@ impl Guest for Plugin {
             log::Level::Info,
             "reconciled with the 0.2.0 contract",
             &[
-                ("generation".into(), log::FieldValue::Integer(request.generation.unwrap_or(-1))),
-                ("attempt".into(), log::FieldValue::Integer(request.attempt.into())),
-                ("ratio".into(), log::FieldValue::Float(0.5)),
-                ("first".into(), log::FieldValue::Boolean(request.attempt == 1)),
-                ("http".into(), log::FieldValue::Text(http)),
+                ("generation".into(), Value::Int(request.generation.unwrap_or(-1))),
+                ("attempt".into(), Value::Int(request.attempt.into())),
+                ("ratio".into(), Value::Float(0.5)),
+                ("first".into(), Value::Boolean(request.attempt == 1)),
+                ("http".into(), Value::String(http)),
             ],
         );
         Ok(Action::Done)
