@@ -3,7 +3,9 @@
 //! A plugin is a `reconcile` function compiled to `wasm32-wasip2`. The host
 //! watches the plugin's resources, calls `reconcile` in a fresh sandboxed
 //! instance inside a `reconcile` trace span, and serves the plugin's
-//! Kubernetes calls (as child spans, or from its cache).
+//! Kubernetes calls (as child spans, or from its cache) and HTTP requests
+//! (as `http.client` spans, within the grant's allow-list). The SDK targets
+//! the `reconcile:plugin@0.2.0` contract.
 //!
 //! # Where to start
 //!
@@ -42,6 +44,7 @@
 //!
 //! - [`plugin`](mod@plugin): [`Reconciler`], [`Metadata`], [`Request`], [`Action`], [`Error`].
 //! - [`k8s`]: [`Api`](k8s::Api), the typed Kubernetes client served by the host.
+//! - [`http`]: outbound HTTP ([`http::get`], [`http::Request`]) over `wasi:http`.
 //! - [`log`](mod@log): logging macros ([`info!`], [`warn!`], ...) and functions.
 //! - [`trace`]: [`span`](trace::span), [`event`](trace::event), [`set_attribute`](trace::set_attribute).
 //! - [`status`]: conditions and `observedGeneration`; [`events`]: Kubernetes Events.
@@ -53,6 +56,7 @@ pub mod __private;
 #[doc(hidden)]
 pub mod bindings;
 pub mod events;
+pub mod http;
 pub mod k8s;
 pub mod log;
 pub mod plugin;

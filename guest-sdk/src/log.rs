@@ -8,10 +8,17 @@
 //! warn!(replicas = replicas, image = "nginx"; "image is not pinned");
 //! ```
 //!
+//! Fields keep their type: integers, floats and booleans stay numbers and
+//! booleans in a JSON log line; anything else that implements `Display` is
+//! written as text.
+//!
 //! Writing to stdout or stderr also works; each line becomes an `info`
 //! (stdout) or `warn` (stderr) log line.
 
+use std::fmt::Display;
+
 use crate::bindings::reconcile::plugin::log as wit;
+use crate::trace::Value;
 
 /// Severity of a log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,19 +53,70 @@ pub fn enabled(level: Level) -> bool {
 }
 
 /// Write one line with key/value fields.
-pub fn log(level: Level, message: &str, fields: &[(&str, String)]) {
-    let fields: Vec<(String, String)> = fields
+pub fn log(level: Level, message: &str, fields: &[(&str, Value)]) {
+    let fields: Vec<(String, wit::Value)> = fields
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .map(|(k, v)| ((*k).to_owned(), v.clone().into_wit()))
         .collect();
     wit::log(level.into_wit(), message, &fields);
+}
+
+#[doc(hidden)]
+pub struct __Field<'a, T: ?Sized>(pub &'a T);
+
+/// Fields of a type with a [`Value`] of its own (numbers, booleans, text).
+#[doc(hidden)]
+pub trait __Typed {
+    fn __value(&self) -> Value;
+}
+
+/// Any other field: its `Display` text.
+#[doc(hidden)]
+pub trait __Shown {
+    fn __value(&self) -> Value;
+}
+
+impl<T: Display + ?Sized> __Shown for __Field<'_, T> {
+    fn __value(&self) -> Value {
+        Value::String(self.0.to_string())
+    }
+}
+
+macro_rules! typed {
+    ($($ty:ty => |$v:ident| $e:expr),+ $(,)?) => {$(
+        impl __Typed for &__Field<'_, $ty> {
+            fn __value(&self) -> Value {
+                let $v = self.0;
+                $e
+            }
+        }
+    )+};
+}
+
+typed! {
+    i8 => |v| Value::Int((*v).into()),
+    i16 => |v| Value::Int((*v).into()),
+    i32 => |v| Value::Int((*v).into()),
+    i64 => |v| Value::Int(*v),
+    u8 => |v| Value::Int((*v).into()),
+    u16 => |v| Value::Int((*v).into()),
+    u32 => |v| Value::Int((*v).into()),
+    u64 => |v| i64::try_from(*v).map_or_else(|_| Value::String(v.to_string()), Value::Int),
+    usize => |v| i64::try_from(*v).map_or_else(|_| Value::String(v.to_string()), Value::Int),
+    isize => |v| i64::try_from(*v).map_or_else(|_| Value::String(v.to_string()), Value::Int),
+    f32 => |v| Value::Float((*v).into()),
+    f64 => |v| Value::Float(*v),
+    bool => |v| Value::Bool(*v),
+    str => |v| Value::String(v.to_owned()),
+    &str => |v| Value::String((*v).to_owned()),
+    String => |v| Value::String(v.clone()),
 }
 
 #[doc(hidden)]
 pub fn __log(
     level: Level,
     message: impl FnOnce() -> String,
-    fields: impl FnOnce() -> Vec<(&'static str, String)>,
+    fields: impl FnOnce() -> Vec<(&'static str, Value)>,
 ) {
     if enabled(level) {
         log(level, &message(), &fields());
@@ -72,7 +130,11 @@ macro_rules! __log {
         $crate::log::__log(
             $level,
             || ::std::format!($($arg)+),
-            || ::std::vec![$((::core::stringify!($key), ::std::string::ToString::to_string(&$value))),+],
+            || {
+                #[allow(unused_imports)]
+                use $crate::log::{__Shown as _, __Typed as _};
+                ::std::vec![$((::core::stringify!($key), (&&$crate::log::__Field(&$value)).__value())),+]
+            },
         )
     };
     ($level:expr, $($arg:tt)+) => {

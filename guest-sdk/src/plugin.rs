@@ -76,6 +76,8 @@ pub struct Metadata {
     access: Vec<(ResourceType, Vec<Verb>)>,
     http_hosts: Vec<String>,
     finalizer: Option<String>,
+    selector: Option<String>,
+    field_manager: Option<String>,
 }
 
 /// Verbs a reconciled or owned type needs so that the host can watch it.
@@ -92,6 +94,8 @@ impl Metadata {
             access: Vec::new(),
             http_hosts: Vec::new(),
             finalizer: None,
+            selector: None,
+            field_manager: None,
         }
     }
 
@@ -161,9 +165,27 @@ impl Metadata {
         )
     }
 
-    /// Ask to call `host` over HTTP.
-    pub fn http_host(mut self, host: impl Into<String>) -> Self {
-        self.http_hosts.push(host.into());
+    /// Ask to make HTTP requests to `endpoint`: `scheme://host[:port]`,
+    /// where the host is a name, `*.suffix` (any name under it), `*` (any
+    /// name) or an IP address; without a scheme, `https`. Requests through
+    /// [`http`](crate::http) (or any `wasi:http` client) reach only what
+    /// the operator's grant allows, and this must be within it.
+    pub fn http_host(mut self, endpoint: impl Into<String>) -> Self {
+        self.http_hosts.push(endpoint.into());
+        self
+    }
+
+    /// Have the host watch only the primary objects that match a label
+    /// selector (`app=web,tier!=db`): the plugin is not woken for the
+    /// others. Cannot be combined with [`finalizer`](Self::finalizer).
+    pub fn selector(mut self, selector: impl Into<String>) -> Self {
+        self.selector = Some(selector.into());
+        self
+    }
+
+    /// The field manager of the plugin's writes (by default its name).
+    pub fn field_manager(mut self, manager: impl Into<String>) -> Self {
+        self.field_manager = Some(manager.into());
         self
     }
 
@@ -202,6 +224,8 @@ impl Metadata {
                 http_hosts: self.http_hosts,
             },
             finalizer: self.finalizer,
+            primary_selector: self.selector,
+            field_manager: self.field_manager,
         }
     }
 }
@@ -236,6 +260,7 @@ pub struct Request {
     body: Option<String>,
     reason: Reason,
     attempt: u32,
+    generation: Option<i64>,
 }
 
 impl Request {
@@ -259,6 +284,7 @@ impl Request {
             body: request.body,
             reason,
             attempt: request.attempt,
+            generation: request.generation,
         }
     }
 
@@ -295,6 +321,12 @@ impl Request {
     /// 1 on the first attempt, counting up while retries follow errors.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// The object's `metadata.generation`, when it has one: compare it with
+    /// `status.observedGeneration` to tell a spec change from a status one.
+    pub fn generation(&self) -> Option<i64> {
+        self.generation
     }
 
     /// The object as JSON, when it exists.

@@ -73,7 +73,7 @@ impl From<bool> for Value {
 }
 
 impl Value {
-    fn into_wit(self) -> wit::Value {
+    pub(crate) fn into_wit(self) -> wit::Value {
         match self {
             Value::String(s) => wit::Value::String(s),
             Value::Int(i) => wit::Value::Int(i),

@@ -11,13 +11,29 @@
 //! verbs = ["get", "list", "watch", "patch"]
 //! namespaces = ["default"]    # leave out for every namespace
 //!
-//! http_hosts = ["api.example.com"]
+//! [[http]]
+//! url = "https://api.example.com"   # scheme://host[:port]; `*.example.com` and `*` match names
+//!
+//! [[http]]
+//! url = "http://vault.vault.svc:8200"
+//! private = true                    # the name may resolve to a private address
 //!
 //! [limits]
 //! deadline_ms = 10000
 //! memory_mib = 64
 //! concurrency = 4
+//! http_body_mib = 16                # largest HTTP response body
+//! http_requests = 64                # HTTP requests per reconcile
+//! http_in_flight = 8                # HTTP requests in flight at once
+//! http_connect_timeout_ms = 5000    # DNS, TCP and TLS
+//! http_first_byte_timeout_ms = 30000
 //! ```
+//!
+//! `http_hosts = ["https://api.example.com"]` is a shorter way to write
+//! `[[http]]` entries without `private`. An IP literal (`127.0.0.1:8080`)
+//! allows that address only; names never match IP literals, and a name
+//! that resolves to a loopback, link-local or private address is refused
+//! unless its entry says `private = true` (see [`crate::caps::http::allow`]).
 //!
 //! A plugin whose request exceeds its grant is refused at load; a call
 //! outside the grant fails with `forbidden` and sends nothing. The host
@@ -30,6 +46,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::caps::http::allow::Endpoint;
+use crate::caps::http::{HttpPolicy, HttpRule};
 use crate::caps::k8s::ResourceType;
 use crate::metadata::{PluginMetadata, Verb};
 use crate::operator::watch::Namespaces;
@@ -71,6 +89,28 @@ pub struct LimitsGrant {
     pub memory_mib: Option<usize>,
     /// Reconciles of this plugin running at once.
     pub concurrency: Option<u16>,
+    /// Largest HTTP response body, in MiB.
+    pub http_body_mib: Option<u64>,
+    /// HTTP requests one reconcile may make.
+    pub http_requests: Option<u32>,
+    /// HTTP requests one reconcile may have in flight at once.
+    pub http_in_flight: Option<usize>,
+    /// Longest wait for an HTTP connection, in milliseconds.
+    pub http_connect_timeout_ms: Option<u64>,
+    /// Longest wait for HTTP response headers (and between body chunks),
+    /// in milliseconds.
+    pub http_first_byte_timeout_ms: Option<u64>,
+}
+
+/// One `[[http]]` entry of a grant.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpGrant {
+    /// `scheme://host[:port]`, the host a name, `*.suffix`, `*` or an IP.
+    pub url: String,
+    /// Whether the name may resolve to non-public addresses.
+    #[serde(default)]
+    pub private: bool,
 }
 
 /// What a plugin may reach.
@@ -80,9 +120,12 @@ pub struct Grant {
     /// Kubernetes resources.
     #[serde(default)]
     pub resources: Vec<ResourceGrant>,
-    /// HTTP hosts.
+    /// HTTP endpoints, shorthand for `[[http]]` entries without `private`.
     #[serde(default)]
     pub http_hosts: Vec<String>,
+    /// HTTP endpoints.
+    #[serde(default)]
+    pub http: Vec<HttpGrant>,
     /// Limits.
     #[serde(default)]
     pub limits: LimitsGrant,
@@ -187,6 +230,29 @@ impl Grant {
             problems
                 .push("limits.concurrency = 0 would run no reconcile: give 1 or more".to_owned());
         }
+        for (what, zero) in [
+            ("http_body_mib", limits.http_body_mib == Some(0)),
+            ("http_in_flight", limits.http_in_flight == Some(0)),
+            (
+                "http_connect_timeout_ms",
+                limits.http_connect_timeout_ms == Some(0),
+            ),
+            (
+                "http_first_byte_timeout_ms",
+                limits.http_first_byte_timeout_ms == Some(0),
+            ),
+        ] {
+            if zero {
+                problems.push(format!(
+                    "limits.{what} = 0 would fail every HTTP request: give a number above 0"
+                ));
+            }
+        }
+        for url in self.http_urls() {
+            if let Err(why) = Endpoint::parse(url) {
+                problems.push(format!("HTTP endpoint {why}"));
+            }
+        }
         for rule in &self.resources {
             for ns in &rule.namespaces {
                 if !reconcile_apiserver::validation::is_label(ns) {
@@ -286,6 +352,50 @@ impl Grant {
         })
     }
 
+    fn http_urls(&self) -> impl Iterator<Item = &str> {
+        self.http_hosts
+            .iter()
+            .map(String::as_str)
+            .chain(self.http.iter().map(|h| h.url.as_str()))
+    }
+
+    /// The `[[http]]` entries and `http_hosts`, parsed (entries that do not
+    /// parse are refused when the grant is read).
+    pub fn http_rules(&self) -> Vec<HttpRule> {
+        let private = self.http_hosts.iter().map(|_| false);
+        let private = private.chain(self.http.iter().map(|h| h.private));
+        self.http_urls()
+            .zip(private)
+            .filter_map(|(url, private)| {
+                Endpoint::parse(url)
+                    .ok()
+                    .map(|endpoint| HttpRule { endpoint, private })
+            })
+            .collect()
+    }
+
+    /// The HTTP allow-list and bounds this grant gives.
+    pub fn http_policy(&self) -> HttpPolicy {
+        let mut policy = HttpPolicy::new(self.http_rules());
+        let limits = &self.limits;
+        if let Some(mib) = limits.http_body_mib {
+            policy.max_body_bytes = mib.saturating_mul(1024 * 1024);
+        }
+        if let Some(n) = limits.http_requests {
+            policy.max_requests = n;
+        }
+        if let Some(n) = limits.http_in_flight {
+            policy.max_in_flight = n;
+        }
+        if let Some(ms) = limits.http_connect_timeout_ms {
+            policy.connect_timeout = std::time::Duration::from_millis(ms);
+        }
+        if let Some(ms) = limits.http_first_byte_timeout_ms {
+            policy.first_byte_timeout = std::time::Duration::from_millis(ms);
+        }
+        policy
+    }
+
     /// Exactly what the plugin asks for, in every namespace, plus what the
     /// host needs to watch its types (`dev` grants this).
     pub fn from_request(metadata: &PluginMetadata) -> Self {
@@ -326,6 +436,7 @@ impl Grant {
         Grant {
             resources,
             http_hosts: metadata.access.http_hosts.clone(),
+            http: vec![],
             limits: LimitsGrant::default(),
             source: "the plugin's own request (dev)".into(),
         }
@@ -386,9 +497,16 @@ impl Grant {
                 ));
             }
         }
-        for host in &metadata.access.http_hosts {
-            if !self.http_hosts.contains(host) {
-                missing.push(format!("HTTP to {host}"));
+        let granted = self.http_rules();
+        for asked in &metadata.access.http_hosts {
+            let covered = match Endpoint::parse(asked) {
+                Ok(asked) => granted.iter().any(|r| r.endpoint.covers(&asked)),
+                Err(_) => false,
+            };
+            if !covered {
+                missing.push(format!(
+                    "HTTP to {asked} (add an [[http]] entry with url = {asked:?})"
+                ));
             }
         }
         if missing.is_empty() {
@@ -435,8 +553,13 @@ impl fmt::Display for Grant {
                 verbs.join(", ")
             )?;
         }
-        for h in &self.http_hosts {
-            writeln!(f, "  HTTP: {h}")?;
+        for r in self.http_rules() {
+            let private = if r.private {
+                " (private addresses too)"
+            } else {
+                ""
+            };
+            writeln!(f, "  HTTP: {}{private}", r.endpoint)?;
         }
         Ok(())
     }

@@ -88,6 +88,14 @@ pub struct PluginMetadata {
 /// Why a plugin's metadata is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MetadataError {
+    /// An HTTP endpoint it asks for does not parse.
+    #[error("plugin {plugin} asks for HTTP to {why}")]
+    HttpHost {
+        /// Plugin name.
+        plugin: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The name is not a DNS label.
     #[error(
         "plugin name {0:?} is not valid: use 1 to 63 lower-case letters, digits and '-', starting and ending with a letter or digit"
@@ -196,6 +204,14 @@ impl PluginMetadata {
                     plugin: self.name.clone(),
                     what,
                     resource: format!("{}/{}/{}", resource.group, resource.version, resource.kind),
+                });
+            }
+        }
+        for host in &self.access.http_hosts {
+            if let Err(why) = crate::caps::http::allow::Endpoint::parse(host) {
+                return Err(MetadataError::HttpHost {
+                    plugin: self.name.clone(),
+                    why,
                 });
             }
         }

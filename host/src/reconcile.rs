@@ -249,6 +249,8 @@ pub struct CallStats {
     pub telemetry_dropped: u32,
     /// Kubernetes reads served from the host's cache.
     pub cache_reads: u32,
+    /// HTTP requests the plugin made (refused ones included).
+    pub http_requests: u32,
 }
 
 /// The `reconcile` root span of one call.
@@ -320,6 +322,10 @@ impl RootSpan {
         span.set_attribute(KeyValue::new(
             "k8s.cache_reads",
             i64::from(stats.cache_reads),
+        ));
+        span.set_attribute(KeyValue::new(
+            "http.requests",
+            i64::from(stats.http_requests),
         ));
         if telemetry_dropped > 0 {
             span.set_attribute(KeyValue::new(

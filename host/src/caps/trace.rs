@@ -33,24 +33,30 @@ const RESERVED_PREFIXES: [&str; 6] = [
     "otel.",
 ];
 
-/// The ids of the plugin's current span, shared with the stdout/stderr
-/// capture so that its lines carry them too.
+/// The plugin's current span (its innermost open span, or the root),
+/// shared with the stdout/stderr capture, so that its lines carry its ids,
+/// and with `wasi:http`, so that requests become its children.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct CurrentSpan(Arc<Mutex<Option<TraceIds>>>);
+pub(crate) struct CurrentSpan(Arc<Mutex<Context>>);
 
 impl CurrentSpan {
     pub(crate) fn get(&self) -> Option<TraceIds> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        let cx = self.context();
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid().then(|| TraceIds {
+            trace_id: sc.trace_id(),
+            span_id: sc.span_id(),
+        })
+    }
+
+    /// The current span's context.
+    pub(crate) fn context(&self) -> Context {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn set(&self, cx: &Context) {
-        let span = cx.span();
-        let sc = span.span_context();
-        let ids = sc.is_valid().then(|| TraceIds {
-            trace_id: sc.trace_id(),
-            span_id: sc.span_id(),
-        });
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = ids;
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = cx.clone();
     }
 }
 
@@ -110,6 +116,11 @@ impl GuestTrace {
 
     pub(crate) fn current_span(&self) -> &CurrentSpan {
         &self.current
+    }
+
+    /// The tracer, unless tracing is disabled.
+    pub(crate) fn tracer(&self) -> Option<&SdkTracer> {
+        self.tracer.as_ref()
     }
 
     /// Telemetry the guest tried to record over the limits.

@@ -30,6 +30,7 @@ pub use limits::Limits;
 use state::CallSetup;
 pub use state::HostState;
 
+use crate::caps::http::HttpPolicy;
 use crate::caps::k8s::{
     CallContext, K8sBackend, K8sCall, K8sError, K8sErrorKind, K8sResponse, NoCluster, SharedBackend,
 };
@@ -424,6 +425,8 @@ impl Engine {
         let name: Arc<str> = Arc::from(metadata.name.as_str());
         let digest = format!("sha256:{digest}");
         let attributes = RootSpan::plugin_attributes(&metadata.name, &metadata.version, &digest);
+        // Without a grant, HTTP reaches what the plugin asks for.
+        let http = Arc::new(Grant::from_request(&metadata).http_policy());
         Ok(Plugin {
             inner: Arc::new(PluginInner {
                 engine: self.clone(),
@@ -437,6 +440,7 @@ impl Engine {
                 limits: self.inner.config.limits,
                 backend: Arc::new(NoCluster),
                 grant: None,
+                http,
             }),
         })
     }
@@ -487,6 +491,7 @@ impl Engine {
         let mut store = self.store(
             limits,
             Arc::new(DenyDuringMetadata),
+            None,
             None,
             GuestTrace::disabled(),
             log,
@@ -539,6 +544,7 @@ impl Engine {
         limits: Limits,
         backend: SharedBackend,
         grant: Option<Arc<Grant>>,
+        http: Option<Arc<HttpPolicy>>,
         trace: GuestTrace,
         log: GuestLog,
     ) -> Store<HostState> {
@@ -549,6 +555,7 @@ impl Engine {
             deadline: until,
             backend,
             grant,
+            http,
         };
         let mut store = Store::new(&self.inner.wasmtime, HostState::new(setup, trace, log));
         store.limiter(|s| &mut s.limiter);
@@ -682,6 +689,7 @@ struct PluginInner {
     limits: Limits,
     backend: SharedBackend,
     grant: Option<Arc<Grant>>,
+    http: Arc<HttpPolicy>,
 }
 
 impl fmt::Debug for Plugin {
@@ -741,9 +749,11 @@ impl Plugin {
         }
     }
 
-    /// This plugin with its Kubernetes calls checked against `grant`.
+    /// This plugin with its Kubernetes calls checked against `grant`, and
+    /// its HTTP requests against the grant's allow-list and bounds.
     pub fn with_grant(&self, grant: Arc<Grant>) -> Self {
         let mut inner = (*self.inner).clone();
+        inner.http = Arc::new(grant.http_policy());
         inner.grant = Some(grant);
         Plugin {
             inner: Arc::new(inner),
@@ -829,6 +839,7 @@ impl Plugin {
             limits,
             self.inner.backend.clone(),
             self.inner.grant.clone(),
+            Some(self.inner.http.clone()),
             trace,
             log,
         );
@@ -858,6 +869,7 @@ impl Plugin {
         let stats = CallStats {
             telemetry_dropped: store.data().trace.dropped(),
             cache_reads: store.data().cache_reads,
+            http_requests: store.data().http_requests(),
         };
         let failed = |kind, message| {
             Outcome::Failed(Failure {

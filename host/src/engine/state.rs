@@ -36,7 +36,11 @@ impl HostState {
             deadline,
             backend: k8s,
             grant,
+            http,
         } = call;
+        let http = http.zip(trace.tracer().cloned()).map(|(policy, tracer)| {
+            crate::caps::http::CallHttp::new(policy, tracer, trace.current_span().clone(), deadline)
+        });
         let written = Arc::new(Mutex::new(0));
         let current = trace.current_span().clone();
         let stderr_tail = StderrTail::default();
@@ -61,7 +65,7 @@ impl HostState {
         HostState {
             wasi,
             http: crate::caps::http::context(),
-            http_hooks: crate::caps::http::Hooks,
+            http_hooks: crate::caps::http::Hooks::new(http),
             table: crate::caps::http::table(),
             limiter: CallLimiter::new(memory),
             k8s,
@@ -85,6 +89,15 @@ pub(crate) struct CallSetup {
     pub(crate) backend: SharedBackend,
     /// Checked before every Kubernetes call, when set.
     pub(crate) grant: Option<Arc<Grant>>,
+    /// What `wasi:http` requests may reach; none refuses them all.
+    pub(crate) http: Option<Arc<crate::caps::http::HttpPolicy>>,
+}
+
+impl HostState {
+    /// HTTP requests the plugin made in this call.
+    pub(crate) fn http_requests(&self) -> u32 {
+        self.http_hooks.requests()
+    }
 }
 
 impl WasiView for HostState {

@@ -31,7 +31,13 @@ impl Reconciler for Writer {
             return Ok(Action::Done);
         };
         // A ConfigMap can ask for a failure the host does not retry.
-        if cm.data.as_ref().and_then(|d| d.get("fail")).map(String::as_str) == Some("permanent") {
+        if cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get("fail"))
+            .map(String::as_str)
+            == Some("permanent")
+        {
             return Err(Error::permanent("the ConfigMap asks to fail"));
         }
         let api = Api::<ConfigMap>::namespaced(request.namespace().unwrap_or("default"));

@@ -89,7 +89,13 @@ impl Guest for Plugin {
             "{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"{}\",\"namespace\":\"{namespace}\",\"annotations\":{{\"contract.reconcile.dev/seen\":\"yes\"}}}}}}",
             object.name
         );
-        if let Err(e) = k8s::apply(&configmaps(), object.namespace.as_deref(), &object.name, &annotation, true) {
+        if let Err(e) = k8s::apply(
+            &configmaps(),
+            object.namespace.as_deref(),
+            &object.name,
+            &annotation,
+            true,
+        ) {
             return Err(ReconcileError {
                 message: format!("apply failed: {e:?}"),
                 retry: true,
@@ -100,7 +106,10 @@ impl Guest for Plugin {
             log::Level::Info,
             "reconciled with the 0.2.0 contract",
             &[
-                ("generation".into(), Value::Int(request.generation.unwrap_or(-1))),
+                (
+                    "generation".into(),
+                    Value::Int(request.generation.unwrap_or(-1)),
+                ),
                 ("attempt".into(), Value::Int(request.attempt.into())),
                 ("ratio".into(), Value::Float(0.5)),
                 ("first".into(), Value::Boolean(request.attempt == 1)),

@@ -47,7 +47,9 @@ impl Reconciler for Mirror {
             data: Some(data.clone()),
             ..Default::default()
         };
-        try_span("mirror", || Api::<ConfigMap>::namespaced(&namespace).apply(&mirror))?;
+        try_span("mirror", || {
+            Api::<ConfigMap>::namespaced(&namespace).apply(&mirror)
+        })?;
         record(
             &cm,
             NAME,
