@@ -15,6 +15,8 @@
 //!   the contract versions served (0.1.0 and 0.2.0) and their bindings.
 //! - [`caps`]: one module per WIT interface the plugin imports (`k8s`, `log`,
 //!   `trace`, `http` for `wasi:http`), and the 0.2.0 imports translated to them.
+//! - [`example_http`]: the loopback HTTP server `dev --example-http` starts
+//!   for the example plugins.
 //! - [`files`]: bounded reads of regular files only (plugins, grants, manifests).
 //! - [`metadata`]: what a plugin says about itself, and its checks.
 //! - [`grants`]: what the operator allows a plugin, from grant files.
@@ -26,6 +28,7 @@
 
 pub mod caps;
 pub mod engine;
+pub mod example_http;
 pub mod files;
 pub mod grants;
 pub mod metadata;

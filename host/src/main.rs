@@ -67,6 +67,11 @@ enum Command {
         /// dev.kubeconfig in the cache directory; the path is printed).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
+        /// Start a small HTTP server on this loopback address for the
+        /// example plugins (`/healthz`, `/status/N`, `/slow`) and grant it
+        /// to every plugin.
+        #[arg(long)]
+        example_http: Option<std::net::SocketAddr>,
     },
     /// Run the plugins as controllers against the cluster of the kubeconfig
     /// (or the in-cluster configuration), with their grant files.
@@ -279,6 +284,7 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
             operator,
             listen,
             kubeconfig,
+            example_http,
         } => {
             let config = human_view(&logger);
             operate(
@@ -290,6 +296,7 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
                     apply,
                     listen,
                     kubeconfig: kubeconfig.unwrap_or(dev_kubeconfig),
+                    example_http,
                 },
             )
             .await
@@ -365,6 +372,7 @@ enum Target {
         apply: Vec<PathBuf>,
         listen: std::net::SocketAddr,
         kubeconfig: PathBuf,
+        example_http: Option<std::net::SocketAddr>,
     },
     Cluster {
         grants: Option<PathBuf>,
@@ -416,8 +424,21 @@ async fn operate(
         tracing::warn!("{warning}");
     }
     let result = async {
+        let mut example_server = None;
         let (server, client, policy) = match target {
-            Target::Dev { apply, listen, kubeconfig } => {
+            Target::Dev { apply, listen, kubeconfig, example_http } => {
+                let mut http = Vec::new();
+                if let Some(addr) = example_http {
+                    match reconcile_host::example_http::ExampleHttp::start(addr).await {
+                        Ok(started) => {
+                            let url = format!("http://{}", started.addr());
+                            tracing::info!(%url, "example HTTP server running (/healthz, /status/N, /slow); granted to every plugin");
+                            http.push(reconcile_host::grants::HttpGrant { url, private: false });
+                            example_server = Some(started);
+                        }
+                        Err(e) => tracing::warn!("cannot start the example HTTP server on {addr}: {e}; the examples that call it will report it unreachable"),
+                    }
+                }
                 let server = reconcile_apiserver::ApiServer::start(reconcile_apiserver::ApiServerConfig { listen, ..Default::default() }).await?;
                 if let Some(dir) = kubeconfig.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -429,7 +450,7 @@ async fn operate(
                     tracing::info!(object = %applied, "applied");
                 }
                 tracing::info!(url = %server.url(), kubeconfig = %kubeconfig.display(), "embedded API server running: kubectl --kubeconfig {}", kubeconfig.display());
-                (Some(server), client, GrantPolicy::AsRequested)
+                (Some(server), client, GrantPolicy::AsRequested { http })
             }
             Target::Cluster { grants, kubeconfig, context } => {
                 let client = cluster_client(kubeconfig.as_deref(), context).await?;
@@ -475,6 +496,7 @@ async fn operate(
         if let Some(server) = server {
             server.shutdown().await;
         }
+        drop(example_server);
         for (object, failure) in &failures {
             tracing::error!(object = %object, "latest reconcile failed: {failure}");
         }

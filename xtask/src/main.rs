@@ -21,6 +21,10 @@ fn main() -> ExitCode {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
             // The kubeconfig where the README says it is, unless asked otherwise.
             let mut extra: Vec<String> = args[1..].to_vec();
+            // The example server uptime's example checks.
+            if !extra.iter().any(|a| a.starts_with("--example-http")) {
+                extra.extend(["--example-http".to_owned(), "127.0.0.1:18080".to_owned()]);
+            }
             if !extra.iter().any(|a| a.starts_with("--kubeconfig")) {
                 extra.extend([
                     "--kubeconfig".to_owned(),

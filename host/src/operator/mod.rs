@@ -28,8 +28,12 @@ fn list(errors: &[OperatorError]) -> String {
 /// How plugins get their grants.
 #[derive(Clone, Debug)]
 pub enum GrantPolicy {
-    /// Grant what each plugin asks for (`dev`).
-    AsRequested,
+    /// Grant what each plugin asks for (`dev`), and these HTTP endpoints
+    /// besides (`dev`'s example server).
+    AsRequested {
+        /// HTTP endpoints granted to every plugin.
+        http: Vec<crate::grants::HttpGrant>,
+    },
     /// Read grant files: next to each `.wasm`, or in this directory.
     Files(Option<PathBuf>),
 }
@@ -88,7 +92,11 @@ pub async fn load_plugin(
     let plugin = engine.load_file(path).await?;
     let metadata = plugin.metadata();
     let grant = match policy {
-        GrantPolicy::AsRequested => Grant::from_request(metadata),
+        GrantPolicy::AsRequested { http } => {
+            let mut grant = Grant::from_request(metadata);
+            grant.http.extend(http.iter().cloned());
+            grant
+        }
         GrantPolicy::Files(dir) => {
             let grant = Grant::find(path, &metadata.name, dir.as_deref())?;
             grant.check(metadata)?;

@@ -4,7 +4,8 @@
 //! An endpoint is `scheme://host[:port]`: the host is a name
 //! (`api.example.com`), a `*.suffix` wildcard (`*.example.com`: any name
 //! under it, not the suffix itself), `*` (any name) or an IP literal
-//! (`127.0.0.1`, `[::1]`). Names never match IP literals: a request to an
+//! (`127.0.0.1`, `[::1]`); the port is a number, `*` (any port) or left
+//! out (the scheme's). Names never match IP literals: a request to an
 //! IP goes only where the grant names that IP. A name that resolves to a
 //! loopback, link-local, private or otherwise non-public address is refused
 //! unless its grant entry says `private = true`.
@@ -67,8 +68,9 @@ pub struct Endpoint {
     pub scheme: Scheme,
     /// Host.
     pub host: HostPattern,
-    /// Port (the scheme's default when the text gives none).
-    pub port: u16,
+    /// Port (the scheme's default when the text gives none); `None` is
+    /// any port (`:*`).
+    pub port: Option<u16>,
 }
 
 /// The host of one request: a name or an address.
@@ -135,7 +137,11 @@ impl Endpoint {
             ));
         }
         let (host, port) = split_port(rest).map_err(|why| format!("{text:?}: {why}"))?;
-        let port = port.unwrap_or(scheme.default_port());
+        let port = match port {
+            Port::Any => None,
+            Port::Given(port) => Some(port),
+            Port::Default => Some(scheme.default_port()),
+        };
         let host = if host == "*" {
             HostPattern::Any
         } else if let Some(suffix) = host.strip_prefix("*.") {
@@ -160,7 +166,7 @@ impl Endpoint {
     /// Whether a request to `scheme://host:port` is to this endpoint.
     pub fn matches(&self, scheme: Scheme, host: &Host, port: u16) -> bool {
         self.scheme == scheme
-            && self.port == port
+            && self.port.is_none_or(|p| p == port)
             && match (&self.host, host) {
                 (HostPattern::Any, Host::Name(_)) => true,
                 (HostPattern::Under(suffix), Host::Name(name)) => is_under(name, suffix),
@@ -173,7 +179,7 @@ impl Endpoint {
     /// Whether every request `other` allows, this one allows too.
     pub fn covers(&self, other: &Endpoint) -> bool {
         self.scheme == other.scheme
-            && self.port == other.port
+            && (self.port.is_none() || self.port == other.port)
             && match (&self.host, &other.host) {
                 (HostPattern::Any, HostPattern::Ip(_)) => false,
                 (HostPattern::Any, _) => true,
@@ -192,8 +198,14 @@ fn is_under(name: &str, suffix: &str) -> bool {
         && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
 }
 
+enum Port {
+    Default,
+    Any,
+    Given(u16),
+}
+
 /// Splits `host[:port]` (IPv6 in brackets).
-fn split_port(text: &str) -> Result<(&str, Option<u16>), String> {
+fn split_port(text: &str) -> Result<(&str, Port), String> {
     let (host, port) = if text.starts_with('[') {
         match text.find(']') {
             Some(end) => {
@@ -214,13 +226,14 @@ fn split_port(text: &str) -> Result<(&str, Option<u16>), String> {
         }
     };
     let port = match port {
-        Some(port) => Some(
+        Some("*") => Port::Any,
+        Some(port) => Port::Given(
             port.parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
                 .ok_or_else(|| format!("{port:?} is not a port"))?,
         ),
-        None => None,
+        None => Port::Default,
     };
     if host.is_empty() {
         return Err("no host".into());
@@ -238,8 +251,10 @@ impl fmt::Display for Endpoint {
             HostPattern::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]")?,
             HostPattern::Ip(ip) => write!(f, "{ip}")?,
         }
-        if self.port != self.scheme.default_port() {
-            write!(f, ":{}", self.port)?;
+        match self.port {
+            None => f.write_str(":*")?,
+            Some(port) if port != self.scheme.default_port() => write!(f, ":{port}")?,
+            Some(_) => {}
         }
         Ok(())
     }
@@ -311,6 +326,7 @@ mod tests {
             ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
             ("http://[::1]:9000", "http://[::1]:9000"),
             ("https://*", "https://*"),
+            ("http://*:*", "http://*:*"),
         ] {
             assert_eq!(ep(text).to_string(), printed, "{text}");
         }
@@ -347,6 +363,10 @@ mod tests {
         assert!(!ip.matches(Scheme::Http, &host("localhost"), 8080));
         assert!(!ip.matches(Scheme::Http, &host("127.0.0.2"), 8080));
         assert!(ep("http://[::1]:80").matches(Scheme::Http, &host("[::1]"), 80));
+        let any_port = ep("http://*:*");
+        assert!(any_port.matches(Scheme::Http, &host("a.test"), 8080));
+        assert!(any_port.matches(Scheme::Http, &host("a.test"), 80));
+        assert!(!any_port.matches(Scheme::Https, &host("a.test"), 443));
     }
 
     #[test]
@@ -359,6 +379,9 @@ mod tests {
         assert!(!ep("https://*.example.com").covers(&ep("https://example.com")));
         assert!(!ep("https://a.example.com").covers(&ep("https://*.example.com")));
         assert!(!ep("https://a.example.com").covers(&ep("http://a.example.com")));
+        assert!(ep("https://*:*").covers(&ep("https://*:8443")));
+        assert!(ep("https://*:*").covers(&ep("https://*")));
+        assert!(!ep("https://*").covers(&ep("https://*:*")));
     }
 
     #[test]

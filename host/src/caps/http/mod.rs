@@ -206,6 +206,7 @@ pub(crate) fn error_type(error: &Error) -> &'static str {
         | Error::TlsAlertReceived { .. } => "tls_error",
         Error::Connect(_)
         | Error::ConnectionTerminated
+        | Error::HttpResponseIncomplete
         | Error::DestinationUnavailable
         | Error::DestinationIpUnroutable => "connection_error",
         _ => "protocol_error",

@@ -267,11 +267,17 @@ fn tls_error(e: std::io::Error) -> Error {
     }
 }
 
+/// The `wasi:http` code of a hyper error (hyper's own would be logged by
+/// wasmtime-wasi-http and sent as a bare protocol error).
 fn hyper_error(e: hyper::Error) -> Error {
     if e.is_timeout() {
         Error::HttpResponseTimeout
+    } else if e.is_parse() || e.is_parse_status() || e.is_user() {
+        Error::HttpProtocolError
+    } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        Error::HttpResponseIncomplete
     } else {
-        Error::Hyper(e)
+        Error::ConnectionTerminated
     }
 }
 
