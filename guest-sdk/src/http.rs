@@ -260,11 +260,18 @@ impl Request {
             let _ = options.set_between_bytes_timeout(Some(nanos));
             options
         });
-        let outgoing = request.body().map_err(|()| invalid("body"))?;
+        // A request without a body takes none: the host then sends it
+        // without `transfer-encoding: chunked` and an empty last chunk.
+        let outgoing = match &self.body {
+            Some(_) => Some(request.body().map_err(|()| invalid("body"))?),
+            None => None,
+        };
         let future =
             outgoing_handler::handle(request, options).map_err(|code| Error::from_code(&code))?;
-        write_body(&outgoing, self.body.as_deref().unwrap_or_default())?;
-        wasi::OutgoingBody::finish(outgoing, None).map_err(|code| Error::from_code(&code))?;
+        if let Some(outgoing) = outgoing {
+            write_body(&outgoing, self.body.as_deref().unwrap_or_default())?;
+            wasi::OutgoingBody::finish(outgoing, None).map_err(|code| Error::from_code(&code))?;
+        }
         let response = loop {
             if let Some(result) = future.get() {
                 break result

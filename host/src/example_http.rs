@@ -34,7 +34,9 @@ impl ExampleHttp {
         if !addr.ip().is_loopback() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("{addr} is not a loopback address: the example server listens on loopback only"),
+                format!(
+                    "{addr} is not a loopback address: the example server listens on loopback only"
+                ),
             ));
         }
         let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -3,8 +3,8 @@
 //! loads, is reported as 0.1.0, and runs its Kubernetes, log and trace
 //! calls as released; a 0.2.0 plugin runs beside it in the same host, with
 //! typed log fields, the request's generation, its own label selector and
-//! field manager, and HTTP refused before any connection (the allow-list
-//! is not there yet).
+//! field manager, and HTTP to an endpoint it did not ask for (nor was
+//! granted) refused before any connection.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;

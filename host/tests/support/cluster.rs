@@ -60,7 +60,8 @@ impl Cluster {
     }
 
     pub async fn plugin(&self, name: &str) -> reconcile_host::engine::Plugin {
-        self.plugin_with(name, &GrantPolicy::AsRequested { http: vec![] }).await
+        self.plugin_with(name, &GrantPolicy::AsRequested { http: vec![] })
+            .await
     }
 
     /// Guest `name`, loaded with its grant found by `policy`.

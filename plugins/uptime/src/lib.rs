@@ -166,8 +166,13 @@ impl Reconciler for Uptime {
                 "spec.url {url:?} is not an http or https URL"
             )));
         }
-        let timeout =
-            Duration::from_secs(uptime.spec.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT).clamp(1, 60));
+        let timeout = Duration::from_secs(
+            uptime
+                .spec
+                .timeout_seconds
+                .unwrap_or(DEFAULT_TIMEOUT)
+                .clamp(1, 60),
+        );
         let found = check(url, timeout);
         set_attribute("uptime.available", found.available);
         let mut conditions = uptime

@@ -2,6 +2,7 @@
 //! HTTP/1.1 or HTTP/2, with every wait bounded, and the response body
 //! counted against the cap.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -181,8 +182,10 @@ async fn exchange(
     };
     let io = TokioIo::new(io);
     let first_byte_by = bounds.until(bounds.first_byte);
-    let deadline = bounds.deadline + CONNECTION_GRACE;
-    let response = if h2 {
+    // The connection is driven in this task until the response arrives
+    // (no hop to another task on the way), then handed back to run on its
+    // own while the guest reads the body.
+    let (response, conn): (_, Driver) = if h2 {
         let (mut sender, conn) = tokio::time::timeout_at(
             connect_by,
             hyper::client::conn::http2::handshake(TokioExecutor::new(), io),
@@ -190,11 +193,9 @@ async fn exchange(
         .await
         .map_err(|_| Error::ConnectionTimeout)?
         .map_err(hyper_error)?;
-        tokio::spawn(tokio::time::timeout_at(deadline, conn));
-        tokio::time::timeout_at(first_byte_by, sender.send_request(request))
-            .await
-            .map_err(|_| Error::ConnectionReadTimeout)?
-            .map_err(hyper_error)?
+        let mut conn: Driver = Box::pin(conn);
+        let response = drive(&mut conn, sender.send_request(request), first_byte_by).await?;
+        (response, conn)
     } else {
         // HTTP/1.1 wants the origin form: the authority is in `host`.
         let path = request
@@ -209,13 +210,41 @@ async fn exchange(
                 .await
                 .map_err(|_| Error::ConnectionTimeout)?
                 .map_err(hyper_error)?;
-        tokio::spawn(tokio::time::timeout_at(deadline, conn));
-        tokio::time::timeout_at(first_byte_by, sender.send_request(request))
-            .await
-            .map_err(|_| Error::ConnectionReadTimeout)?
-            .map_err(hyper_error)?
+        let mut conn: Driver = Box::pin(conn);
+        let response = drive(&mut conn, sender.send_request(request), first_byte_by).await?;
+        (response, conn)
     };
+    let deadline = bounds.deadline + CONNECTION_GRACE;
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout_at(deadline, conn).await;
+    });
     Ok(response)
+}
+
+/// A hyper connection's driver.
+type Driver = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
+
+/// Waits for `response` by `until`, driving `conn` meanwhile.
+async fn drive(
+    conn: &mut Driver,
+    response: impl Future<Output = Result<http::Response<hyper::body::Incoming>, hyper::Error>>,
+    until: Instant,
+) -> Result<http::Response<hyper::body::Incoming>, Error> {
+    let mut response = std::pin::pin!(response);
+    let mut conn_done = false;
+    let waited = tokio::time::timeout_at(until, async {
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut response => return result.map_err(hyper_error),
+                result = conn.as_mut(), if !conn_done => {
+                    conn_done = true;
+                    result.map_err(hyper_error)?;
+                }
+            }
+        }
+    });
+    waited.await.map_err(|_| Error::ConnectionReadTimeout)?
 }
 
 /// The addresses `target` may be reached at: an IP literal as given; a
