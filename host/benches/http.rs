@@ -30,6 +30,9 @@ use reconcile_host::telemetry::logs::{Level, LogFormat, Logger};
 
 const WARMUP: usize = 500;
 const CALLS: usize = 5_000;
+/// The paths take turns in rounds of `CALLS / ROUNDS`, so that drift in
+/// the machine's speed falls on all of them alike.
+const ROUNDS: usize = 20;
 
 #[derive(Debug)]
 struct Discard;
@@ -107,26 +110,26 @@ struct Figures {
     p99: Duration,
 }
 
-async fn measure<F, Fut>(mut f: F) -> Figures
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Outcome>,
-{
-    for _ in 0..WARMUP {
-        assert_eq!(f().await, Outcome::Done);
-    }
-    let mut samples = Vec::with_capacity(CALLS);
-    for _ in 0..CALLS {
-        let t = Instant::now();
-        let outcome = f().await;
-        samples.push(t.elapsed());
-        assert_eq!(outcome, Outcome::Done);
-    }
+fn figures(mut samples: Vec<Duration>) -> Figures {
     samples.sort_unstable();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
     Figures {
         p50: at(0.50),
         p99: at(0.99),
+    }
+}
+
+/// `n` calls of `f`, timed one by one.
+async fn batch<F, Fut>(f: &mut F, n: usize, samples: &mut Vec<Duration>)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Outcome>,
+{
+    for _ in 0..n {
+        let t = Instant::now();
+        let outcome = f().await;
+        samples.push(t.elapsed());
+        assert_eq!(outcome, Outcome::Done);
     }
 }
 
@@ -168,21 +171,25 @@ fn main() {
         let get = request(&url);
         let nothing = request(&url);
 
-        let wasm = measure(|| {
+        let no_url = ReconcileRequest::new(get.object.clone(), None);
+        let mut wasm = || {
             let plugin = plugin.clone();
             let get = get.clone();
             async move { plugin.reconcile(get).await.outcome }
-        })
-        .await;
-        let wasm_noop = measure(|| {
+        };
+        let mut wasm_idle = || {
+            let plugin = plugin.clone();
+            let no_url = no_url.clone();
+            async move { plugin.reconcile(no_url).await.outcome }
+        };
+        let mut wasm_noop = || {
             let noop = noop.clone();
             let nothing = nothing.clone();
             async move { noop.reconcile(nothing).await.outcome }
-        })
-        .await;
+        };
         let tracer = telemetry.tracer();
         let attributes = RootSpan::plugin_attributes("native", "0.1.0", "sha256:native");
-        let native = measure(|| {
+        let mut native = || {
             let tracer = tracer.clone();
             let attributes = attributes.clone();
             let get = get.clone();
@@ -192,8 +199,7 @@ fn main() {
                 span.finish(&outcome, &CallStats::default());
                 outcome
             }
-        })
-        .await;
+        };
         // For reference: a kept-alive connection (no handshake per GET).
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let _ = stream.set_nodelay(true);
@@ -202,7 +208,7 @@ fn main() {
             .unwrap();
         tokio::spawn(conn);
         let sender = Arc::new(tokio::sync::Mutex::new(sender));
-        let pooled = measure(|| {
+        let mut pooled = || {
             let sender = sender.clone();
             async move {
                 let request = http::Request::get("/")
@@ -215,16 +221,32 @@ fn main() {
                 black_box(response.into_body().collect().await.unwrap().to_bytes());
                 Outcome::Done
             }
-        })
-        .await;
+        };
+        let mut samples: [Vec<Duration>; 5] = Default::default();
+        let mut ignored = Vec::new();
+        batch(&mut wasm, WARMUP, &mut ignored).await;
+        batch(&mut wasm_idle, WARMUP, &mut ignored).await;
+        batch(&mut wasm_noop, WARMUP, &mut ignored).await;
+        batch(&mut native, WARMUP, &mut ignored).await;
+        batch(&mut pooled, WARMUP, &mut ignored).await;
+        for _ in 0..ROUNDS {
+            let n = CALLS / ROUNDS;
+            batch(&mut wasm, n, &mut samples[0]).await;
+            batch(&mut wasm_idle, n, &mut samples[1]).await;
+            batch(&mut wasm_noop, n, &mut samples[2]).await;
+            batch(&mut native, n, &mut samples[3]).await;
+            batch(&mut pooled, n, &mut samples[4]).await;
+        }
+        let [wasm, wasm_idle, wasm_noop, native, pooled] = samples.map(figures);
         telemetry.shutdown(Duration::from_secs(5)).unwrap();
 
         println!();
-        println!("one GET to 127.0.0.1: {CALLS} calls after {WARMUP} warm-up, one at a time, spans sampled, discarding exporter");
+        println!("one GET to 127.0.0.1: {CALLS} calls per path after {WARMUP} warm-up, one at a time, paths taking turns in {ROUNDS} rounds, spans sampled, discarding exporter");
         println!("{:<58} {:>10} {:>10}", "", "p50", "p99");
         for (label, f) in [
             ("plugin GET through the host (whole reconcile)", &wasm),
-            ("plugin no-op reconcile (instance + root span only)", &wasm_noop),
+            ("the same plugin, no GET (its instance + root span)", &wasm_idle),
+            ("no-op plugin (instance + root span)", &wasm_noop),
             ("native hyper GET, fresh connection, same root span", &native),
             ("native hyper GET, kept-alive connection (reference)", &pooled),
         ] {

@@ -179,7 +179,11 @@ async fn guest_spans_events_logs_and_k8s_calls_are_parented_correctly() {
     };
     let first = line("reconciling web");
     assert_eq!(first["level"], "info");
-    assert_eq!(first["attempt"], "1");
+    // Fields keep their type in the JSON line.
+    assert_eq!(first["attempt"], 1);
+    assert_eq!(first["first"], true);
+    assert_eq!(first["share"], 0.5);
+    assert_eq!(first["object"], "web");
     assert_eq!(first["span_id"], root_id.to_string());
     assert_eq!(
         line("inside fetch")["span_id"],

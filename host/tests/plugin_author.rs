@@ -192,7 +192,12 @@ async fn the_plugins_apply_wins_over_another_managers_patch() {
         .into_iter()
         .filter_map(|m| m.manager)
         .collect();
-    assert!(managers.contains(&"mirror".to_owned()), "{managers:?}");
+    // Under the field manager the plugin chose (`Metadata::field_manager`).
+    assert!(
+        managers.contains(&"mirror-controller".to_owned()),
+        "{managers:?}"
+    );
+    assert!(!managers.contains(&"mirror".to_owned()), "{managers:?}");
     c.stop().await;
 }
 

@@ -2,7 +2,6 @@
 //! HTTP/1.1 or HTTP/2, with every wait bounded, and the response body
 //! counted against the cap.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -182,10 +181,8 @@ async fn exchange(
     };
     let io = TokioIo::new(io);
     let first_byte_by = bounds.until(bounds.first_byte);
-    // The connection is driven in this task until the response arrives
-    // (no hop to another task on the way), then handed back to run on its
-    // own while the guest reads the body.
-    let (response, conn): (_, Driver) = if h2 {
+    let deadline = bounds.deadline + CONNECTION_GRACE;
+    let response = if h2 {
         let (mut sender, conn) = tokio::time::timeout_at(
             connect_by,
             hyper::client::conn::http2::handshake(TokioExecutor::new(), io),
@@ -193,9 +190,11 @@ async fn exchange(
         .await
         .map_err(|_| Error::ConnectionTimeout)?
         .map_err(hyper_error)?;
-        let mut conn: Driver = Box::pin(conn);
-        let response = drive(&mut conn, sender.send_request(request), first_byte_by).await?;
-        (response, conn)
+        tokio::spawn(tokio::time::timeout_at(deadline, conn));
+        tokio::time::timeout_at(first_byte_by, sender.send_request(request))
+            .await
+            .map_err(|_| Error::ConnectionReadTimeout)?
+            .map_err(hyper_error)?
     } else {
         // HTTP/1.1 wants the origin form: the authority is in `host`.
         let path = request
@@ -210,41 +209,13 @@ async fn exchange(
                 .await
                 .map_err(|_| Error::ConnectionTimeout)?
                 .map_err(hyper_error)?;
-        let mut conn: Driver = Box::pin(conn);
-        let response = drive(&mut conn, sender.send_request(request), first_byte_by).await?;
-        (response, conn)
+        tokio::spawn(tokio::time::timeout_at(deadline, conn));
+        tokio::time::timeout_at(first_byte_by, sender.send_request(request))
+            .await
+            .map_err(|_| Error::ConnectionReadTimeout)?
+            .map_err(hyper_error)?
     };
-    let deadline = bounds.deadline + CONNECTION_GRACE;
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout_at(deadline, conn).await;
-    });
     Ok(response)
-}
-
-/// A hyper connection's driver.
-type Driver = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
-
-/// Waits for `response` by `until`, driving `conn` meanwhile.
-async fn drive(
-    conn: &mut Driver,
-    response: impl Future<Output = Result<http::Response<hyper::body::Incoming>, hyper::Error>>,
-    until: Instant,
-) -> Result<http::Response<hyper::body::Incoming>, Error> {
-    let mut response = std::pin::pin!(response);
-    let mut conn_done = false;
-    let waited = tokio::time::timeout_at(until, async {
-        loop {
-            tokio::select! {
-                biased;
-                result = &mut response => return result.map_err(hyper_error),
-                result = conn.as_mut(), if !conn_done => {
-                    conn_done = true;
-                    result.map_err(hyper_error)?;
-                }
-            }
-        }
-    });
-    waited.await.map_err(|_| Error::ConnectionReadTimeout)?
 }
 
 /// The addresses `target` may be reached at: an IP literal as given; a

@@ -21,6 +21,7 @@ impl Reconciler for Mirror {
             .owns::<ConfigMap>()
             .access::<ConfigMap>(&[Verb::Patch])
             .records_events()
+            .field_manager("mirror-controller")
     }
 
     fn reconcile(request: Request) -> Result<Action> {

@@ -15,7 +15,7 @@ impl Reconciler for Traced {
     }
 
     fn reconcile(request: Request) -> Result<Action> {
-        info!(attempt = request.attempt(); "reconciling {}", request.name());
+        info!(attempt = request.attempt(), first = request.attempt() == 1, share = 0.5, object = request.name(); "reconciling {}", request.name());
         set_attribute("traced.items", 3);
         set_attribute("reconcile.result", "overridden?");
         event("started", &[("step", "begin".into())]);
