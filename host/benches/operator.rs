@@ -98,7 +98,7 @@ fn main() {
         let client = server.client().unwrap();
         let manifests = operator::manifests::read(&[root.join("deploy/crds")]).unwrap();
         operator::manifests::apply(&client, &manifests).await.unwrap();
-        let demoapp = operator::load_plugin(&engine, &plugins["demoapp"], &GrantPolicy::AsRequested).await.unwrap();
+        let demoapp = operator::load_plugin(&engine, &plugins["demoapp"], &GrantPolicy::AsRequested { http: vec![] }).await.unwrap();
         let op = Operator::start(client.clone(), vec![demoapp], settings.clone(), telemetry.tracer());
         tokio::spawn(fake_deployment_controller(client.clone()));
         let resource = ApiResource {
@@ -143,7 +143,7 @@ fn main() {
             cm.metadata.name = Some(format!("cm-{i:05}"));
             maps.create(&PostParams::default(), &cm).await.unwrap();
         }
-        let noop = operator::load_plugin(&engine, &test_plugins["noop"], &GrantPolicy::AsRequested).await.unwrap();
+        let noop = operator::load_plugin(&engine, &test_plugins["noop"], &GrantPolicy::AsRequested { http: vec![] }).await.unwrap();
         let started = Instant::now();
         let op = Operator::start(client.clone(), vec![noop], settings.clone(), telemetry.tracer());
         while op.activity().reconciles() < CONFIGMAPS as u64 {

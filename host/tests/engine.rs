@@ -83,7 +83,7 @@ async fn demoapp_reconcile_is_one_root_span_with_every_attribute() {
     );
     assert_eq!(rendered["span_id"], root.span_context.span_id().to_string());
     assert_eq!(rendered["plugin"], "demoapp");
-    assert_eq!(rendered["replicas"], "2");
+    assert_eq!(rendered["replicas"], 2);
 }
 
 #[tokio::test]

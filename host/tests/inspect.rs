@@ -66,7 +66,7 @@ fn a_good_plugin_prints_metadata_digest_and_wit_version() {
     for expected in [
         "plugin:      demoapp 0.1.0".to_owned(),
         format!("digest:      sha256:{digest}"),
-        "wit:         reconcile:plugin@0.1.0".to_owned(),
+        "wit:         reconcile:plugin@0.2.0".to_owned(),
         "reconciles:  demo.reconcile.dev/v1alpha1 DemoApp (demoapps, namespaced)".to_owned(),
         "owns:        apps/v1 Deployment (deployments, namespaced)".to_owned(),
         "             v1 Service (services, namespaced)".to_owned(),
@@ -92,7 +92,7 @@ fn json_output_is_machine_readable() {
         value["metadata"]["access"]["resources"][0]["verbs"],
         serde_json::json!(["get", "list", "watch", "patch"])
     );
-    assert_eq!(value["wit"], "reconcile:plugin@0.1.0");
+    assert_eq!(value["wit"], "reconcile:plugin@0.2.0");
     assert!(value["digest"].as_str().unwrap().starts_with("sha256:"));
 }
 

@@ -589,6 +589,9 @@ fn dev_applies_reconciles_prints_spans_and_exits_when_idle() {
             "--apply",
             "deploy/examples",
             "--exit-when-idle",
+            // The address deploy/examples/uptimecheck.yaml checks.
+            "--example-http",
+            "127.0.0.1:18080",
             "--plugins",
         ])
         .arg(&plugins)
@@ -612,9 +615,20 @@ fn dev_applies_reconciles_prints_spans_and_exits_when_idle() {
         .filter(|b| !b.trim().is_empty())
         .collect();
     assert!(!blocks.is_empty(), "{stdout}");
+    // uptime's check of the example server: reconcile → http.client.
+    let uptime = blocks
+        .iter()
+        .find(|b| b.starts_with("reconcile  uptime  UptimeCheck  default/example"))
+        .unwrap_or_else(|| panic!("an uptime block: {stdout}"));
+    assert!(
+        uptime
+            .lines()
+            .any(|l| l.starts_with("  http.client  GET  127.0.0.1  200")),
+        "{uptime}"
+    );
     let first = blocks
         .iter()
-        .find(|b| b.contains("k8s.patch_status"))
+        .find(|b| b.starts_with("reconcile  demoapp") && b.contains("k8s.patch_status"))
         .unwrap_or_else(|| panic!("a block with a status write: {stdout}"));
     let lines: Vec<&str> = first.lines().collect();
     assert!(
@@ -715,6 +729,24 @@ async fn run_uses_the_kubeconfig_cluster_and_grant_files() {
         group = "events.k8s.io"
         kind = "Event"
         verbs = ["get", "create", "patch", "delete"]
+        "#,
+    )
+    .unwrap();
+    std::fs::write(
+        grants.join("uptime.grants.toml"),
+        r#"
+        [[resources]]
+        group = "demo.reconcile.dev"
+        kind = "UptimeCheck"
+        verbs = ["get", "list", "watch", "patch"]
+        [[resources]]
+        group = "events.k8s.io"
+        kind = "Event"
+        verbs = ["get", "create", "patch", "delete"]
+        [[http]]
+        url = "http://*:*"
+        [[http]]
+        url = "https://*:*"
         "#,
     )
     .unwrap();

@@ -156,12 +156,12 @@ async fn every_sdk_call_reaches_the_backend_as_sent() {
     assert!(
         lines
             .iter()
-            .any(|l| l["message"] == "listed" && l["items"] == "0")
+            .any(|l| l["message"] == "listed" && l["items"] == 0)
     );
     assert!(
         lines
             .iter()
-            .any(|l| l["message"] == "deleted" && l["gone"] == "true")
+            .any(|l| l["message"] == "deleted" && l["gone"] == true)
     );
 }
 
@@ -206,7 +206,7 @@ async fn the_sandbox_has_no_files_environment_or_network() {
             .iter()
             .find(|l| l["probe"] == probe)
             .unwrap_or_else(|| panic!("probe {probe} did not run"));
-        assert_eq!(line["reached"], "false", "{probe}: {}", line["message"]);
+        assert_eq!(line["reached"], false, "{probe}: {}", line["message"]);
     }
     // Let a connection that got through be counted before checking.
     tokio::task::yield_now().await;
