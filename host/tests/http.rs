@@ -23,7 +23,7 @@ use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry_sdk::trace::SpanData;
 use reconcile_host::engine::{Limits, Plugin};
 use reconcile_host::grants::Grant;
-use reconcile_host::reconcile::{ObjectRef, Outcome, ReconcileRequest, Reconciled};
+use reconcile_host::reconcile::{Outcome, ReconcileRequest, Reconciled};
 use support::server::TestServer;
 use support::{Harness, attr};
 
@@ -33,25 +33,7 @@ fn grant(toml: &str) -> Arc<Grant> {
 
 /// A ConfigMap whose data tells `http-probe` what to do.
 fn probe(data: &[(&str, &str)]) -> ReconcileRequest {
-    let data: serde_json::Map<String, serde_json::Value> = data
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String((*v).to_owned())))
-        .collect();
-    let body = serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "probe", "namespace": "default"},
-        "data": data,
-    });
-    ReconcileRequest::new(
-        ObjectRef {
-            group: String::new(),
-            version: "v1".into(),
-            kind: "ConfigMap".into(),
-            namespace: Some("default".into()),
-            name: "probe".into(),
-        },
-        Some(body.to_string()),
-    )
+    support::configmap_with_data("probe", data)
 }
 
 struct Run {

@@ -192,6 +192,30 @@ pub fn configmap_request(name: &str) -> ReconcileRequest {
     )
 }
 
+/// A ConfigMap request whose `data` holds `data` (instructions for the
+/// HTTP test plugins).
+pub fn configmap_with_data(name: &str, data: &[(&str, &str)]) -> ReconcileRequest {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+        .collect();
+    let body = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "default"},
+        "data": data,
+    });
+    ReconcileRequest::new(
+        ObjectRef {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: Some("default".into()),
+            name: name.into(),
+        },
+        Some(body.to_string()),
+    )
+}
+
 /// A span's attribute as a string.
 pub fn attr(span: &SpanData, key: &str) -> Option<String> {
     span.attributes
