@@ -215,9 +215,9 @@ impl Request {
         Ok(self.header("content-type", "application/json").body(body))
     }
 
-    /// Wait at most `timeout` for the connection and for the first byte of
-    /// the response (the host's limits and the reconcile's deadline apply
-    /// too; the shortest wins).
+    /// Wait at most `timeout` for the connection, for the first byte of
+    /// the response and between two chunks of its body (the host's limits
+    /// and the reconcile's deadline apply too; the shortest wins).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -268,18 +268,26 @@ impl Request {
         };
         let future =
             outgoing_handler::handle(request, options).map_err(|code| Error::from_code(&code))?;
-        if let Some(outgoing) = outgoing {
-            write_body(&outgoing, self.body.as_deref().unwrap_or_default())?;
-            wasi::OutgoingBody::finish(outgoing, None).map_err(|code| Error::from_code(&code))?;
-        }
-        let response = loop {
+        let wait = || loop {
             if let Some(result) = future.get() {
                 break result
                     .map_err(|()| Error::new(ErrorKind::Other, "the response was taken twice"))?
-                    .map_err(|code| Error::from_code(&code))?;
+                    .map_err(|code| Error::from_code(&code));
             }
             future.subscribe().block();
         };
+        if let Some(outgoing) = outgoing {
+            let sent =
+                write_body(&outgoing, self.body.as_deref().unwrap_or_default()).and_then(|()| {
+                    wasi::OutgoingBody::finish(outgoing, None).map_err(|c| Error::from_code(&c))
+                });
+            // A refused request closes its body: the reason is the
+            // response's error (denied, limit reached), not the write's.
+            if let Err(write) = sent {
+                return Err(wait().err().unwrap_or(write));
+            }
+        }
+        let response = wait()?;
         let status = response.status();
         let headers = response.headers().entries();
         let body = read_body(response)?;

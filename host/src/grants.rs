@@ -232,6 +232,7 @@ impl Grant {
         }
         for (what, zero) in [
             ("http_body_mib", limits.http_body_mib == Some(0)),
+            ("http_requests", limits.http_requests == Some(0)),
             ("http_in_flight", limits.http_in_flight == Some(0)),
             (
                 "http_connect_timeout_ms",

@@ -226,6 +226,27 @@ async fn requests_outside_the_grant_are_refused_before_any_connection() {
     let plugin = probe_plugin(&h, &granted(&server)).await;
     let r = run(&h, &plugin, &[("url", "http://not-granted.example/ok")]).await;
     assert_denied(&r, "HttpRequestDenied");
+    // A POST too: its body is refused with it, and the guest learns why.
+    let r = run(
+        &h,
+        &plugin,
+        &[("url", "http://not-granted.example/ok"), ("post", "{}")],
+    )
+    .await;
+    assert_denied(&r, "HttpRequestDenied");
+
+    // An address written as a name is an address, and `*` never matches one.
+    let plugin = probe_plugin(
+        &h,
+        &format!(
+            "[[http]]\nurl = \"http://*:{}\"\nprivate = true\n",
+            forbidden.port()
+        ),
+    )
+    .await;
+    let dotted = format!("http://127.0.0.1.:{}/ok", forbidden.port());
+    let r = run(&h, &plugin, &[("url", &dotted)]).await;
+    assert_denied(&r, "HttpRequestDenied");
 
     // An IP literal: names (even `*`) never match one.
     let plugin = probe_plugin(

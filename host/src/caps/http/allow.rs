@@ -88,10 +88,16 @@ impl Host {
         if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             return v6.parse::<Ipv6Addr>().ok().map(|ip| Host::Ip(ip.into()));
         }
-        if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        if let Ok(ip) = name.parse::<Ipv4Addr>() {
             return Some(Host::Ip(ip.into()));
         }
-        let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        // Resolvers read `2130706433`, `127.1`, `0x7f.1` and `0177.0.0.1` as
+        // addresses: a name whose last label looks like a number is none.
+        let last = name.rsplit('.').next().unwrap_or_default();
+        if last.bytes().all(|b| b.is_ascii_digit()) || last.starts_with("0x") {
+            return None;
+        }
         valid_name(&name).then_some(Host::Name(name))
     }
 }
@@ -267,25 +273,31 @@ impl fmt::Display for Endpoint {
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public_v4(v4),
-            None => {
-                let first = v6.segments()[0];
-                !(v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    || (first & 0xffc0) == 0xfe80
-                    || (first & 0xfe00) == 0xfc00
-                    // 64:ff9b::/96 (NAT64) and 2001:db8::/32 (documentation)
-                    || (first == 0x64 && v6.segments()[1] == 0xff9b)
-                    || (first == 0x2001 && v6.segments()[1] == 0xdb8))
+        IpAddr::V6(v6) => {
+            if v6.is_loopback() || v6.is_unspecified() {
+                return false;
             }
-        },
+            if let Some(v4) = v6.to_ipv4_mapped().or_else(|| embedded_v4(v6)) {
+                return is_public_v4(v4);
+            }
+            let s = v6.segments();
+            !(v6.is_multicast()
+                // link-local fe80::/10, site-local fec0::/10, unique local fc00::/7
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] & 0xfe00) == 0xfc00
+                // NAT64 64:ff9b::/96 and 64:ff9b:1::/48
+                || (s[0] == 0x64 && s[1] == 0xff9b)
+                // Teredo 2001::/32, documentation 2001:db8::/32
+                || (s[0] == 0x2001 && (s[1] == 0 || s[1] == 0xdb8))
+                // discard-only 100::/64
+                || (s[0] == 0x100 && s[1..4] == [0, 0, 0]))
+        }
     }
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_link_local()
@@ -295,7 +307,30 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || ip.is_documentation()
         || a == 0
         || (a == 100 && (64..128).contains(&b))
+        // 192.0.0.0/24 (protocol assignments), 192.88.99.0/24 (6to4 relay),
+        // 198.18.0.0/15 (benchmarking)
+        || (a == 192 && b == 0 && c == 0)
+        || (a == 192 && b == 88 && c == 99)
+        || (a == 198 && (b == 18 || b == 19))
         || a >= 240)
+}
+
+/// The IPv4 address inside an IPv4-compatible (`::a.b.c.d`) or 6to4
+/// (`2002:AABB:CCDD::/48`) address.
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    if s[..6] == [0; 6] {
+        Some(v4(s[6], s[7]))
+    } else if s[0] == 0x2002 {
+        Some(v4(s[1], s[2]))
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -341,6 +376,9 @@ mod tests {
             "https://[::1",
             "https://exa mple.com",
             "https://",
+            "http://2130706433",
+            "http://127.1",
+            "http://0x7f.1",
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
@@ -363,6 +401,12 @@ mod tests {
         assert!(!ip.matches(Scheme::Http, &host("localhost"), 8080));
         assert!(!ip.matches(Scheme::Http, &host("127.0.0.2"), 8080));
         assert!(ep("http://[::1]:80").matches(Scheme::Http, &host("[::1]"), 80));
+        // Addresses written as names are addresses, or nothing.
+        assert_eq!(host("127.0.0.1."), Host::Ip("127.0.0.1".parse().unwrap()));
+        assert!(!any.matches(Scheme::Http, &host("169.254.169.254."), 80));
+        for numeric in ["2130706433", "127.1", "0x7f.1", "0177.0.0.1", "1.2.3.0x4"] {
+            assert_eq!(Host::parse(numeric), None, "{numeric}");
+        }
         let any_port = ep("http://*:*");
         assert!(any_port.matches(Scheme::Http, &host("a.test"), 8080));
         assert!(any_port.matches(Scheme::Http, &host("a.test"), 80));
@@ -402,6 +446,14 @@ mod tests {
             "fd00::1",
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::1",
+            "2001::1",
+            "fec0::1",
+            "100::1",
+            "192.0.0.8",
+            "198.18.0.1",
         ] {
             let ip: IpAddr = match private.parse() {
                 Ok(ip) => ip,
@@ -409,7 +461,12 @@ mod tests {
             };
             assert!(!is_public(ip), "{private}");
         }
-        for public in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
+        for public in [
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700::1111",
+            "2002:5db8:d822::1",
+        ] {
             let ip: IpAddr = match public.parse() {
                 Ok(ip) => ip,
                 Err(e) => panic!("{public}: {e}"),

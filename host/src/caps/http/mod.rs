@@ -307,6 +307,10 @@ impl CallHttp {
             Some("https") => Scheme::Https,
             _ => return Err(Error::HttpProtocolError),
         };
+        // wasmtime sends the guest's authority as `Host`: no user info in it.
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(Error::HttpRequestUriInvalid);
+        }
         let host = uri
             .host()
             .and_then(Host::parse)
@@ -318,6 +322,17 @@ impl CallHttp {
             KeyValue::new("server.port", i64::from(port)),
             KeyValue::new("url.scheme", scheme.as_str()),
         ];
+        // Every request counts, refused ones too; past the cap a request
+        // gets no span (twice the cap at most), so that a plugin looping
+        // on refusals cannot flood the trace.
+        let count = self
+            .requests
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let over = count > self.policy.max_requests;
+        if over && count > self.policy.max_requests.saturating_mul(2) {
+            return Err(Error::ConnectionLimitReached);
+        }
         let span = self
             .tracer
             .span_builder("http.client")
@@ -329,7 +344,10 @@ impl CallHttp {
             slot: None,
             ended: false,
         };
-        let count = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if over {
+            client.fail(&Error::ConnectionLimitReached);
+            return Err(Error::ConnectionLimitReached);
+        }
         let Some(rule) = self.policy.rule_for(scheme, &host, port) else {
             attributes.push(KeyValue::new(
                 "reason",
@@ -339,10 +357,6 @@ impl CallHttp {
             client.fail(&Error::HttpRequestDenied);
             return Err(Error::HttpRequestDenied);
         };
-        if count > self.policy.max_requests {
-            client.fail(&Error::ConnectionLimitReached);
-            return Err(Error::ConnectionLimitReached);
-        }
         let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         client.slot = Some(self.in_flight.clone());
         if in_flight > self.policy.max_in_flight {

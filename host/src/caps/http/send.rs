@@ -158,9 +158,7 @@ async fn exchange(
         );
         return Err(Error::DestinationIpProhibited);
     }
-    let stream = tokio::time::timeout_at(connect_by, connect(&addresses))
-        .await
-        .map_err(|_| Error::ConnectionTimeout)??;
+    let stream = connect(&addresses, connect_by).await?;
     let _ = stream.set_nodelay(true);
     let (io, h2): (Box<dyn Io>, bool) = match target.scheme {
         Scheme::Http => (Box::new(stream), false),
@@ -241,15 +239,21 @@ async fn resolve(target: &Target) -> Result<Vec<SocketAddr>, Error> {
     }
 }
 
-async fn connect(addresses: &[SocketAddr]) -> Result<TcpStream, Error> {
+/// Connects to the first address that answers; each gets an equal share
+/// of the time left before `by`, so that one silent address does not use
+/// it all.
+async fn connect(addresses: &[SocketAddr], by: Instant) -> Result<TcpStream, Error> {
     let mut last = Error::DestinationUnavailable;
-    for address in addresses {
-        match TcpStream::connect(address).await {
-            Ok(stream) => return Ok(stream),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+    for (i, address) in addresses.iter().enumerate() {
+        let left = by.saturating_duration_since(Instant::now());
+        let share = left / u32::try_from(addresses.len() - i).unwrap_or(u32::MAX);
+        match tokio::time::timeout(share, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 last = Error::ConnectionRefused;
             }
-            Err(e) => last = Error::Connect(e),
+            Ok(Err(_)) => last = Error::DestinationUnavailable,
+            Err(_) => last = Error::ConnectionTimeout,
         }
     }
     Err(last)

@@ -6,6 +6,7 @@
 //! - `traceparent`: a `traceparent` header the guest sets (the host must
 //!   replace it);
 //! - `follow`: `"1"` follows one redirect (a second request, checked again);
+//! - `post`: when set, POST this body instead of a GET;
 //! - `repeat`: how many times to GET `url`, one after the other;
 //! - `parallel`: how many GETs of `url` to start at once (raw `wasi:http`,
 //!   all handed to the host before any response is awaited).
@@ -19,8 +20,15 @@ use reconcile_sdk::prelude::*;
 
 struct Probe;
 
-fn get(url: &str, traceparent: Option<&String>) -> Result<http::Response, http::Error> {
-    let mut request = http::Request::get(url);
+fn get(
+    url: &str,
+    traceparent: Option<&String>,
+    post: Option<&String>,
+) -> Result<http::Response, http::Error> {
+    let mut request = match post {
+        Some(body) => http::Request::post(url).body(body.as_bytes()),
+        None => http::Request::get(url),
+    };
     if let Some(tp) = traceparent {
         request = request
             .header("traceparent", tp)
@@ -110,13 +118,13 @@ impl Reconciler for Probe {
         let run = || -> Result<Action> {
             let mut first_error = None;
             for _ in 0..repeat {
-                match logged(get(url, traceparent)) {
+                match logged(get(url, traceparent, data.get("post"))) {
                     Ok(response) => {
                         let location = response.header("location").map(str::to_owned);
                         if let (Some("1"), Some(location)) =
                             (data.get("follow").map(String::as_str), location)
                         {
-                            logged(get(&location, None))?;
+                            logged(get(&location, None, None))?;
                         }
                     }
                     Err(e) => {
