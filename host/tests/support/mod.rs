@@ -176,19 +176,12 @@ pub fn demoapp_backend() -> RecordingBackend {
 
 /// A ConfigMap request for the test plugins.
 pub fn configmap_request(name: &str) -> ReconcileRequest {
-    let body = serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": { "name": name, "namespace": "default" }
-    });
-    ReconcileRequest::new(
-        ObjectRef {
-            group: String::new(),
-            version: "v1".into(),
-            kind: "ConfigMap".into(),
-            namespace: Some("default".into()),
-            name: name.into(),
-        },
-        Some(body.to_string()),
+    configmap_request_with(
+        name,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": name, "namespace": "default" }
+        }),
     )
 }
 
@@ -199,11 +192,17 @@ pub fn configmap_with_data(name: &str, data: &[(&str, &str)]) -> ReconcileReques
         .iter()
         .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
         .collect();
-    let body = serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": "default"},
-        "data": data,
-    });
+    configmap_request_with(
+        name,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default"},
+            "data": data,
+        }),
+    )
+}
+
+fn configmap_request_with(name: &str, body: Value) -> ReconcileRequest {
     ReconcileRequest::new(
         ObjectRef {
             group: String::new(),

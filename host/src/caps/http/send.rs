@@ -2,6 +2,7 @@
 //! HTTP/1.1 or HTTP/2, with every wait bounded, and the response body
 //! counted against the cap.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -181,18 +182,15 @@ async fn exchange(
     let first_byte_by = bounds.until(bounds.first_byte);
     let deadline = bounds.deadline + CONNECTION_GRACE;
     let response = if h2 {
-        let (mut sender, conn) = tokio::time::timeout_at(
-            connect_by,
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), io),
-        )
-        .await
-        .map_err(|_| Error::ConnectionTimeout)?
-        .map_err(hyper_error)?;
+        let handshake = hyper::client::conn::http2::handshake(TokioExecutor::new(), io);
+        let (mut sender, conn) = within(connect_by, handshake, Error::ConnectionTimeout).await?;
         tokio::spawn(tokio::time::timeout_at(deadline, conn));
-        tokio::time::timeout_at(first_byte_by, sender.send_request(request))
-            .await
-            .map_err(|_| Error::ConnectionReadTimeout)?
-            .map_err(hyper_error)?
+        within(
+            first_byte_by,
+            sender.send_request(request),
+            Error::ConnectionReadTimeout,
+        )
+        .await?
     } else {
         // HTTP/1.1 wants the origin form: the authority is in `host`.
         let path = request
@@ -202,18 +200,29 @@ async fn exchange(
             .parse::<http::Uri>()
             .map_err(|_| Error::HttpRequestUriInvalid)?;
         *request.uri_mut() = path;
-        let (mut sender, conn) =
-            tokio::time::timeout_at(connect_by, hyper::client::conn::http1::handshake(io))
-                .await
-                .map_err(|_| Error::ConnectionTimeout)?
-                .map_err(hyper_error)?;
+        let handshake = hyper::client::conn::http1::handshake(io);
+        let (mut sender, conn) = within(connect_by, handshake, Error::ConnectionTimeout).await?;
         tokio::spawn(tokio::time::timeout_at(deadline, conn));
-        tokio::time::timeout_at(first_byte_by, sender.send_request(request))
-            .await
-            .map_err(|_| Error::ConnectionReadTimeout)?
-            .map_err(hyper_error)?
+        within(
+            first_byte_by,
+            sender.send_request(request),
+            Error::ConnectionReadTimeout,
+        )
+        .await?
     };
     Ok(response)
+}
+
+/// `step` by `by`, else `late`; hyper's errors as `wasi:http` ones.
+async fn within<T>(
+    by: Instant,
+    step: impl Future<Output = Result<T, hyper::Error>>,
+    late: Error,
+) -> Result<T, Error> {
+    match tokio::time::timeout_at(by, step).await {
+        Ok(result) => result.map_err(hyper_error),
+        Err(_) => Err(late),
+    }
 }
 
 /// The addresses `target` may be reached at: an IP literal as given; a
