@@ -279,13 +279,10 @@ impl Grant {
         Self::from_toml(&text, path)
     }
 
-    /// The grant of plugin `name` at `wasm`: `<name>.grants.toml` under
-    /// `grants_dir` when one is given, else next to the `.wasm`. Older names
-    /// are read too: `<name>.toml` under `grants_dir`, and next to the
-    /// `.wasm` its file stem (`my_plugin.grants.toml` for `my_plugin.wasm`).
-    /// Two different files that could both be the grant are refused.
-    pub fn find(wasm: &Path, name: &str, grants_dir: Option<&Path>) -> Result<Self, GrantError> {
-        let candidates: Vec<PathBuf> = match grants_dir {
+    /// The files a grant for plugin `name` (loaded from `wasm`) may be in,
+    /// the first being the one to create when none exists.
+    pub fn candidates(wasm: &Path, name: &str, grants_dir: Option<&Path>) -> Vec<PathBuf> {
+        match grants_dir {
             Some(dir) => vec![
                 dir.join(format!("{name}.grants.toml")),
                 dir.join(format!("{name}.toml")),
@@ -297,7 +294,16 @@ impl Grant {
                     wasm.with_extension("grants.toml"),
                 ]
             }
-        };
+        }
+    }
+
+    /// The grant of plugin `name` at `wasm`: `<name>.grants.toml` under
+    /// `grants_dir` when one is given, else next to the `.wasm`. Older names
+    /// are read too: `<name>.toml` under `grants_dir`, and next to the
+    /// `.wasm` its file stem (`my_plugin.grants.toml` for `my_plugin.wasm`).
+    /// Two different files that could both be the grant are refused.
+    pub fn find(wasm: &Path, name: &str, grants_dir: Option<&Path>) -> Result<Self, GrantError> {
+        let candidates = Self::candidates(wasm, name, grants_dir);
         let mut found: Vec<&PathBuf> = Vec::new();
         for path in &candidates {
             if path.exists() && !found.iter().any(|f| same_file(f, path)) {

@@ -22,6 +22,8 @@
 //! - [`grants`]: what the operator allows a plugin, from grant files.
 //! - [`operator`]: one kube-runtime controller per plugin, the traced k8s
 //!   backend, watches limited to the granted namespaces, manifests for `dev`.
+//! - [`reload`]: the plugin directory watched; each change validated as at
+//!   start-up, then swapped in, or its controller replaced or stopped.
 //! - [`reconcile`]: request, outcome and root-span vocabulary.
 //! - [`telemetry`]: tracer provider, structured logs, the tree view of
 //!   `dev` and `call`.
@@ -34,4 +36,5 @@ pub mod grants;
 pub mod metadata;
 pub mod operator;
 pub mod reconcile;
+pub mod reload;
 pub mod telemetry;

@@ -148,6 +148,18 @@ struct OperatorArgs {
     /// terminationGracePeriodSeconds).
     #[arg(long, default_value_t = 25.0)]
     shutdown_grace: f64,
+    /// Do not watch the plugin directory: the plugins loaded at start run
+    /// until the host stops.
+    #[arg(long)]
+    no_watch: bool,
+    /// After a plugin is reloaded, how many of its objects are requeued per
+    /// second (each once, with reason plugin_reloaded).
+    #[arg(long, default_value_t = 100.0)]
+    reload_rate: f64,
+    /// How often the plugin directory is scanned besides its change events,
+    /// in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    rescan_s: f64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -418,6 +430,7 @@ async fn operate(
     target: Target,
 ) -> anyhow::Result<ExitCode> {
     use reconcile_host::operator::{self, ControllerSettings, GrantPolicy, Operator};
+    use reconcile_host::reload::{ReloadConfig, Reloader};
     // Telemetry first: it never waits for the collector.
     let telemetry = Telemetry::init(config)?;
     for warning in &config.warnings {
@@ -458,20 +471,46 @@ async fn operate(
             }
         };
         let engine = Engine::new(EngineConfig { cache_dir, ..EngineConfig::default() }, telemetry.tracer(), logger)?;
-        let plugins = operator::load_plugins(&engine, &args.plugins, &policy).await?;
-        for plugin in &plugins {
-            let m = plugin.metadata();
-            let granted = plugin.grant().map(ToString::to_string).unwrap_or_default();
-            tracing::info!(plugin = %m.name, version = %m.version, digest = %plugin.digest(), "loaded; granted:\n{}", granted.trim_end());
+        if !(args.reload_rate.is_finite() && args.reload_rate > 0.0) {
+            bail!("--reload-rate takes a number of objects per second, more than 0");
         }
+        let rescan = Duration::try_from_secs_f64(args.rescan_s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .context("--rescan-s takes a number of seconds, more than 0")?;
         let settings = ControllerSettings {
             concurrency: args.concurrency.max(1),
             backoff_max: Duration::from_secs(args.max_backoff_s.max(1)),
             shutdown_grace: Duration::try_from_secs_f64(args.shutdown_grace)
                 .context("--shutdown-grace takes a number of seconds, 0 or more")?,
+            reload_rate: args.reload_rate,
             ..ControllerSettings::default()
         };
-        let operator = Operator::start(client, plugins, settings, telemetry.tracer());
+        let operator = std::sync::Arc::new(Operator::new(client, settings, telemetry.tracer()));
+        let mut reload = ReloadConfig::new(args.plugins.clone(), policy);
+        reload.rescan = rescan;
+        let mut reloader = Reloader::new(engine, operator.clone(), telemetry.tracer(), reload);
+        // A plugin that does not load does not keep the others from running.
+        let report = reloader.scan().await?;
+        if !report.failed.is_empty() {
+            let n = report.failed.len();
+            let files: Vec<String> = report.failed.iter().map(|(f, _)| f.display().to_string()).collect();
+            tracing::error!("{n} plugin{} did not load (the others run): {}", if n == 1 { "" } else { "s" }, files.join(", "));
+        }
+        if report.started.is_empty() {
+            if args.exit_when_idle && report.failed.is_empty() {
+                return Err(operator::OperatorError::NoPlugins(args.plugins.clone()).into());
+            }
+            tracing::warn!(dir = %args.plugins.display(), "no plugin runs: build them with `cargo xtask plugins` or copy a .wasm into {}", args.plugins.display());
+        }
+        let (stop_watching, watching) = tokio::sync::watch::channel(false);
+        let watcher = (!args.no_watch).then(|| {
+            tracing::info!(dir = %args.plugins.display(), "watching for plugin changes");
+            let mut watching = watching;
+            tokio::spawn(reloader.watch(async move {
+                let _ = watching.wait_for(|s| *s).await;
+            }))
+        });
         let idle = if args.exit_when_idle {
             let activity = operator.activity().clone();
             tokio::select! {
@@ -492,6 +531,10 @@ async fn operate(
         let failures = operator.activity().failures();
         let reconciles = operator.activity().reconciles();
         let activity = operator.activity().clone();
+        let _ = stop_watching.send(true);
+        if let Some(watcher) = watcher {
+            let _ = watcher.await;
+        }
         operator.stop().await;
         if let Some(server) = server {
             server.shutdown().await;

@@ -390,7 +390,7 @@ impl Engine {
         let source_name = source_name.to_owned();
         check_header(bytes, &source_name)?;
         let digest = hex::encode(Sha256::digest(bytes));
-        let component = self
+        let (component, load) = self
             .compile(bytes.to_vec(), digest.clone(), source_name.clone())
             .await?;
         let wit_version = plugin_wit_version(&component, &self.inner.wasmtime, &source_name)?;
@@ -441,6 +441,7 @@ impl Engine {
                 backend: Arc::new(NoCluster),
                 grant: None,
                 http,
+                load,
             }),
         })
     }
@@ -450,23 +451,32 @@ impl Engine {
         bytes: Vec<u8>,
         digest: String,
         source_name: String,
-    ) -> Result<Component, LoadError> {
+    ) -> Result<(Component, LoadStats), LoadError> {
         let engine = self.inner.wasmtime.clone();
         let cache = self.inner.cache.clone();
         let compiled = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             if let Some(component) = cache.as_ref().and_then(|c| c.load(&engine, &digest)) {
-                return Ok(component);
+                let stats = LoadStats {
+                    cached: true,
+                    compile: started.elapsed(),
+                };
+                return Ok((component, stats));
             }
             let component =
                 Component::from_binary(&engine, &bytes).map_err(|e| format!("{e:#}"))?;
+            let stats = LoadStats {
+                cached: false,
+                compile: started.elapsed(),
+            };
             if let Some(cache) = &cache {
                 cache.store(&digest, &component);
             }
-            Ok(component)
+            Ok((component, stats))
         })
         .await;
         match compiled {
-            Ok(Ok(component)) => Ok(component),
+            Ok(Ok(compiled)) => Ok(compiled),
             Ok(Err(message)) => Err(LoadError::Compile {
                 source_name,
                 message,
@@ -690,6 +700,16 @@ struct PluginInner {
     backend: SharedBackend,
     grant: Option<Arc<Grant>>,
     http: Arc<HttpPolicy>,
+    load: LoadStats,
+}
+
+/// How a plugin's compiled code was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadStats {
+    /// From the compile cache (no compile).
+    pub cached: bool,
+    /// Time to compile, or to read the cached artifact.
+    pub compile: Duration,
 }
 
 impl fmt::Debug for Plugin {
@@ -712,6 +732,16 @@ impl Plugin {
     /// `sha256:<hex>` of the `.wasm`.
     pub fn digest(&self) -> &str {
         &self.inner.digest
+    }
+
+    /// Whether the compiled code came from the cache, and how long it took.
+    pub fn load_stats(&self) -> LoadStats {
+        self.inner.load
+    }
+
+    /// The file (or name) the plugin was loaded from.
+    pub fn source_name(&self) -> &str {
+        &self.inner.source_name
     }
 
     /// The version of the WIT contract the plugin was built against.

@@ -12,10 +12,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+
 use futures::{FutureExt as _, StreamExt};
 use kube::ResourceExt as _;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::ObjectRef as KubeRef;
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use serde_json::{Value, json};
 
@@ -36,6 +39,9 @@ pub struct ControllerSettings {
     pub backoff_max: Duration,
     /// How long shutdown waits for running reconciles before cutting them.
     pub shutdown_grace: Duration,
+    /// After a plugin is swapped for a new version, how many of its objects
+    /// per second are requeued (`plugin_reloaded`).
+    pub reload_rate: f64,
 }
 
 impl Default for ControllerSettings {
@@ -45,6 +51,7 @@ impl Default for ControllerSettings {
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(25),
+            reload_rate: 100.0,
         }
     }
 }
@@ -67,6 +74,8 @@ struct ActivityState {
     cut: u64,
     retrying: HashSet<Key>,
     failed: HashMap<Key, String>,
+    /// Plugin files that did not load, with the reason.
+    loads: HashMap<String, String>,
     reconciles: u64,
     last_change: Instant,
 }
@@ -79,6 +88,7 @@ impl Default for ActivityState {
             cut: 0,
             retrying: HashSet::new(),
             failed: HashMap::new(),
+            loads: HashMap::new(),
             reconciles: 0,
             last_change: Instant::now(),
         }
@@ -109,6 +119,25 @@ impl Activity {
         let mut s = self.lock();
         s.failed
             .insert((plugin.to_owned(), String::new(), String::new()), message);
+        s.last_change = Instant::now();
+    }
+
+    /// A plugin file did not load (`None`: it loaded, or is gone).
+    pub fn load_result(&self, file: &str, failure: Option<String>) {
+        let mut s = self.lock();
+        match failure {
+            Some(message) => s.loads.insert(file.to_owned(), message),
+            None => s.loads.remove(file),
+        };
+        s.last_change = Instant::now();
+    }
+
+    /// Forgets everything about a plugin that stopped.
+    pub(crate) fn forget_plugin(&self, plugin: &str) {
+        let mut s = self.lock();
+        s.failed.retain(|(p, _, _), _| p != plugin);
+        s.retrying.retain(|(p, _, _)| p != plugin);
+        s.running.remove(plugin);
         s.last_change = Instant::now();
     }
 
@@ -182,6 +211,11 @@ impl Activity {
                 };
                 (what, f.clone())
             })
+            .chain(
+                s.loads
+                    .iter()
+                    .map(|(file, f)| (format!("{file}: load"), f.clone())),
+            )
             .collect();
         out.sort();
         out
@@ -200,6 +234,11 @@ impl Activity {
         self.lock().cut
     }
 
+    /// Reconciles running now.
+    pub fn running(&self) -> usize {
+        self.lock().running.values().sum()
+    }
+
     /// Reconciles finished so far.
     pub fn reconciles(&self) -> u64 {
         self.lock().reconciles
@@ -213,7 +252,32 @@ struct ObjectState {
     /// Whether the latest failure is one the host retries.
     retrying: bool,
     requeued: bool,
-    digest: String,
+    /// The plugin version (see [`Objects`]) that last reconciled it.
+    generation: u64,
+}
+
+/// What a controller knows of its objects, handed to the controller that
+/// replaces it: the objects the old version reconciled are reconciled by
+/// the new one with `plugin_reloaded`.
+#[derive(Debug, Default)]
+pub struct Objects {
+    states: HashMap<(String, String), ObjectState>,
+    /// The version of the plugin that ran last; every swap adds one.
+    generation: u64,
+}
+
+impl Objects {
+    /// A new version takes over: what the old one reconciled counts as
+    /// reconciled by an older version.
+    pub(crate) fn next_version(&mut self) {
+        self.generation += 1;
+    }
+}
+
+/// The current version of a controller's plugin.
+struct Version {
+    plugin: Plugin,
+    generation: u64,
 }
 
 /// A failed reconcile, as the controller's error.
@@ -222,7 +286,9 @@ struct ObjectState {
 pub struct ReconcileFailed(Failure);
 
 struct Context {
-    plugin: Plugin,
+    name: String,
+    /// Swapped by a reload; a running reconcile keeps the one it loaded.
+    current: ArcSwap<Version>,
     backend: Arc<dyn K8sBackend>,
     primary: ResourceType,
     finalizer: Option<String>,
@@ -258,7 +324,7 @@ impl Context {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(namespace.to_owned(), name.to_owned()));
         self.activity.forget(&(
-            self.plugin.metadata().name.clone(),
+            self.name.clone(),
             namespace.to_owned(),
             name.to_owned(),
         ));
@@ -269,7 +335,7 @@ impl Context {
     fn sweep(&self) {
         let present: HashSet<(String, String)> =
             self.store.state().iter().map(|o| key_of(o)).collect();
-        for (_, namespace, name) in self.activity.keys_of(&self.plugin.metadata().name) {
+        for (_, namespace, name) in self.activity.keys_of(&self.name) {
             if !present.contains(&(namespace.clone(), name.clone())) {
                 self.forget(&namespace, &name);
             }
@@ -297,7 +363,13 @@ impl Context {
     }
 
     /// Why this reconcile happens, and which attempt it is.
-    fn reason(&self, obj: &DynamicObject, state: &ObjectState, deleting: bool) -> (Reason, u32) {
+    fn reason(
+        &self,
+        obj: &DynamicObject,
+        state: &ObjectState,
+        deleting: bool,
+        generation: u64,
+    ) -> (Reason, u32) {
         let attempt = state.failures + 1;
         if deleting {
             return (Reason::Deleting, attempt);
@@ -306,7 +378,7 @@ impl Context {
         if state.failures > 0 && state.retrying && !changed {
             return (Reason::Retry, attempt);
         }
-        if state.last_version.is_some() && state.digest != self.plugin.digest() {
+        if state.last_version.is_some() && state.generation != generation {
             return (Reason::PluginReloaded, attempt);
         }
         if changed {
@@ -321,6 +393,7 @@ impl Context {
     /// A JSON patch on the primary object, made by the host.
     async fn patch_finalizers(
         &self,
+        plugin: &Plugin,
         obj: &DynamicObject,
         patch: Value,
         root: &opentelemetry::Context,
@@ -334,7 +407,7 @@ impl Context {
                 body: patch.to_string(),
             },
         };
-        let deadline = Instant::now() + self.plugin.limits().deadline;
+        let deadline = Instant::now() + plugin.limits().deadline;
         let cx = CallContext {
             otel: root.clone(),
             deadline,
@@ -353,11 +426,7 @@ impl Context {
 
 async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, ReconcileFailed> {
     let key = key_of(&obj);
-    let activity_key = (
-        ctx.plugin.metadata().name.clone(),
-        key.0.clone(),
-        key.1.clone(),
-    );
+    let activity_key = (ctx.name.clone(), key.0.clone(), key.1.clone());
     let deleting = obj.metadata.deletion_timestamp.is_some();
     let finalized = ctx
         .finalizer
@@ -368,10 +437,14 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
         ctx.forget(&key.0, &key.1);
         return Ok(Action::await_change());
     }
-    ctx.activity.begin(&ctx.plugin.metadata().name);
+    // The version current now runs this reconcile to its end, even if
+    // another is swapped in meanwhile.
+    let version = ctx.current.load_full();
+    let plugin = &version.plugin;
+    ctx.activity.begin(&ctx.name);
     let started = Instant::now();
     let state = ctx.state(&key);
-    let (reason, attempt) = ctx.reason(&obj, &state, deleting);
+    let (reason, attempt) = ctx.reason(&obj, &state, deleting, version.generation);
     let primary = &ctx.primary;
     let request = ReconcileRequest {
         object: ObjectRef {
@@ -387,7 +460,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
         generation: obj.metadata.generation,
         parent: None,
     };
-    let root = ctx.plugin.start_span(&request);
+    let root = plugin.start_span(&request);
     let root_cx = root.context().clone();
 
     // The finalizer goes on before the plugin first runs.
@@ -406,13 +479,13 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
                 {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}
             ]),
         };
-        if let Err(failure) = ctx.patch_finalizers(&obj, patch, &root_cx).await {
+        if let Err(failure) = ctx.patch_finalizers(plugin, &obj, patch, &root_cx).await {
             outcome = Some((Outcome::Failed(failure), Default::default()));
         }
     }
     let (mut outcome, stats) = match outcome {
         Some(o) => o,
-        None => ctx.plugin.run(&request, &root).await,
+        None => plugin.run(&request, &root).await,
     };
     // A finished `deleting` reconcile releases the object.
     if deleting
@@ -425,15 +498,15 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
             {"op": "test", "path": "/metadata/finalizers", "value": current},
             {"op": "replace", "path": "/metadata/finalizers", "value": remaining}
         ]);
-        if let Err(failure) = ctx.patch_finalizers(&obj, patch, &root_cx).await {
+        if let Err(failure) = ctx.patch_finalizers(plugin, &obj, patch, &root_cx).await {
             outcome = Outcome::Failed(failure);
         }
     }
-    let reconciled = ctx.plugin.finish(&request, root, outcome, stats, started);
+    let reconciled = plugin.finish(&request, root, outcome, stats, started);
     let failure = reconciled.outcome.failure().cloned();
     ctx.activity.end(activity_key, failure.as_ref());
+    let generation = version.generation;
     let version = obj.resource_version();
-    let digest = ctx.plugin.digest().to_owned();
     ctx.prune();
     match reconciled.outcome {
         Outcome::Done => {
@@ -443,7 +516,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
                     failures: 0,
                     retrying: false,
                     requeued: false,
-                    digest,
+                    generation,
                 }
             });
             Ok(Action::await_change())
@@ -455,7 +528,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
                     failures: 0,
                     retrying: false,
                     requeued: true,
-                    digest,
+                    generation,
                 }
             });
             Ok(Action::requeue(after))
@@ -466,7 +539,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
                 s.failures += 1;
                 s.retrying = retrying;
                 s.last_version = version;
-                s.digest = digest;
+                s.generation = generation;
             });
             Err(ReconcileFailed(failure))
         }
@@ -574,7 +647,14 @@ async fn check_types(
     }
 }
 
-/// Runs the controller of `plugin` until `shutdown` resolves.
+/// Runs the controller of the plugin `versions` holds until `shutdown`
+/// resolves, and returns what it knew of its objects.
+///
+/// A new value in `versions` (same types, finalizer, concurrency: the
+/// operator checks) becomes current at once: reconciles running keep the
+/// version they started with, and every object the old version reconciled
+/// is requeued once, `settings.reload_rate` per second, with
+/// `plugin_reloaded`. `objects` is what a replaced controller knew.
 ///
 /// Its Kubernetes calls go through a [`KubeBackend`] writing as the plugin
 /// (field manager = plugin name), reading the controller's stores. The
@@ -582,14 +662,16 @@ async fn check_types(
 /// as started once its caches have synced (or it gave up).
 pub async fn run(
     client: kube::Client,
-    plugin: Plugin,
+    mut versions: tokio::sync::watch::Receiver<Plugin>,
+    objects: Objects,
     settings: ControllerSettings,
     activity: Arc<Activity>,
     tracer: opentelemetry_sdk::trace::SdkTracer,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
+) -> Objects {
     let shutdown = shutdown.boxed().shared();
     let mut starting = Starting(Some(activity.clone()));
+    let plugin = versions.borrow_and_update().clone();
     let metadata = plugin.metadata().clone();
     let name = metadata.name.clone();
     let types: Vec<ResourceType> = std::iter::once(metadata.primary.clone())
@@ -598,12 +680,12 @@ pub async fn run(
     let checker = KubeBackend::new(client.clone(), &name, tracer.clone(), Vec::new());
     let checked = tokio::select! {
         checked = check_types(&checker, &name, &types, &activity) => checked,
-        () = shutdown.clone() => return,
+        () = shutdown.clone() => return objects,
     };
     if let Err(message) = checked {
         tracing::error!(plugin = %name, "{message}; the controller does not run: rebuild the plugin with the type the API server serves");
         activity.controller_failed(&name, message);
-        return;
+        return objects;
     }
     activity.forget(&(name.clone(), String::new(), String::new()));
 
@@ -616,7 +698,7 @@ pub async fn run(
         );
         tracing::error!(plugin = %name, "{message}");
         activity.controller_failed(&name, message);
-        return;
+        return objects;
     };
     let primary = api_resource(&metadata.primary);
     let selector = metadata.primary_selector.as_deref();
@@ -629,11 +711,16 @@ pub async fn run(
             tracing::info!(plugin = %name, "watching {} in {namespaces}", metadata.primary.gvk())
         }
     }
+    // Objects requeued after a reload come through here.
+    let (requeue, requeued) = tokio::sync::mpsc::channel::<KubeRef<DynamicObject>>(16);
     let mut controller = Controller::for_stream_with(
         primary_stream.applied_objects(),
         primary_cache.store.clone(),
         primary.clone(),
-    );
+    )
+    .reconcile_on(futures::stream::unfold(requeued, |mut rx| async move {
+        rx.recv().await.map(|obj| (obj, rx))
+    }));
     let mut caches = vec![primary_cache];
     for owned in &metadata.owns {
         // A namespaced owner owns objects of its own namespace only.
@@ -673,17 +760,27 @@ pub async fn run(
         .unwrap_or(settings.concurrency)
         .max(1);
     let grace = settings.shutdown_grace;
-    let plugin = plugin.with_backend(backend.clone());
+    // A version swapped in while the controller was starting is the one
+    // that runs first.
+    let plugin = versions.borrow_and_update().with_backend(backend.clone());
+    let generation = objects.generation;
     let ctx = Arc::new(Context {
-        plugin,
+        name: name.clone(),
+        current: ArcSwap::from_pointee(Version { plugin, generation }),
         backend,
         primary: metadata.primary.clone(),
         finalizer: metadata.finalizer.clone(),
         settings,
-        objects: Mutex::default(),
+        objects: Mutex::new(objects.states),
         activity: activity.clone(),
         store,
     });
+    let swaps = tokio::spawn(swap_versions(
+        ctx.clone(),
+        versions,
+        requeue,
+        primary.clone(),
+    ));
 
     // Startup: the controller counts as started once every store has
     // listed (or after SYNC_GIVE_UP, still trying); then it forgets, every
@@ -764,7 +861,7 @@ pub async fn run(
     controller
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .take_until(forceful)
         .for_each(move |result| {
             let ctx = results.clone();
@@ -782,13 +879,88 @@ pub async fn run(
                     Err(kube::runtime::controller::Error::ReconcilerFailed(..)) | Ok(_) => {}
                     // Watch errors: kube-runtime backs off and tries again.
                     Err(error) => {
-                        tracing::warn!(plugin = %ctx.plugin.metadata().name, %error, "controller");
+                        tracing::warn!(plugin = %ctx.name, %error, "controller");
                     }
                 }
             }
         })
         .await;
     background.abort();
+    swaps.abort();
+    let states = std::mem::take(&mut *ctx.objects.lock().unwrap_or_else(|e| e.into_inner()));
+    Objects {
+        states,
+        generation: ctx.current.load().generation,
+    }
+}
+
+/// Makes each new version current, then requeues the objects an older
+/// version reconciled: `reload_rate` per second, each once (an object
+/// reconciled by the new version meanwhile is skipped). A newer swap
+/// restarts the pass.
+async fn swap_versions(
+    ctx: Arc<Context>,
+    mut versions: tokio::sync::watch::Receiver<Plugin>,
+    requeue: tokio::sync::mpsc::Sender<KubeRef<DynamicObject>>,
+    primary: ApiResource,
+) {
+    let mut pass: Option<tokio::task::JoinHandle<()>> = None;
+    while versions.changed().await.is_ok() {
+        let plugin = versions.borrow_and_update().with_backend(ctx.backend.clone());
+        let generation = ctx.current.load().generation + 1;
+        ctx.current.store(Arc::new(Version { plugin, generation }));
+        if let Some(pass) = pass.take() {
+            pass.abort();
+        }
+        pass = Some(tokio::spawn(requeue_all(
+            ctx.clone(),
+            requeue.clone(),
+            primary.clone(),
+            generation,
+        )));
+    }
+    if let Some(pass) = pass {
+        pass.abort();
+    }
+}
+
+async fn requeue_all(
+    ctx: Arc<Context>,
+    requeue: tokio::sync::mpsc::Sender<KubeRef<DynamicObject>>,
+    primary: ApiResource,
+    generation: u64,
+) {
+    let rate = if ctx.settings.reload_rate.is_finite() && ctx.settings.reload_rate > 0.0 {
+        ctx.settings.reload_rate
+    } else {
+        ControllerSettings::default().reload_rate
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Not reconciled by this version yet (a reconcile by the old one may be
+    // running: the requeue waits for it, then runs this one).
+    let stale = |obj: &DynamicObject| ctx.state(&key_of(obj)).generation != generation;
+    let mut count = 0usize;
+    for obj in ctx.store.state() {
+        if !stale(&obj) {
+            continue;
+        }
+        tick.tick().await;
+        if !stale(&obj) {
+            continue;
+        }
+        if requeue
+            .send(KubeRef::from_obj_with(&*obj, primary.clone()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        count += 1;
+    }
+    if count > 0 {
+        tracing::info!(plugin = %ctx.name, objects = count, "requeued after the reload");
+    }
 }
 
 /// Counts a controller as started when dropped, unless it already was.

@@ -6,6 +6,7 @@ pub mod controller;
 pub mod manifests;
 pub mod watch;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,16 +15,9 @@ use tokio::task::JoinHandle;
 
 pub use controller::{Activity, ControllerSettings};
 
+use crate::caps::k8s::ResourceType;
 use crate::engine::{Engine, Limits, LoadError, Plugin};
 use crate::grants::{Grant, GrantError};
-
-fn list(errors: &[OperatorError]) -> String {
-    errors
-        .iter()
-        .map(|e| format!("  - {e}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// How plugins get their grants.
 #[derive(Clone, Debug)]
@@ -60,9 +54,6 @@ pub enum OperatorError {
     /// A grant is missing, invalid or too small.
     #[error(transparent)]
     Grant(#[from] GrantError),
-    /// Several plugins failed: every one is named.
-    #[error("{} plugins did not load:\n{}", .0.len(), list(.0))]
-    Several(Vec<OperatorError>),
     /// Two plugins have the same name.
     #[error("two plugins are named {name}: {first} and {second}; plugin names must be unique")]
     Duplicate {
@@ -90,6 +81,23 @@ pub async fn load_plugin(
     policy: &GrantPolicy,
 ) -> Result<Plugin, OperatorError> {
     let plugin = engine.load_file(path).await?;
+    apply_grant(plugin, path, policy)
+}
+
+/// Loads a plugin from the bytes read from `path`, and applies its grant.
+pub async fn load_plugin_bytes(
+    engine: &Engine,
+    bytes: &[u8],
+    path: &Path,
+    policy: &GrantPolicy,
+) -> Result<Plugin, OperatorError> {
+    let plugin = engine
+        .load_bytes(bytes, &path.display().to_string())
+        .await?;
+    apply_grant(plugin, path, policy)
+}
+
+fn apply_grant(plugin: Plugin, path: &Path, policy: &GrantPolicy) -> Result<Plugin, OperatorError> {
     let metadata = plugin.metadata();
     let grant = match policy {
         GrantPolicy::AsRequested { http } => {
@@ -125,72 +133,105 @@ pub async fn load_plugin(
     Ok(plugin.with_grant(Arc::new(grant)))
 }
 
-/// Loads every `*.wasm` in `dir`, in name order.
-pub async fn load_plugins(
-    engine: &Engine,
-    dir: &Path,
-    policy: &GrantPolicy,
-) -> Result<Vec<Plugin>, OperatorError> {
-    let read = |error| OperatorError::ReadDir {
-        path: dir.to_owned(),
-        error,
-    };
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(read)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-        .collect();
-    paths.sort();
-    if paths.is_empty() {
-        return Err(OperatorError::NoPlugins(dir.to_owned()));
-    }
-    // Every file is tried, so that one start reports every bad one.
-    let mut plugins: Vec<(Plugin, PathBuf)> = Vec::new();
-    let mut errors = Vec::new();
-    for path in paths {
-        let plugin = match load_plugin(engine, &path, policy).await {
-            Ok(plugin) => plugin,
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
-        };
-        if let Some((_, first)) = plugins
-            .iter()
-            .find(|(p, _)| p.metadata().name == plugin.metadata().name)
-        {
-            errors.push(OperatorError::Duplicate {
-                name: plugin.metadata().name.clone(),
-                first: first.display().to_string(),
-                second: path.display().to_string(),
-            });
-            continue;
+/// What [`Operator::upsert`] did with a plugin version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// No controller of that name ran: one started.
+    Started,
+    /// It became the current version of the running controller.
+    Swapped,
+    /// Its types, finalizer, selector, field manager, concurrency or
+    /// watched namespaces differ: the old controller was drained and
+    /// stopped, and a new one started.
+    Replaced,
+    /// The same digest and grant were already current.
+    Unchanged,
+}
+
+/// What a controller is built from: a version that differs in any of these
+/// needs a new controller; one that does not is swapped into the old.
+#[derive(Debug, PartialEq)]
+struct Shape {
+    primary: ResourceType,
+    owns: Vec<ResourceType>,
+    finalizer: Option<String>,
+    selector: Option<String>,
+    field_manager: Option<String>,
+    concurrency: Option<u16>,
+    watched: Vec<Option<watch::Namespaces>>,
+}
+
+impl Shape {
+    fn of(plugin: &Plugin) -> Self {
+        let m = plugin.metadata();
+        let watched = std::iter::once(&m.primary)
+            .chain(&m.owns)
+            .map(|r| match plugin.grant() {
+                Some(grant) => grant.watch_namespaces(r),
+                None => Some(watch::Namespaces::All),
+            })
+            .collect();
+        Shape {
+            primary: m.primary.clone(),
+            owns: m.owns.clone(),
+            finalizer: m.finalizer.clone(),
+            selector: m.primary_selector.clone(),
+            field_manager: m.field_manager.clone(),
+            concurrency: plugin.grant().and_then(|g| g.limits.concurrency),
+            watched,
         }
-        plugins.push((plugin, path));
-    }
-    match errors.len() {
-        0 => Ok(plugins.into_iter().map(|(p, _)| p).collect()),
-        1 => Err(errors.remove(0)),
-        _ => Err(OperatorError::Several(errors)),
     }
 }
 
-/// Running controllers, one per plugin.
-pub struct Operator {
-    activity: Arc<Activity>,
+/// One running controller.
+struct Running {
+    shape: Shape,
+    versions: tokio::sync::watch::Sender<Plugin>,
     stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    task: JoinHandle<controller::Objects>,
+}
+
+impl Running {
+    /// Stops taking reconciles, lets running ones finish (within the
+    /// shutdown grace), and returns what the controller knew.
+    async fn drain(self) -> controller::Objects {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// Running controllers, one per plugin name, started, swapped, replaced
+/// and stopped while the host runs.
+pub struct Operator {
+    client: kube::Client,
+    settings: ControllerSettings,
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+    activity: Arc<Activity>,
+    controllers: tokio::sync::Mutex<BTreeMap<String, Running>>,
 }
 
 impl std::fmt::Debug for Operator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Operator")
-            .field("controllers", &self.tasks.len())
-            .finish()
+        f.debug_struct("Operator").finish_non_exhaustive()
     }
 }
 
 impl Operator {
+    /// An operator with no controllers yet.
+    pub fn new(
+        client: kube::Client,
+        settings: ControllerSettings,
+        tracer: opentelemetry_sdk::trace::SdkTracer,
+    ) -> Self {
+        Operator {
+            client,
+            settings,
+            tracer,
+            activity: Arc::new(Activity::default()),
+            controllers: tokio::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
     /// Starts a controller per plugin.
     pub fn start(
         client: kube::Client,
@@ -198,31 +239,104 @@ impl Operator {
         settings: ControllerSettings,
         tracer: opentelemetry_sdk::trace::SdkTracer,
     ) -> Self {
-        let activity = Arc::new(Activity::default());
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let tasks = plugins
+        let mut operator = Self::new(client, settings, tracer);
+        let running = plugins
             .into_iter()
             .map(|plugin| {
-                activity.starting();
-                let mut stopped = stopped.clone();
-                let shutdown = async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                };
-                tokio::spawn(controller::run(
-                    client.clone(),
-                    plugin,
-                    settings.clone(),
-                    activity.clone(),
-                    tracer.clone(),
-                    shutdown,
-                ))
+                let name = plugin.metadata().name.clone();
+                (name, operator.spawn(plugin, controller::Objects::default()))
             })
             .collect();
-        Operator {
-            activity,
+        operator.controllers = tokio::sync::Mutex::new(running);
+        operator
+    }
+
+    fn spawn(&self, plugin: Plugin, objects: controller::Objects) -> Running {
+        self.activity.starting();
+        let shape = Shape::of(&plugin);
+        let (versions, versions_rx) = tokio::sync::watch::channel(plugin);
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let task = tokio::spawn(controller::run(
+            self.client.clone(),
+            versions_rx,
+            objects,
+            self.settings.clone(),
+            self.activity.clone(),
+            self.tracer.clone(),
+            shutdown,
+        ));
+        Running {
+            shape,
+            versions,
             stop,
-            tasks,
+            task,
         }
+    }
+
+    /// Makes `plugin` the current version of the controller of its name:
+    /// starts one, swaps it into the running one, or replaces that one
+    /// when it cannot be reused (see [`Change`]).
+    pub async fn upsert(&self, plugin: Plugin) -> Change {
+        let name = plugin.metadata().name.clone();
+        let mut controllers = self.controllers.lock().await;
+        let Some(running) = controllers.remove(&name) else {
+            controllers.insert(name, self.spawn(plugin, controller::Objects::default()));
+            return Change::Started;
+        };
+        let shape = Shape::of(&plugin);
+        if shape == running.shape {
+            let unchanged = {
+                let current = running.versions.borrow();
+                current.digest() == plugin.digest()
+                    && current.grant().map(|g| g.to_string())
+                        == plugin.grant().map(|g| g.to_string())
+            };
+            if !unchanged {
+                running.versions.send_replace(plugin);
+            }
+            controllers.insert(name, running);
+            return if unchanged {
+                Change::Unchanged
+            } else {
+                Change::Swapped
+            };
+        }
+        // No object may be reconciled by both: the old one stops first.
+        let same_objects = shape.primary == running.shape.primary;
+        let mut objects = running.drain().await;
+        objects.next_version();
+        if !same_objects {
+            objects = controller::Objects::default();
+        }
+        self.activity.forget_plugin(&name);
+        controllers.insert(name, self.spawn(plugin, objects));
+        Change::Replaced
+    }
+
+    /// Drains and stops the controller of `name`; `false` if none ran.
+    pub async fn remove(&self, name: &str) -> bool {
+        let running = self.controllers.lock().await.remove(name);
+        match running {
+            Some(running) => {
+                running.drain().await;
+                self.activity.forget_plugin(name);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The current version of every running controller, by name.
+    pub async fn plugins(&self) -> Vec<Plugin> {
+        self.controllers
+            .lock()
+            .await
+            .values()
+            .map(|r| r.versions.borrow().clone())
+            .collect()
     }
 
     /// What the controllers are doing.
@@ -231,10 +345,15 @@ impl Operator {
     }
 
     /// Stops every controller, letting running reconciles finish.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+    pub async fn stop(&self) {
+        let running: Vec<Running> = std::mem::take(&mut *self.controllers.lock().await)
+            .into_values()
+            .collect();
+        for r in &running {
+            let _ = r.stop.send(true);
+        }
+        for r in running {
+            let _ = r.task.await;
         }
     }
 }

@@ -1,0 +1,537 @@
+//! Hot reload: the plugin directory is watched, and each new or changed
+//! plugin is validated exactly as at start-up before it replaces the
+//! running version.
+//!
+//! [`Reloader::scan`] is one pass over the directory: every `*.wasm` (and
+//! the grant files of the plugins found) is fingerprinted; what is new or
+//! changed is loaded (compile, contract versions, `metadata()`, grant) and
+//! handed to [`Operator::upsert`]; what disappeared is drained and stopped
+//! ([`Operator::remove`]). A file that fails keeps the running version of
+//! its plugin serving. [`Reloader::watch`] runs a scan after every
+//! debounced change that `notify` reports, and every `rescan` as a safety
+//! net (a watch can be lost, an event dropped).
+//!
+//! Files arrive in one of two ways, and both work:
+//! - an atomic rename into the directory (`cp` to a temporary name, then
+//!   `mv`): names starting with `.` and without the `.wasm` extension are
+//!   never loaded;
+//! - a ConfigMap or Secret volume: the visible files are symlinks through
+//!   `..data`, and the kubelet swaps that symlink to a new timestamped
+//!   directory; the swap is an event in the directory, and every scan
+//!   reads through the symlinks.
+//!
+//! A file caught half-written fails validation (it is not a component yet)
+//! and is tried again when the next event shows it changed (a failure is
+//! remembered with the digest of the bytes and of the grant files, so the
+//! same bytes are not tried, nor reported, twice); a file that changed
+//! while it was being validated is not swapped in (its digest must be the
+//! one loaded).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
+use sha2::{Digest as _, Sha256};
+
+use crate::engine::{Engine, LoadError};
+use crate::grants::{Grant, GrantError};
+use crate::operator::{self, Change, GrantPolicy, Operator, OperatorError};
+
+/// How the plugin directory is watched.
+#[derive(Clone, Debug)]
+pub struct ReloadConfig {
+    /// The plugin directory.
+    pub dir: PathBuf,
+    /// Where grants come from.
+    pub policy: GrantPolicy,
+    /// How long a file must be quiet before it is loaded.
+    pub debounce: Duration,
+    /// How often the directory is scanned even without events.
+    pub rescan: Duration,
+}
+
+impl ReloadConfig {
+    /// The defaults: 10 ms of quiet, a rescan every 10 s.
+    pub fn new(dir: PathBuf, policy: GrantPolicy) -> Self {
+        ReloadConfig {
+            dir,
+            policy,
+            debounce: Duration::from_millis(10),
+            rescan: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What one scan did.
+#[derive(Debug, Default)]
+pub struct ScanReport {
+    /// Plugins started, by name.
+    pub started: Vec<String>,
+    /// Plugins whose new version is current, by name.
+    pub replaced: Vec<String>,
+    /// Files that did not load, with the reason.
+    pub failed: Vec<(PathBuf, String)>,
+    /// Plugins stopped because their file is gone, by name.
+    pub removed: Vec<String>,
+}
+
+impl ScanReport {
+    /// Whether anything changed.
+    pub fn changed(&self) -> bool {
+        !(self.started.is_empty()
+            && self.replaced.is_empty()
+            && self.failed.is_empty()
+            && self.removed.is_empty())
+    }
+}
+
+/// What was seen of a file the last time it was loaded or failed.
+#[derive(Clone, Debug, PartialEq)]
+struct Seen {
+    digest: String,
+    /// The plugin's name, once its metadata was read.
+    name: Option<String>,
+    /// The fingerprint of its grant files, for that name.
+    grant: String,
+}
+
+/// Watches a plugin directory and keeps the operator's controllers in step
+/// with it.
+pub struct Reloader {
+    engine: Engine,
+    operator: Arc<Operator>,
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+    config: ReloadConfig,
+    /// Files whose plugin runs.
+    loaded: BTreeMap<PathBuf, Seen>,
+    /// Files that did not load, as they were then.
+    failed: BTreeMap<PathBuf, Seen>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("dir", &self.config.dir)
+            .field("loaded", &self.loaded.len())
+            .field("failed", &self.failed.len())
+            .finish()
+    }
+}
+
+impl Reloader {
+    /// A reloader for `config.dir`, driving `operator`; `plugin.load`
+    /// spans go to `tracer`.
+    pub fn new(
+        engine: Engine,
+        operator: Arc<Operator>,
+        tracer: opentelemetry_sdk::trace::SdkTracer,
+        config: ReloadConfig,
+    ) -> Self {
+        Reloader {
+            engine,
+            operator,
+            tracer,
+            config,
+            loaded: BTreeMap::new(),
+            failed: BTreeMap::new(),
+        }
+    }
+
+    /// The plugin files in the directory, in name order.
+    fn list(&self) -> Result<Vec<PathBuf>, OperatorError> {
+        let dir = &self.config.dir;
+        let entries = std::fs::read_dir(dir).map_err(|error| OperatorError::ReadDir {
+            path: dir.clone(),
+            error,
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                !name.starts_with('.') && name.ends_with(".wasm")
+            })
+            .map(|e| e.path())
+            .collect();
+        paths.sort();
+        Ok(paths)
+    }
+
+    /// The fingerprint of the grant files plugin `name` at `path` may use.
+    fn grant_print(&self, path: &Path, name: Option<&str>) -> String {
+        let (GrantPolicy::Files(dir), Some(name)) = (&self.config.policy, name) else {
+            return String::new();
+        };
+        let mut hash = Sha256::new();
+        for candidate in Grant::candidates(path, name, dir.as_deref()) {
+            if let Ok(text) = crate::files::read_text(&candidate, crate::files::MAX_TEXT_BYTES) {
+                hash.update(candidate.as_os_str().as_encoded_bytes());
+                hash.update([0]);
+                hash.update(text.as_bytes());
+                hash.update([0]);
+            }
+        }
+        hex::encode(hash.finalize())
+    }
+
+    /// One pass: loads what is new or changed, stops what is gone.
+    /// Fails only if the directory cannot be read.
+    pub async fn scan(&mut self) -> Result<ScanReport, OperatorError> {
+        let paths = self.list()?;
+        let mut report = ScanReport::default();
+        for path in &paths {
+            let bytes = match read(path).await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    // A file that vanished between listing and reading is
+                    // handled by the next scan.
+                    if !path.exists() {
+                        continue;
+                    }
+                    let seen = Seen {
+                        digest: String::new(),
+                        name: None,
+                        grant: String::new(),
+                    };
+                    if self.failed.get(path) != Some(&seen) {
+                        let error = OperatorError::Load(e);
+                        self.fail(path, seen, None, &error, &mut report);
+                    }
+                    continue;
+                }
+            };
+            let digest = hex::encode(Sha256::digest(&bytes));
+            // The latest seen: a failure is newer than the version serving.
+            let known = self.failed.get(path).or_else(|| self.loaded.get(path));
+            if let Some(seen) = known
+                && seen.digest == digest
+                && seen.grant == self.grant_print(path, seen.name.as_deref())
+            {
+                continue;
+            }
+            self.load(path, &bytes, digest, &mut report).await;
+        }
+        let gone: Vec<PathBuf> = self
+            .loaded
+            .keys()
+            .chain(self.failed.keys())
+            .filter(|p| !paths.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            self.failed.remove(&path);
+            self.operator
+                .activity()
+                .load_result(&path.display().to_string(), None);
+            if let Some(seen) = self.loaded.remove(&path)
+                && let Some(name) = seen.name
+            {
+                self.operator.remove(&name).await;
+                tracing::info!(plugin = %name, file = %path.display(), "removed: its controller is stopped; its objects are left as they are (finalizers it added stay until released)");
+                report.removed.push(name);
+            }
+        }
+        if report.changed() {
+            let serving: Vec<String> = self
+                .operator
+                .plugins()
+                .await
+                .iter()
+                .map(|p| {
+                    let m = p.metadata();
+                    format!("{} {} ({})", m.name, m.version, short(p.digest()))
+                })
+                .collect();
+            if serving.is_empty() {
+                tracing::info!(dir = %self.config.dir.display(), "no plugins running; watching for them");
+            } else {
+                tracing::info!(dir = %self.config.dir.display(), "plugins running: {}", serving.join(", "));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Validates one new or changed file and makes it current.
+    async fn load(&mut self, path: &Path, bytes: &[u8], digest: String, report: &mut ScanReport) {
+        let file = path.display().to_string();
+        let previous = self.loaded.get(path).cloned();
+        let mut span = self
+            .tracer
+            .span_builder("plugin.load")
+            .with_kind(SpanKind::Internal)
+            .with_attributes([KeyValue::new("plugin.file", file.clone())])
+            .start_with_context(&self.tracer, &opentelemetry::Context::new());
+        let started = Instant::now();
+        let loaded =
+            operator::load_plugin_bytes(&self.engine, bytes, path, &self.config.policy).await;
+        let plugin = match loaded {
+            Ok(plugin) => plugin,
+            Err(error) => {
+                let name = match &error {
+                    OperatorError::Grant(GrantError::Insufficient { plugin, .. })
+                    | OperatorError::Grant(GrantError::Missing { plugin, .. })
+                    | OperatorError::Grant(GrantError::Ambiguous { plugin, .. })
+                    | OperatorError::Limits { plugin, .. } => Some(plugin.clone()),
+                    _ => previous.as_ref().and_then(|p| p.name.clone()),
+                };
+                let seen = Seen {
+                    grant: self.grant_print(path, name.as_deref()),
+                    digest,
+                    name,
+                };
+                self.fail(path, seen, Some(span), &error, report);
+                return;
+            }
+        };
+        // A file still being written: its next event loads it.
+        match read(path).await {
+            Ok(now) if hex::encode(Sha256::digest(&now)) == digest => {}
+            _ => {
+                span.set_attribute(KeyValue::new("plugin.load.result", "changed"));
+                span.end();
+                tracing::debug!(file = %file, "the file changed while it was validated: loading it again on its next change");
+                return;
+            }
+        }
+        let m = plugin.metadata().clone();
+        let stats = plugin.load_stats();
+        span.set_attributes([
+            KeyValue::new("plugin.name", m.name.clone()),
+            KeyValue::new("plugin.version", m.version.clone()),
+            KeyValue::new("plugin.digest", plugin.digest().to_owned()),
+            KeyValue::new("plugin.cached", stats.cached),
+            KeyValue::new(
+                "plugin.compile_ms",
+                stats.compile.as_secs_f64() * 1000.0,
+            ),
+        ]);
+        if let Some((other, _)) = self
+            .loaded
+            .iter()
+            .find(|(p, s)| p.as_path() != path && s.name.as_deref() == Some(&m.name))
+        {
+            let error = OperatorError::Duplicate {
+                name: m.name.clone(),
+                first: other.display().to_string(),
+                second: file.clone(),
+            };
+            let seen = Seen {
+                grant: self.grant_print(path, Some(&m.name)),
+                digest,
+                name: Some(m.name.clone()),
+            };
+            self.fail(path, seen, Some(span), &error, report);
+            return;
+        }
+        let old = self.operator.plugins().await.into_iter().find(|p| p.metadata().name == m.name);
+        if let Some(old) = &old {
+            span.set_attribute(KeyValue::new("plugin.digest.previous", old.digest().to_owned()));
+        }
+        // The file now holds another plugin: the old one stops.
+        if let Some(prev) = previous.as_ref().and_then(|p| p.name.clone())
+            && prev != m.name
+        {
+            self.operator.remove(&prev).await;
+            tracing::info!(plugin = %prev, file = %file, "removed: the file holds {} now", m.name);
+            report.removed.push(prev);
+        }
+        let change = self.operator.upsert(plugin.clone()).await;
+        let result = match change {
+            Change::Started => "loaded",
+            Change::Swapped | Change::Replaced => "replaced",
+            Change::Unchanged => "unchanged",
+        };
+        span.set_attribute(KeyValue::new("plugin.load.result", result));
+        let cx = opentelemetry::Context::current_with_span(span);
+        {
+            let _in_span = cx.clone().attach();
+            let granted = plugin.grant().map(ToString::to_string).unwrap_or_default();
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            match (change, &old) {
+                (Change::Started, _) => {
+                    tracing::info!(plugin = %m.name, version = %m.version, digest = %plugin.digest(), file = %file, cached = stats.cached, load_ms = ms, "loaded; granted:\n{}", granted.trim_end());
+                }
+                (Change::Swapped, Some(old)) => {
+                    tracing::info!(plugin = %m.name, version = %m.version, digest = %plugin.digest(), previous = %old.digest(), file = %file, cached = stats.cached, load_ms = ms, "replaced: new reconciles run this version, running ones finish on the old; its objects are requeued");
+                }
+                (Change::Replaced, Some(old)) => {
+                    tracing::info!(plugin = %m.name, version = %m.version, digest = %plugin.digest(), previous = %old.digest(), file = %file, cached = stats.cached, load_ms = ms, "replaced, with a new controller (its types, finalizer, selector, field manager, concurrency or watched namespaces changed): the old one was drained first");
+                }
+                _ => {
+                    tracing::debug!(plugin = %m.name, file = %file, "unchanged");
+                }
+            }
+        }
+        cx.span().end();
+        match change {
+            Change::Started => report.started.push(m.name.clone()),
+            Change::Swapped | Change::Replaced => report.replaced.push(m.name.clone()),
+            Change::Unchanged => {}
+        }
+        self.failed.remove(path);
+        self.operator.activity().load_result(&file, None);
+        let seen = Seen {
+            grant: self.grant_print(path, Some(&m.name)),
+            digest,
+            name: Some(m.name),
+        };
+        self.loaded.insert(path.to_owned(), seen);
+    }
+
+    /// Records a file that did not load: one log line, the span's event,
+    /// and the failure kept until the file changes.
+    fn fail(
+        &mut self,
+        path: &Path,
+        seen: Seen,
+        span: Option<opentelemetry_sdk::trace::Span>,
+        error: &OperatorError,
+        report: &mut ScanReport,
+    ) {
+        let file = path.display().to_string();
+        let message = format!("{error}").replace('\n', "; ");
+        let mut span = span.unwrap_or_else(|| {
+            self.tracer
+                .span_builder("plugin.load")
+                .with_kind(SpanKind::Internal)
+                .with_attributes([KeyValue::new("plugin.file", file.clone())])
+                .start_with_context(&self.tracer, &opentelemetry::Context::new())
+        });
+        span.set_attribute(KeyValue::new("plugin.load.result", "failed"));
+        span.set_attribute(KeyValue::new("error.type", error_type(error)));
+        span.add_event(
+            "exception",
+            vec![
+                KeyValue::new("exception.type", error_type(error)),
+                KeyValue::new("exception.message", message.clone()),
+            ],
+        );
+        span.set_status(Status::error(message.clone()));
+        let serving = seen
+            .name
+            .as_ref()
+            .filter(|n| self.loaded.values().any(|s| s.name.as_ref() == Some(n)))
+            .cloned();
+        let cx = opentelemetry::Context::current_with_span(span);
+        {
+            let _in_span = cx.clone().attach();
+            match &serving {
+                Some(name) => tracing::error!(file = %file, plugin = %name, "plugin did not load, the running version keeps serving: {message}"),
+                None => tracing::error!(file = %file, "plugin did not load: {message}"),
+            }
+        }
+        cx.span().end();
+        self.operator
+            .activity()
+            .load_result(&file, Some(message.clone()));
+        report.failed.push((path.to_owned(), message));
+        self.failed.insert(path.to_owned(), seen);
+    }
+
+    /// Scans after every debounced change in the directory (and in the
+    /// grants directory, if any), and every `rescan`, until `shutdown`.
+    pub async fn watch(mut self, shutdown: impl Future<Output = ()>) {
+        use notify::RecursiveMode;
+        let (events, mut changes) = tokio::sync::mpsc::unbounded_channel();
+        let debouncer = notify_debouncer_full::new_debouncer(
+            self.config.debounce,
+            None,
+            move |result: notify_debouncer_full::DebounceEventResult| {
+                let _ = events.send(result);
+            },
+        );
+        let mut dirs = vec![self.config.dir.clone()];
+        if let GrantPolicy::Files(Some(grants)) = &self.config.policy
+            && grants != &self.config.dir
+        {
+            dirs.push(grants.clone());
+        }
+        let _debouncer = match debouncer {
+            Ok(mut debouncer) => {
+                for dir in &dirs {
+                    if let Err(e) = debouncer.watch(dir, RecursiveMode::NonRecursive) {
+                        tracing::warn!(dir = %dir.display(), "cannot watch for changes ({e}): rescanning every {}s instead", self.config.rescan.as_secs_f64());
+                    }
+                }
+                Some(debouncer)
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch for plugin changes ({e}): rescanning every {}s instead", self.config.rescan.as_secs_f64());
+                None
+            }
+        };
+        let mut rescan = tokio::time::interval(self.config.rescan);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        rescan.tick().await;
+        let mut unreadable = false;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                change = changes.recv() => {
+                    match change {
+                        Some(Ok(_)) => {}
+                        Some(Err(errors)) => {
+                            for e in errors {
+                                tracing::warn!("watching the plugins: {e}");
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                _ = rescan.tick() => {}
+            }
+            match self.scan().await {
+                Ok(_) => unreadable = false,
+                Err(e) if !unreadable => {
+                    unreadable = true;
+                    tracing::error!("{e}; the running plugins keep running");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Reads a plugin file, off the async workers.
+async fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let owned = path.to_owned();
+    let read = tokio::task::spawn_blocking(move || {
+        crate::files::read_bounded(&owned, crate::files::MAX_PLUGIN_BYTES)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    read.map_err(|error| LoadError::Read {
+        source_name: path.display().to_string(),
+        error,
+    })
+}
+
+/// `sha256:0123456789ab`: enough of a digest to tell versions apart.
+fn short(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
+}
+
+/// The `error.type` of a failed load.
+fn error_type(error: &OperatorError) -> &'static str {
+    match error {
+        OperatorError::Load(e) => match e {
+            LoadError::Read { .. } => "read",
+            LoadError::NotWasm { .. } | LoadError::CoreModule { .. } => "not_a_component",
+            LoadError::Compile { .. } => "compile",
+            LoadError::WrongWorld { .. } => "wrong_world",
+            LoadError::Version { .. } => "contract_version",
+            LoadError::Imports { .. } => "imports",
+            LoadError::Metadata { .. } => "metadata",
+            LoadError::InvalidMetadata { .. } => "invalid_metadata",
+        },
+        OperatorError::Grant(_) => "grant",
+        OperatorError::Limits { .. } => "limits",
+        OperatorError::Duplicate { .. } => "duplicate",
+        OperatorError::ReadDir { .. } | OperatorError::NoPlugins(_) => "read",
+    }
+}
