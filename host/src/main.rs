@@ -471,8 +471,8 @@ async fn operate(
             }
         };
         let engine = Engine::new(EngineConfig { cache_dir, ..EngineConfig::default() }, telemetry.tracer(), logger)?;
-        if !(args.reload_rate.is_finite() && args.reload_rate > 0.0) {
-            bail!("--reload-rate takes a number of objects per second, more than 0");
+        if !(0.001..=1_000_000.0).contains(&args.reload_rate) {
+            bail!("--reload-rate takes a number of objects per second, from 0.001 to 1000000");
         }
         let rescan = Duration::try_from_secs_f64(args.rescan_s)
             .ok()

@@ -28,9 +28,11 @@
 //! one loaded).
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
@@ -97,7 +99,23 @@ struct Seen {
     name: Option<String>,
     /// The fingerprint of its grant files, for that name.
     grant: String,
+    /// It failed because another file holds a plugin of the same name.
+    duplicate: bool,
 }
+
+impl Seen {
+    fn new(digest: String, name: Option<String>, grant: String) -> Self {
+        Seen {
+            digest,
+            name,
+            grant,
+            duplicate: false,
+        }
+    }
+}
+
+/// A failure message on a span: bounded, as every attribute is.
+const MAX_MESSAGE: usize = 4096;
 
 /// Watches a plugin directory and keeps the operator's controllers in step
 /// with it.
@@ -110,6 +128,8 @@ pub struct Reloader {
     loaded: BTreeMap<PathBuf, Seen>,
     /// Files that did not load, as they were then.
     failed: BTreeMap<PathBuf, Seen>,
+    /// Scans so far.
+    scans: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -138,7 +158,14 @@ impl Reloader {
             config,
             loaded: BTreeMap::new(),
             failed: BTreeMap::new(),
+            scans: Arc::default(),
         }
+    }
+
+    /// The number of scans made so far, shared (it keeps counting once
+    /// the reloader is moved into [`watch`](Self::watch)).
+    pub fn scans(&self) -> Arc<AtomicU64> {
+        self.scans.clone()
     }
 
     /// The plugin files in the directory, in name order.
@@ -181,8 +208,20 @@ impl Reloader {
     /// One pass: loads what is new or changed, stops what is gone.
     /// Fails only if the directory cannot be read.
     pub async fn scan(&mut self) -> Result<ScanReport, OperatorError> {
+        self.scans.fetch_add(1, Ordering::Relaxed);
         let paths = self.list()?;
         let mut report = ScanReport::default();
+        let gone: BTreeSet<PathBuf> = self
+            .loaded
+            .keys()
+            .chain(self.failed.keys())
+            .filter(|p| !paths.contains(p))
+            .cloned()
+            .collect();
+        // A file refused as a duplicate of one now gone gets another try.
+        if !gone.is_empty() {
+            self.failed.retain(|_, seen| !seen.duplicate);
+        }
         for path in &paths {
             let bytes = match read(path).await {
                 Ok(bytes) => bytes,
@@ -192,11 +231,7 @@ impl Reloader {
                     if !path.exists() {
                         continue;
                     }
-                    let seen = Seen {
-                        digest: String::new(),
-                        name: None,
-                        grant: String::new(),
-                    };
+                    let seen = Seen::new(String::new(), None, String::new());
                     if self.failed.get(path) != Some(&seen) {
                         let error = OperatorError::Load(e);
                         self.fail(path, seen, None, &error, &mut report);
@@ -213,27 +248,29 @@ impl Reloader {
             {
                 continue;
             }
-            self.load(path, &bytes, digest, &mut report).await;
+            self.load(path, &bytes, digest, &gone, &mut report).await;
         }
-        let gone: Vec<PathBuf> = self
-            .loaded
-            .keys()
-            .chain(self.failed.keys())
-            .filter(|p| !paths.contains(p))
-            .cloned()
-            .collect();
+        // Files gone last: a plugin moved to another file name was found
+        // there above, and keeps its controller.
         for path in gone {
             self.failed.remove(&path);
             self.operator
                 .activity()
                 .load_result(&path.display().to_string(), None);
-            if let Some(seen) = self.loaded.remove(&path)
-                && let Some(name) = seen.name
+            let Some(name) = self.loaded.remove(&path).and_then(|seen| seen.name) else {
+                continue;
+            };
+            if let Some((moved, _)) = self
+                .loaded
+                .iter()
+                .find(|(_, s)| s.name.as_deref() == Some(&name))
             {
-                self.operator.remove(&name).await;
-                tracing::info!(plugin = %name, file = %path.display(), "removed: its controller is stopped; its objects are left as they are (finalizers it added stay until released)");
-                report.removed.push(name);
+                tracing::info!(plugin = %name, file = %path.display(), "its file is gone; it runs from {} now", moved.display());
+                continue;
             }
+            self.operator.remove(&name).await;
+            tracing::info!(plugin = %name, file = %path.display(), "removed: its controller is stopped; its objects are left as they are (finalizers it added stay until released)");
+            report.removed.push(name);
         }
         if report.changed() {
             let serving: Vec<String> = self
@@ -256,14 +293,24 @@ impl Reloader {
     }
 
     /// Validates one new or changed file and makes it current.
-    async fn load(&mut self, path: &Path, bytes: &[u8], digest: String, report: &mut ScanReport) {
+    async fn load(
+        &mut self,
+        path: &Path,
+        bytes: &[u8],
+        digest: String,
+        gone: &BTreeSet<PathBuf>,
+        report: &mut ScanReport,
+    ) {
         let file = path.display().to_string();
         let previous = self.loaded.get(path).cloned();
         let mut span = self
             .tracer
             .span_builder("plugin.load")
             .with_kind(SpanKind::Internal)
-            .with_attributes([KeyValue::new("plugin.file", file.clone())])
+            .with_attributes([
+                KeyValue::new("plugin.file", file.clone()),
+                KeyValue::new("plugin.digest", format!("sha256:{digest}")),
+            ])
             .start_with_context(&self.tracer, &opentelemetry::Context::new());
         let started = Instant::now();
         let loaded =
@@ -278,11 +325,14 @@ impl Reloader {
                     | OperatorError::Limits { plugin, .. } => Some(plugin.clone()),
                     _ => previous.as_ref().and_then(|p| p.name.clone()),
                 };
-                let seen = Seen {
-                    grant: self.grant_print(path, name.as_deref()),
-                    digest,
-                    name,
-                };
+                if let Some(name) = &name {
+                    span.set_attribute(KeyValue::new("plugin.name", name.clone()));
+                    if let Some(serving) = self.serving(name).await {
+                        span.set_attribute(KeyValue::new("plugin.digest.previous", serving));
+                    }
+                }
+                let grant = self.grant_print(path, name.as_deref());
+                let seen = Seen::new(digest, name, grant);
                 self.fail(path, seen, Some(span), &error, report);
                 return;
             }
@@ -302,34 +352,43 @@ impl Reloader {
         span.set_attributes([
             KeyValue::new("plugin.name", m.name.clone()),
             KeyValue::new("plugin.version", m.version.clone()),
-            KeyValue::new("plugin.digest", plugin.digest().to_owned()),
             KeyValue::new("plugin.cached", stats.cached),
-            KeyValue::new(
-                "plugin.compile_ms",
-                stats.compile.as_secs_f64() * 1000.0,
-            ),
+            KeyValue::new("plugin.compile_ms", stats.compile.as_secs_f64() * 1000.0),
         ]);
-        if let Some((other, _)) = self
-            .loaded
-            .iter()
-            .find(|(p, s)| p.as_path() != path && s.name.as_deref() == Some(&m.name))
-        {
+        if let Some((other, _)) = self.loaded.iter().find(|(p, s)| {
+            p.as_path() != path && !gone.contains(*p) && s.name.as_deref() == Some(&m.name)
+        }) {
             let error = OperatorError::Duplicate {
                 name: m.name.clone(),
                 first: other.display().to_string(),
                 second: file.clone(),
             };
-            let seen = Seen {
-                grant: self.grant_print(path, Some(&m.name)),
-                digest,
-                name: Some(m.name.clone()),
-            };
+            let grant = self.grant_print(path, Some(&m.name));
+            let mut seen = Seen::new(digest, Some(m.name.clone()), grant);
+            seen.duplicate = true;
             self.fail(path, seen, Some(span), &error, report);
             return;
         }
-        let old = self.operator.plugins().await.into_iter().find(|p| p.metadata().name == m.name);
+        // The grant in force must be the one fingerprinted: if its file
+        // changed while the plugin was validated, the next scan loads it.
+        let mut grant = self.grant_print(path, Some(&m.name));
+        if let GrantPolicy::Files(dir) = &self.config.policy {
+            let on_disk = Grant::find(path, &m.name, dir.as_deref()).ok();
+            if on_disk.as_ref() != plugin.grant().map(|g| g.as_ref()) {
+                grant = "changed while validated".to_owned();
+            }
+        }
+        let old = self
+            .operator
+            .plugins()
+            .await
+            .into_iter()
+            .find(|p| p.metadata().name == m.name);
         if let Some(old) = &old {
-            span.set_attribute(KeyValue::new("plugin.digest.previous", old.digest().to_owned()));
+            span.set_attribute(KeyValue::new(
+                "plugin.digest.previous",
+                old.digest().to_owned(),
+            ));
         }
         // The file now holds another plugin: the old one stops.
         if let Some(prev) = previous.as_ref().and_then(|p| p.name.clone())
@@ -374,12 +433,18 @@ impl Reloader {
         }
         self.failed.remove(path);
         self.operator.activity().load_result(&file, None);
-        let seen = Seen {
-            grant: self.grant_print(path, Some(&m.name)),
-            digest,
-            name: Some(m.name),
-        };
-        self.loaded.insert(path.to_owned(), seen);
+        self.loaded
+            .insert(path.to_owned(), Seen::new(digest, Some(m.name), grant));
+    }
+
+    /// The digest of the version of `name` that runs, if one does.
+    async fn serving(&self, name: &str) -> Option<String> {
+        self.operator
+            .plugins()
+            .await
+            .into_iter()
+            .find(|p| p.metadata().name == name)
+            .map(|p| p.digest().to_owned())
     }
 
     /// Records a file that did not load: one log line, the span's event,
@@ -393,7 +458,9 @@ impl Reloader {
         report: &mut ScanReport,
     ) {
         let file = path.display().to_string();
-        let message = format!("{error}").replace('\n', "; ");
+        let message =
+            crate::caps::trace::truncate(format!("{error}").replace('\n', "; "), MAX_MESSAGE)
+                .into_owned();
         let mut span = span.unwrap_or_else(|| {
             self.tracer
                 .span_builder("plugin.load")
@@ -420,7 +487,9 @@ impl Reloader {
         {
             let _in_span = cx.clone().attach();
             match &serving {
-                Some(name) => tracing::error!(file = %file, plugin = %name, "plugin did not load, the running version keeps serving: {message}"),
+                Some(name) => {
+                    tracing::error!(file = %file, plugin = %name, "plugin did not load, the running version keeps serving: {message}")
+                }
                 None => tracing::error!(file = %file, "plugin did not load: {message}"),
             }
         }
@@ -460,7 +529,10 @@ impl Reloader {
                 Some(debouncer)
             }
             Err(e) => {
-                tracing::warn!("cannot watch for plugin changes ({e}): rescanning every {}s instead", self.config.rescan.as_secs_f64());
+                tracing::warn!(
+                    "cannot watch for plugin changes ({e}): rescanning every {}s instead",
+                    self.config.rescan.as_secs_f64()
+                );
                 None
             }
         };
@@ -468,19 +540,27 @@ impl Reloader {
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         rescan.tick().await;
         let mut unreadable = false;
+        let mut events_open = true;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                change = changes.recv() => {
+                change = changes.recv(), if events_open => {
                     match change {
+                        // The scans' own reads are events too (opens,
+                        // closes): only changes call for a scan.
+                        Some(Ok(events)) if !events.iter().any(|e| is_change(&e.event)) => continue,
                         Some(Ok(_)) => {}
                         Some(Err(errors)) => {
                             for e in errors {
                                 tracing::warn!("watching the plugins: {e}");
                             }
                         }
-                        None => {}
+                        // No watcher: the rescans are all there is.
+                        None => {
+                            events_open = false;
+                            continue;
+                        }
                     }
                 }
                 _ = rescan.tick() => {}
@@ -494,6 +574,18 @@ impl Reloader {
                 Err(_) => {}
             }
         }
+    }
+}
+
+/// Whether an event is a change (not a read: the scans' own reads are
+/// reported too).
+fn is_change(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 

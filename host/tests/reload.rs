@@ -242,7 +242,13 @@ fn as_requested() -> GrantPolicy {
 
 /// The digest the engine gives guest `name`.
 async fn digest(r: &Reloading, name: &str) -> String {
-    r.c.h.engine.load_file(&guest(name)).await.unwrap().digest().to_owned()
+    r.c.h
+        .engine
+        .load_file(&guest(name))
+        .await
+        .unwrap()
+        .digest()
+        .to_owned()
 }
 
 /// Swaps v1 for v2 with `install`, and checks what a swap promises.
@@ -263,10 +269,16 @@ async fn swap_makes_new_reconciles_run_the_new_digest(install: fn(&Path, &[u8]))
     let before = r.loads().len();
     install(r.dir.path(), &wasm("reload-v2"));
     let load = r.next_load(before).await;
-    assert_eq!(attr(&load, "plugin.load.result").as_deref(), Some("replaced"));
+    assert_eq!(
+        attr(&load, "plugin.load.result").as_deref(),
+        Some("replaced")
+    );
     assert_eq!(attr(&load, "plugin.name").as_deref(), Some("reload"));
     assert_eq!(attr(&load, "plugin.digest").as_deref(), Some(v2.as_str()));
-    assert_eq!(attr(&load, "plugin.digest.previous").as_deref(), Some(v1.as_str()));
+    assert_eq!(
+        attr(&load, "plugin.digest.previous").as_deref(),
+        Some(v1.as_str())
+    );
     assert_eq!(attr(&load, "plugin.cached").as_deref(), Some("true"));
     assert!(attr(&load, "plugin.compile_ms").is_some());
 
@@ -287,7 +299,10 @@ async fn swap_makes_new_reconciles_run_the_new_digest(install: fn(&Path, &[u8]))
             .filter(|s| attr(s, "reconcile.reason").as_deref() == Some("plugin_reloaded"))
             .collect();
         assert_eq!(reloaded.len(), 1, "{name}: one plugin_reloaded reconcile");
-        assert_eq!(attr(&reloaded[0], "plugin.digest").as_deref(), Some(v2.as_str()));
+        assert_eq!(
+            attr(&reloaded[0], "plugin.digest").as_deref(),
+            Some(v2.as_str())
+        );
         assert!(reloaded[0].start_time >= load.start_time);
     }
     // A change after the swap runs the new version too.
@@ -306,8 +321,7 @@ async fn swap_makes_new_reconciles_run_the_new_digest(install: fn(&Path, &[u8]))
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swap_by_atomic_rename_runs_the_new_digest_and_requeues_each_object_once() {
-    swap_makes_new_reconciles_run_the_new_digest(|dir, bytes| put(dir, "reload.wasm", bytes))
-        .await;
+    swap_makes_new_reconciles_run_the_new_digest(|dir, bytes| put(dir, "reload.wasm", bytes)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,20 +353,52 @@ async fn bad_files_leave_the_old_version_serving() {
     // Another digest than the guest's own, so that its compile is fresh.
     metadata_traps.extend_from_slice(&custom_section("reload-test", b"traps"));
     let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
-        ("not a component", b"this is not wasm".to_vec(), "not_a_component", "not a WebAssembly"),
-        ("the wrong world", wasm("not-a-reconciler"), "wrong_world", "reconcile"),
-        ("a trapping metadata()", metadata_traps, "metadata", "metadata"),
-        ("a half-written file", truncated.to_vec(), "compile", "not a valid component"),
+        (
+            "not a component",
+            b"this is not wasm".to_vec(),
+            "not_a_component",
+            "not a WebAssembly",
+        ),
+        (
+            "the wrong world",
+            wasm("not-a-reconciler"),
+            "wrong_world",
+            "reconcile",
+        ),
+        (
+            "a trapping metadata()",
+            metadata_traps,
+            "metadata",
+            "metadata",
+        ),
+        (
+            "a half-written file",
+            truncated.to_vec(),
+            "compile",
+            "not a valid component",
+        ),
     ];
     let mut tick = 0;
     for (what, bytes, error_type, reason) in cases {
         let before = r.loads().len();
         put(r.dir.path(), "reload.wasm", &bytes);
         let load = r.next_load(before).await;
-        assert_eq!(attr(&load, "plugin.load.result").as_deref(), Some("failed"), "{what}");
-        assert_eq!(attr(&load, "error.type").as_deref(), Some(error_type), "{what}");
+        assert_eq!(
+            attr(&load, "plugin.load.result").as_deref(),
+            Some("failed"),
+            "{what}"
+        );
+        assert_eq!(
+            attr(&load, "error.type").as_deref(),
+            Some(error_type),
+            "{what}"
+        );
         assert!(matches!(load.status, Status::Error { .. }), "{what}");
-        let event = load.events.iter().find(|e| e.name == "exception").expect(what);
+        let event = load
+            .events
+            .iter()
+            .find(|e| e.name == "exception")
+            .expect(what);
         let message = event
             .attributes
             .iter()
@@ -371,7 +417,10 @@ async fn bad_files_leave_the_old_version_serving() {
     let before = r.loads().len();
     put(r.dir.path(), "reload.wasm", &v2);
     let load = r.next_load(before).await;
-    assert_eq!(attr(&load, "plugin.load.result").as_deref(), Some("replaced"));
+    assert_eq!(
+        attr(&load, "plugin.load.result").as_deref(),
+        Some("replaced")
+    );
     r.reconciled_by("a", "2.0.0").await;
 
     // A grant that no longer covers the plugin: v2 keeps serving.
@@ -390,7 +439,9 @@ async fn bad_files_leave_the_old_version_serving() {
     expect_reconcile_by(&r, "a", tick, &v2_digest).await;
     let failures = r.operator.activity().failures();
     assert!(
-        failures.iter().any(|(what, why)| what.contains("reload.wasm") && why.contains("patch")),
+        failures
+            .iter()
+            .any(|(what, why)| what.contains("reload.wasm") && why.contains("patch")),
         "{failures:?}"
     );
     r.stop().await;
@@ -402,12 +453,13 @@ fn assert_failure_logged(r: &Reloading, message: &str, what: &str) {
     let line = lines
         .iter()
         .find(|l| {
-            l["level"] == "error"
-                && l["message"].as_str().is_some_and(|m| m.contains(message))
+            l["level"] == "error" && l["message"].as_str().is_some_and(|m| m.contains(message))
         })
         .unwrap_or_else(|| panic!("{what}: no error line with {message}: {lines:?}"));
     assert!(
-        line["file"].as_str().is_some_and(|f| f.ends_with("reload.wasm")),
+        line["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("reload.wasm")),
         "{what}: {line}"
     );
     assert!(
@@ -429,21 +481,27 @@ async fn expect_reconcile_by(r: &Reloading, name: &str, tick: usize, digest: &st
         .metadata
         .resource_version
         .unwrap();
-    eventually(&format!("{name} reconciled after change {tick}"), || async {
-        r.out(name)
-            .await
-            .is_some_and(|d| d.get("generation") == Some(&version))
-    })
+    eventually(
+        &format!("{name} reconciled after change {tick}"),
+        || async {
+            r.out(name)
+                .await
+                .is_some_and(|d| d.get("generation") == Some(&version))
+        },
+    )
     .await;
     last_root_by(r, name, digest).await;
 }
 
 /// Waits until the latest reconcile of `name` (by start) is by `digest`.
 async fn last_root_by(r: &Reloading, name: &str, digest: &str) {
-    eventually(&format!("the last reconcile of {name} by {digest}"), || async {
-        let last = r.roots(name).into_iter().max_by_key(|s| s.start_time);
-        last.is_some_and(|s| attr(&s, "plugin.digest").as_deref() == Some(digest))
-    })
+    eventually(
+        &format!("the last reconcile of {name} by {digest}"),
+        || async {
+            let last = r.roots(name).into_iter().max_by_key(|s| s.start_time);
+            last.is_some_and(|s| attr(&s, "plugin.digest").as_deref() == Some(digest))
+        },
+    )
     .await;
 }
 
@@ -513,8 +571,14 @@ async fn a_reconcile_running_during_the_swap_finishes_on_the_old_digest() {
     let before = r.loads().len();
     put(r.dir.path(), "reload.wasm", &wasm("reload-v2"));
     let load = r.next_load(before).await;
-    assert_eq!(attr(&load, "plugin.load.result").as_deref(), Some("replaced"));
-    assert!(r.roots("held").is_empty(), "the held reconcile is still running");
+    assert_eq!(
+        attr(&load, "plugin.load.result").as_deref(),
+        Some("replaced")
+    );
+    assert!(
+        r.roots("held").is_empty(),
+        "the held reconcile is still running"
+    );
     release.send_replace(true);
 
     // The held reconcile finished on v1, and what it wrote stayed until
@@ -525,21 +589,29 @@ async fn a_reconcile_running_during_the_swap_finishes_on_the_old_digest() {
     assert_eq!(roots.len(), 2, "{roots:#?}");
     let (old, new) = (&roots[0], &roots[1]);
     assert_eq!(attr(old, "plugin.digest").as_deref(), Some(v1.as_str()));
-    assert_eq!(attr(old, "reconcile.reason").as_deref(), Some("object_changed"));
+    assert_eq!(
+        attr(old, "reconcile.reason").as_deref(),
+        Some("object_changed")
+    );
     assert_eq!(old.status, Status::Unset);
     assert!(old.start_time < load.start_time && old.end_time > load.end_time);
     assert_eq!(attr(new, "plugin.digest").as_deref(), Some(v2.as_str()));
-    assert_eq!(attr(new, "reconcile.reason").as_deref(), Some("plugin_reloaded"));
-    assert!(new.start_time >= old.end_time, "one object, one reconcile at a time");
+    assert_eq!(
+        attr(new, "reconcile.reason").as_deref(),
+        Some("plugin_reloaded")
+    );
+    assert!(
+        new.start_time >= old.end_time,
+        "one object, one reconcile at a time"
+    );
     // v1's write went through: v2 found its own output already there.
-    let applies: Vec<String> = r
-        .c
-        .h
-        .finished()
-        .iter()
-        .filter(|s| s.name == "k8s.apply" && s.parent_span_id == old.span_context.span_id())
-        .map(|s| format!("{:?}", s.status))
-        .collect();
+    let applies: Vec<String> =
+        r.c.h
+            .finished()
+            .iter()
+            .filter(|s| s.name == "k8s.apply" && s.parent_span_id == old.span_context.span_id())
+            .map(|s| format!("{:?}", s.status))
+            .collect();
     assert_eq!(applies, ["Unset"], "v1 applied its result");
     assert!(r.operator.activity().failures().is_empty());
     r.stop().await;
@@ -547,11 +619,10 @@ async fn a_reconcile_running_during_the_swap_finishes_on_the_old_digest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_of_primary_type_replaces_the_controller_without_overlap() {
+    let (url, release) = hold_server().await;
     let mut r = Reloading::new().await;
     put(r.dir.path(), "reload.wasm", &wasm("reload-v1"));
-    for name in ["cm-1", "cm-2"] {
-        r.object(name, &[]).await;
-    }
+    r.object("cm-1", &[]).await;
     let secret: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "secret-1", "labels": {"reload-test": "yes"}},
     }))
@@ -560,34 +631,63 @@ async fn a_change_of_primary_type_replaces_the_controller_without_overlap() {
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
-    r.start(as_requested()).await;
+    let policy = GrantPolicy::AsRequested {
+        http: vec![HttpGrant {
+            url: url.clone(),
+            private: false,
+        }],
+    };
+    r.start(policy).await;
     r.reconciled_by("cm-1", "1.0.0").await;
-    r.reconciled_by("cm-2", "1.0.0").await;
-    // Keep v1 busy while the swap comes.
-    for tick in 0..5 {
-        r.touch("cm-1", tick).await;
-    }
+    // A v1 reconcile is running when the new version arrives.
+    r.object("cm-held", &[("wait", &format!("{url}/hold"))])
+        .await;
+    eventually("the held reconcile running", || async {
+        r.operator.activity().running() > 0
+    })
+    .await;
     let before = r.loads().len();
     put(r.dir.path(), "reload.wasm", &wasm("reload-secret"));
+    // The old controller drains: nothing of the new one runs meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        r.out("secret-1").await.is_none(),
+        "the new controller waits for the drain"
+    );
+    assert_eq!(r.loads().len(), before, "the load ends with the swap");
+    release.send_replace(true);
     let load = r.next_load(before).await;
-    assert_eq!(attr(&load, "plugin.load.result").as_deref(), Some("replaced"));
+    assert_eq!(
+        attr(&load, "plugin.load.result").as_deref(),
+        Some("replaced")
+    );
     r.reconciled_by("secret-1", "3.0.0").await;
 
     let v3 = digest(&r, "reload-secret").await;
-    let roots: Vec<SpanData> = r
-        .c
-        .h
-        .finished()
-        .into_iter()
-        .filter(|s| s.name == "reconcile")
-        .collect();
+    let roots: Vec<SpanData> =
+        r.c.h
+            .finished()
+            .into_iter()
+            .filter(|s| s.name == "reconcile")
+            .collect();
     let (new, old): (Vec<_>, Vec<_>) = roots
         .iter()
         .partition(|s| attr(s, "plugin.digest").as_deref() == Some(v3.as_str()));
+    let held = old
+        .iter()
+        .find(|s| attr(s, "k8s.name").as_deref() == Some("cm-held"))
+        .expect("the held reconcile finished");
+    assert_eq!(held.status, Status::Unset, "it finished, not cut");
     let old_end = old.iter().map(|s| s.end_time).max().unwrap();
     let new_start = new.iter().map(|s| s.start_time).min().unwrap();
-    assert!(old_end <= new_start, "the old controller drained before the new one started");
-    assert!(new.iter().all(|s| attr(s, "k8s.kind").as_deref() == Some("Secret")));
+    assert!(
+        held.end_time <= new_start && old_end <= new_start,
+        "the old controller drained before the new one started"
+    );
+    assert!(
+        new.iter()
+            .all(|s| attr(s, "k8s.kind").as_deref() == Some("Secret"))
+    );
     let lines = r.host_lines();
     assert!(
         lines.iter().any(|l| l["message"]
@@ -596,10 +696,111 @@ async fn a_change_of_primary_type_replaces_the_controller_without_overlap() {
         "{lines:?}"
     );
     // ConfigMaps are not reconciled any more.
-    let count = r.roots("cm-2").len();
-    r.touch("cm-2", 99).await;
+    let count = r.roots("cm-1").len();
+    r.touch("cm-1", 99).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(r.roots("cm-2").len(), count);
+    assert_eq!(r.roots("cm-1").len(), count);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_file_keeps_its_controller_and_a_duplicate_waits_its_turn() {
+    let mut r = Reloading::new().await;
+    put(r.dir.path(), "reload.wasm", &wasm("reload-v1"));
+    r.object("a", &[]).await;
+    r.start(as_requested()).await;
+    r.reconciled_by("a", "1.0.0").await;
+    let v1 = digest(&r, "reload-v1").await;
+
+    // mv: the same plugin from another file name, the controller kept.
+    let before = r.loads().len();
+    std::fs::rename(r.path("reload.wasm"), r.path("renamed.wasm")).unwrap();
+    let load = r.next_load(before).await;
+    assert_eq!(
+        attr(&load, "plugin.load.result").as_deref(),
+        Some("unchanged")
+    );
+    assert!(
+        attr(&load, "plugin.file")
+            .unwrap()
+            .ends_with("renamed.wasm")
+    );
+    assert_eq!(r.operator.plugins().await.len(), 1);
+    r.touch("a", 1).await;
+    expect_reconcile_by(&r, "a", 1, &v1).await;
+    let lines = r.host_lines();
+    assert!(
+        !lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("removed"))),
+        "{lines:?}"
+    );
+
+    // A second file with the same plugin name is refused while the first
+    // serves, and takes over when the first goes.
+    let before = r.loads().len();
+    put(r.dir.path(), "second.wasm", &wasm("reload-v2"));
+    let load = r.next_load(before).await;
+    assert_eq!(attr(&load, "plugin.load.result").as_deref(), Some("failed"));
+    assert_eq!(attr(&load, "error.type").as_deref(), Some("duplicate"));
+    r.touch("a", 2).await;
+    expect_reconcile_by(&r, "a", 2, &v1).await;
+    std::fs::remove_file(r.path("renamed.wasm")).unwrap();
+    r.reconciled_by("a", "2.0.0").await;
+    assert_eq!(r.out("a").await.unwrap()["reason"], "PluginReloaded");
+    assert_eq!(r.operator.plugins().await.len(), 1);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_grant_reloads_its_plugin_and_an_idle_directory_is_not_rescanned() {
+    let mut r = Reloading::new().await;
+    let grant =
+        "[[resources]]\nkind = \"ConfigMap\"\nverbs = [\"get\", \"list\", \"watch\", \"patch\"]\n";
+    std::fs::write(r.path("reload.grants.toml"), grant).unwrap();
+    put(r.dir.path(), "reload.wasm", &wasm("reload-v1"));
+    r.object("a", &[]).await;
+    let mut config = ReloadConfig::new(r.dir.path().to_owned(), GrantPolicy::Files(None));
+    config.rescan = Duration::from_secs(60);
+    let mut reloader = Reloader::new(
+        r.c.h.engine.clone(),
+        r.operator.clone(),
+        r.c.h.provider_tracer(),
+        config,
+    );
+    reloader.scan().await.unwrap();
+    let scans = reloader.scans();
+    let mut stopped = r.stop.subscribe();
+    r.task = Some(tokio::spawn(reloader.watch(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    })));
+    r.reconciled_by("a", "1.0.0").await;
+
+    // The scans' own reads are not changes: an idle directory is quiet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = scans.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(scans.load(std::sync::atomic::Ordering::Relaxed), settled);
+
+    // A new grant (a shorter deadline) is a new version of the plugin.
+    let before = r.loads().len();
+    std::fs::write(
+        r.path("reload.grants.toml"),
+        format!("{grant}[limits]\ndeadline_ms = 5000\n"),
+    )
+    .unwrap();
+    let load = r.next_load(before).await;
+    assert_eq!(
+        attr(&load, "plugin.load.result").as_deref(),
+        Some("replaced")
+    );
+    eventually("a reconciled again after the grant changed", || async {
+        r.out("a")
+            .await
+            .is_some_and(|d| d["reason"] == "PluginReloaded")
+    })
+    .await;
+    assert!(scans.load(std::sync::atomic::Ordering::Relaxed) > settled);
     r.stop().await;
 }
 
@@ -624,7 +825,9 @@ async fn removal_stops_the_controller_and_a_new_file_starts_one() {
     let lines = r.host_lines();
     assert!(
         lines.iter().any(|l| l["plugin"] == "reload"
-            && l["message"].as_str().is_some_and(|m| m.starts_with("removed"))),
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("removed"))),
         "{lines:?}"
     );
     let count = r.roots("a").len();
@@ -672,7 +875,11 @@ async fn a_hundred_reloads_under_load_lose_no_reconcile_and_fail_none() {
         let before = r.loads().len();
         put(r.dir.path(), "reload.wasm", &versions[i % 2]);
         let load = r.next_load(before).await;
-        assert_eq!(attr(&load, "plugin.load.result").as_deref(), Some("replaced"), "reload {i}");
+        assert_eq!(
+            attr(&load, "plugin.load.result").as_deref(),
+            Some("replaced"),
+            "reload {i}"
+        );
     }
     stop_load.send_replace(true);
     let changes = load.await.unwrap();
@@ -690,12 +897,15 @@ async fn a_hundred_reloads_under_load_lose_no_reconcile_and_fail_none() {
             .metadata
             .resource_version
             .unwrap();
-        eventually(&format!("{name} reconciled at its last change by v1"), || async {
-            r.out(name).await.is_some_and(|d| {
-                d.get("generation") == Some(&version)
-                    && d.get("version").map(String::as_str) == Some("1.0.0")
-            })
-        })
+        eventually(
+            &format!("{name} reconciled at its last change by v1"),
+            || async {
+                r.out(name).await.is_some_and(|d| {
+                    d.get("generation") == Some(&version)
+                        && d.get("version").map(String::as_str) == Some("1.0.0")
+                })
+            },
+        )
         .await;
         // Its root span ends (and is exported) just after the write.
         last_root_by(&r, name, &v1).await;
@@ -704,19 +914,99 @@ async fn a_hundred_reloads_under_load_lose_no_reconcile_and_fail_none() {
     for name in &objects {
         last_root_by(&r, name, &v1).await;
     }
-    let roots: Vec<SpanData> = r
-        .c
-        .h
-        .finished()
-        .into_iter()
-        .filter(|s| s.name == "reconcile")
-        .collect();
+    let roots: Vec<SpanData> =
+        r.c.h
+            .finished()
+            .into_iter()
+            .filter(|s| s.name == "reconcile")
+            .collect();
     let failed: Vec<&SpanData> = roots
         .iter()
         .filter(|s| matches!(s.status, Status::Error { .. }))
         .collect();
-    assert!(failed.is_empty(), "{} failed reconciles: {failed:#?}", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} failed reconciles: {failed:#?}",
+        failed.len()
+    );
     assert!(r.operator.activity().failures().is_empty());
     let r = Arc::into_inner(r).unwrap();
     r.stop().await;
+}
+
+/// Reads `lines` until one contains `what`; returns the lines read.
+async fn read_until(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    what: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let hit = line.contains(what);
+            seen.push(line);
+            if hit {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(found, Ok(true)),
+        "no line with {what:?}:\n{}",
+        seen.join("\n")
+    );
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_prints_the_plugins_it_runs_and_reloads_them_on_change() {
+    use tokio::io::AsyncBufReadExt as _;
+    let home = tempfile::tempdir().unwrap();
+    let plugins = home.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    put(&plugins, "reload.wasm", &wasm("reload-v1"));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
+        .args(["--log-format", "json", "dev", "--plugins"])
+        .arg(&plugins)
+        .arg("--kubeconfig")
+        .arg(home.path().join("kubeconfig"))
+        .env("HOME", home.path())
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    read_until(&mut lines, "plugins running: reload 1.0.0").await;
+    read_until(&mut lines, "watching for plugin changes").await;
+
+    put(&plugins, "reload.wasm", &wasm("reload-v2"));
+    let seen = read_until(&mut lines, "plugins running: reload 2.0.0").await;
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("\"message\":\"replaced: new reconciles run this version")),
+        "{seen:#?}"
+    );
+
+    put(&plugins, "reload.wasm", b"not wasm");
+    let seen = read_until(&mut lines, "did not load").await;
+    let line = seen.last().unwrap();
+    assert!(line.contains("the running version keeps serving"), "{line}");
+    assert!(line.contains("reload.wasm"), "{line}");
+
+    std::fs::remove_file(plugins.join("reload.wasm")).unwrap();
+    read_until(&mut lines, "no plugins running").await;
+
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
 }

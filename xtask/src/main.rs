@@ -2,9 +2,13 @@
 //!
 //! - `plugins`: build the example plugins into `target/plugins/` and the
 //!   test plugins into `target/test-plugins/`.
-//! - `dev`: build the plugins, then run `reconcile-host dev` on the examples.
+//! - `dev`: build the plugins, then run `reconcile-host dev` on the examples;
+//!   with `--watch`, rebuild the example plugins when their sources change
+//!   (the running host reloads them from `target/plugins`).
 
 use std::process::{Command, ExitCode};
+
+mod watch;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,8 +23,13 @@ fn main() -> ExitCode {
                 return fail(&e);
             }
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let watch = args[1..].iter().any(|a| a == "--watch");
             // The kubeconfig where the README says it is, unless asked otherwise.
-            let mut extra: Vec<String> = args[1..].to_vec();
+            let mut extra: Vec<String> = args[1..]
+                .iter()
+                .filter(|a| *a != "--watch")
+                .cloned()
+                .collect();
             // The example server uptime's example checks.
             if !extra.iter().any(|a| a.starts_with("--example-http")) {
                 extra.extend(["--example-http".to_owned(), "127.0.0.1:18080".to_owned()]);
@@ -31,7 +40,7 @@ fn main() -> ExitCode {
                     "target/reconcile-host-dev.kubeconfig".to_owned(),
                 ]);
             }
-            let status = Command::new(cargo)
+            let host = Command::new(cargo)
                 .current_dir(&root)
                 .args([
                     "run",
@@ -46,7 +55,16 @@ fn main() -> ExitCode {
                     "deploy/examples",
                 ])
                 .args(&extra)
-                .status();
+                .spawn();
+            let mut host = match host {
+                Ok(host) => host,
+                Err(e) => return fail(&format!("cannot run the host: {e}")),
+            };
+            let status = if watch {
+                watch::rebuild_on_change(&root, &mut host)
+            } else {
+                host.wait()
+            };
             match status {
                 Ok(s) if s.success() => ExitCode::SUCCESS,
                 Ok(_) => ExitCode::FAILURE,
@@ -59,7 +77,7 @@ fn main() -> ExitCode {
                 "  plugins  build plugins/ into target/plugins and tests/plugins into target/test-plugins"
             );
             eprintln!(
-                "  dev      build the plugins and run `reconcile-host dev` on deploy/crds and deploy/examples\n           (extra arguments go to it, such as --exit-when-idle)"
+                "  dev      build the plugins and run `reconcile-host dev` on deploy/crds and deploy/examples\n           (extra arguments go to it, such as --exit-when-idle)\n           --watch: rebuild plugins/ when its sources change; the host reloads them"
             );
             ExitCode::from(2)
         }

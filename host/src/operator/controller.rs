@@ -323,11 +323,8 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(namespace.to_owned(), name.to_owned()));
-        self.activity.forget(&(
-            self.name.clone(),
-            namespace.to_owned(),
-            name.to_owned(),
-        ));
+        self.activity
+            .forget(&(self.name.clone(), namespace.to_owned(), name.to_owned()));
     }
 
     /// Forgets the failures of objects gone from the store (a failure that
@@ -904,24 +901,44 @@ async fn swap_versions(
     requeue: tokio::sync::mpsc::Sender<KubeRef<DynamicObject>>,
     primary: ApiResource,
 ) {
-    let mut pass: Option<tokio::task::JoinHandle<()>> = None;
+    // Aborted when replaced, and when this task is (the controller stops).
+    let mut pass: Option<AbortOnDrop> = None;
     while versions.changed().await.is_ok() {
-        let plugin = versions.borrow_and_update().with_backend(ctx.backend.clone());
+        let plugin = versions
+            .borrow_and_update()
+            .with_backend(ctx.backend.clone());
         let generation = ctx.current.load().generation + 1;
         ctx.current.store(Arc::new(Version { plugin, generation }));
-        if let Some(pass) = pass.take() {
-            pass.abort();
-        }
-        pass = Some(tokio::spawn(requeue_all(
+        pass = Some(AbortOnDrop(tokio::spawn(requeue_all(
             ctx.clone(),
             requeue.clone(),
             primary.clone(),
             generation,
-        )));
+        ))));
     }
-    if let Some(pass) = pass {
-        pass.abort();
+    drop(pass);
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
+}
+
+/// The pause between two requeues at `rate` per second (at least 1 µs,
+/// at most an hour).
+fn requeue_period(rate: f64) -> Duration {
+    let rate = if rate.is_finite() && rate > 0.0 {
+        rate
+    } else {
+        ControllerSettings::default().reload_rate
+    };
+    Duration::try_from_secs_f64(1.0 / rate)
+        .unwrap_or(Duration::from_secs(3600))
+        .clamp(Duration::from_micros(1), Duration::from_secs(3600))
 }
 
 async fn requeue_all(
@@ -930,12 +947,7 @@ async fn requeue_all(
     primary: ApiResource,
     generation: u64,
 ) {
-    let rate = if ctx.settings.reload_rate.is_finite() && ctx.settings.reload_rate > 0.0 {
-        ctx.settings.reload_rate
-    } else {
-        ControllerSettings::default().reload_rate
-    };
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut tick = tokio::time::interval(requeue_period(ctx.settings.reload_rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Not reconciled by this version yet (a reconcile by the old one may be
     // running: the requeue waits for it, then runs this one).

@@ -1,5 +1,12 @@
 //! The operator: each loaded plugin becomes a controller against a
 //! Kubernetes API server (the embedded one in `dev`, a cluster in `run`).
+//!
+//! [`Operator::upsert`] makes a plugin version current: it starts a
+//! controller, swaps the version into the running one (same types,
+//! finalizer, selector, field manager, concurrency, watched namespaces), or
+//! drains the old controller and starts a new one; [`Operator::remove`]
+//! drains and stops one. [`crate::reload`] drives both from the plugin
+//! directory.
 
 pub mod backend;
 pub mod controller;
@@ -208,6 +215,9 @@ pub struct Operator {
     tracer: opentelemetry_sdk::trace::SdkTracer,
     activity: Arc<Activity>,
     controllers: tokio::sync::Mutex<BTreeMap<String, Running>>,
+    /// Set by [`Operator::stop`]: every controller, even one being
+    /// drained, stops at once.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Operator {
@@ -229,6 +239,7 @@ impl Operator {
             tracer,
             activity: Arc::new(Activity::default()),
             controllers: tokio::sync::Mutex::new(BTreeMap::new()),
+            stopping: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -256,8 +267,12 @@ impl Operator {
         let shape = Shape::of(&plugin);
         let (versions, versions_rx) = tokio::sync::watch::channel(plugin);
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let mut stopping = self.stopping.subscribe();
         let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => {}
+                _ = stopping.wait_for(|s| *s) => {}
+            }
         };
         let task = tokio::spawn(controller::run(
             self.client.clone(),
@@ -287,22 +302,26 @@ impl Operator {
             return Change::Started;
         };
         let shape = Shape::of(&plugin);
-        if shape == running.shape {
+        // A controller that gave up (a type served differently, say) is
+        // started again rather than handed a version it would not run.
+        if shape == running.shape && !running.task.is_finished() {
             let unchanged = {
                 let current = running.versions.borrow();
                 current.digest() == plugin.digest()
-                    && current.grant().map(|g| g.to_string())
-                        == plugin.grant().map(|g| g.to_string())
+                    && current.grant() == plugin.grant()
+                    && current.limits() == plugin.limits()
             };
             if !unchanged {
-                running.versions.send_replace(plugin);
+                running.versions.send_replace(plugin.clone());
             }
-            controllers.insert(name, running);
-            return if unchanged {
-                Change::Unchanged
-            } else {
-                Change::Swapped
-            };
+            if !running.task.is_finished() {
+                controllers.insert(name, running);
+                return if unchanged {
+                    Change::Unchanged
+                } else {
+                    Change::Swapped
+                };
+            }
         }
         // No object may be reconciled by both: the old one stops first.
         let same_objects = shape.primary == running.shape.primary;
@@ -318,8 +337,9 @@ impl Operator {
 
     /// Drains and stops the controller of `name`; `false` if none ran.
     pub async fn remove(&self, name: &str) -> bool {
-        let running = self.controllers.lock().await.remove(name);
-        match running {
+        // Held while draining: a new version of the name waits for it.
+        let mut controllers = self.controllers.lock().await;
+        match controllers.remove(name) {
             Some(running) => {
                 running.drain().await;
                 self.activity.forget_plugin(name);
@@ -346,6 +366,8 @@ impl Operator {
 
     /// Stops every controller, letting running reconciles finish.
     pub async fn stop(&self) {
+        // At once, even for a controller an upsert is draining.
+        self.stopping.send_replace(true);
         let running: Vec<Running> = std::mem::take(&mut *self.controllers.lock().await)
             .into_values()
             .collect();

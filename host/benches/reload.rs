@@ -1,0 +1,288 @@
+//! Reload latency: from a new `demoapp.wasm` renamed into the watched
+//! directory to the first reconcile by its digest (started, and finished),
+//! against the embedded API server with one DemoApp.
+//!
+//! - cached: two versions of demoapp (the built one, and the same with a
+//!   custom section, so another digest) whose compiled code is already in
+//!   the compile cache, taking turns;
+//! - uncached: each reload a new digest (a fresh custom section), so every
+//!   load compiles.
+//!
+//! Beside them, in the same run: loading the same bytes straight through
+//! the engine (cached and not), and a reconcile of the DemoApp, so that
+//! what the watcher, the swap and the requeue add can be read off.
+//!
+//! Run: `cargo bench -p reconcile-host --bench reload`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use reconcile_apiserver::ApiServer;
+use reconcile_host::engine::{Engine, EngineConfig};
+use reconcile_host::operator::{self, ControllerSettings, GrantPolicy, Operator};
+use reconcile_host::reload::{ReloadConfig, Reloader};
+use reconcile_host::telemetry::Telemetry;
+use reconcile_host::telemetry::logs::{Level, LogFormat, Logger};
+use serde_json::json;
+
+const CACHED: usize = 40;
+const UNCACHED: usize = 20;
+
+/// Keeps (digest, start, end) of every `reconcile` root.
+#[derive(Debug, Clone, Default)]
+struct Roots(Arc<Mutex<Vec<(String, SystemTime, SystemTime)>>>);
+
+impl SpanExporter for Roots {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let mut roots = self.0.lock().unwrap();
+        for span in batch {
+            if span.name == "reconcile" {
+                let digest = span
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == "plugin.digest")
+                    .map(|kv| kv.value.to_string())
+                    .unwrap_or_default();
+                roots.push((digest, span.start_time, span.end_time));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Roots {
+    /// Waits for the first root by `digest`: (start, end) after `since`.
+    async fn first_by(&self, digest: &str, since: SystemTime) -> (Duration, Duration) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((_, start, end)) = self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(d, start, _)| d == digest && *start >= since)
+            {
+                return (
+                    start.duration_since(since).unwrap_or_default(),
+                    end.duration_since(since).unwrap_or_default(),
+                );
+            }
+            assert!(Instant::now() < deadline, "no reconcile by {digest}");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+}
+
+/// A custom section: appended to a component, it changes the digest only.
+fn custom_section(payload: &[u8]) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"reload-bench";
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(payload);
+    let mut section = vec![0u8];
+    leb(body.len(), &mut section);
+    section.extend(body);
+    section
+}
+
+fn variant(base: &[u8], tag: &str) -> Vec<u8> {
+    let mut bytes = base.to_vec();
+    bytes.extend(custom_section(tag.as_bytes()));
+    bytes
+}
+
+fn digest_of(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+fn put(dir: &Path, bytes: &[u8]) {
+    let tmp = dir.join(".demoapp.wasm.tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join("demoapp.wasm")).unwrap();
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn percentile(mut samples: Vec<Duration>, q: f64) -> Duration {
+    samples.sort_unstable();
+    samples[((samples.len() as f64 - 1.0) * q).round() as usize]
+}
+
+fn report(what: &str, samples: &[(Duration, Duration)]) {
+    let starts: Vec<Duration> = samples.iter().map(|s| s.0).collect();
+    let ends: Vec<Duration> = samples.iter().map(|s| s.1).collect();
+    println!(
+        "{what} ({} reloads): to the first reconcile's start p50 {:.1} ms, p99 {:.1} ms; to its end p50 {:.1} ms, p99 {:.1} ms",
+        samples.len(),
+        ms(percentile(starts.clone(), 0.5)),
+        ms(percentile(starts, 0.99)),
+        ms(percentile(ends.clone(), 0.5)),
+        ms(percentile(ends, 0.99)),
+    );
+}
+
+fn main() {
+    // As the host binary does; SAFETY: no other thread has started yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        reconcile_host::engine::disable_library_backtraces();
+    }
+    let root = xtask::project_root();
+    let plugins = xtask::build(&root, xtask::PLUGINS).unwrap();
+    let base = std::fs::read(&plugins["demoapp"]).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let roots = Roots::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(roots.clone())
+            .build();
+        let telemetry = Telemetry::from_provider(provider);
+        let logger = Logger::to_writer(LogFormat::Json, Level::Warn, std::io::sink());
+        let cache = tempfile::tempdir().unwrap();
+        let engine = Engine::new(
+            EngineConfig {
+                cache_dir: Some(cache.path().to_owned()),
+                ..EngineConfig::default()
+            },
+            telemetry.tracer(),
+            logger,
+        )
+        .unwrap();
+        let server = ApiServer::start(Default::default()).await.unwrap();
+        let client = server.client().unwrap();
+        let manifests = operator::manifests::read(&[root.join("deploy/crds")]).unwrap();
+        operator::manifests::apply(&client, &manifests).await.unwrap();
+        let resource = ApiResource {
+            group: "demo.reconcile.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "demo.reconcile.dev/v1alpha1".into(),
+            kind: "DemoApp".into(),
+            plural: "demoapps".into(),
+        };
+        let apps: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
+        let app: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "demo.reconcile.dev/v1alpha1", "kind": "DemoApp",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"image": "nginx:1", "replicas": 2, "port": 80}
+        }))
+        .unwrap();
+        apps.create(&PostParams::default(), &app).await.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let policy = GrantPolicy::AsRequested { http: vec![] };
+        let operator = Arc::new(Operator::new(
+            client.clone(),
+            ControllerSettings::default(),
+            telemetry.tracer(),
+        ));
+        put(dir.path(), &base);
+        let mut config = ReloadConfig::new(dir.path().to_owned(), policy.clone());
+        config.rescan = Duration::from_secs(600);
+        let mut reloader = Reloader::new(engine.clone(), operator.clone(), telemetry.tracer(), config);
+        let started = SystemTime::now();
+        reloader.scan().await.unwrap();
+        roots.first_by(&digest_of(&base), started).await;
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let watcher = tokio::spawn(reloader.watch(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+
+        // The two cached versions: compiled once, before measuring.
+        let versions = [base.clone(), variant(&base, "b")];
+        for bytes in &versions {
+            engine.load_bytes(bytes, "warm-up").await.unwrap();
+        }
+        let mut cached = Vec::new();
+        for i in 0..CACHED + 1 {
+            let bytes = &versions[(i + 1) % 2];
+            let since = SystemTime::now();
+            put(dir.path(), bytes);
+            let sample = roots.first_by(&digest_of(bytes), since).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if i > 0 {
+                cached.push(sample);
+            }
+        }
+        let mut uncached = Vec::new();
+        for i in 0..UNCACHED {
+            let bytes = variant(&base, &format!("fresh-{i}"));
+            let since = SystemTime::now();
+            put(dir.path(), &bytes);
+            uncached.push(roots.first_by(&digest_of(&bytes), since).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = stop.send(true);
+        watcher.await.unwrap();
+        operator.stop().await;
+
+        // Baselines: the same loads straight through the engine, and the
+        // reconcile itself.
+        let mut load_cached = Vec::new();
+        for i in 0..CACHED {
+            let t = Instant::now();
+            operator::load_plugin_bytes(&engine, &versions[i % 2], dir.path(), &policy)
+                .await
+                .unwrap();
+            load_cached.push(t.elapsed());
+        }
+        let mut load_uncached = Vec::new();
+        for i in 0..UNCACHED {
+            let bytes = variant(&base, &format!("baseline-{i}"));
+            let t = Instant::now();
+            operator::load_plugin_bytes(&engine, &bytes, dir.path(), &policy)
+                .await
+                .unwrap();
+            load_uncached.push(t.elapsed());
+        }
+        let reconciles: Vec<Duration> = roots
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, start, end)| end.duration_since(*start).unwrap_or_default())
+            .collect();
+        server.shutdown().await;
+
+        println!();
+        println!(
+            "reload of demoapp ({} KiB) by atomic rename into the watched directory, one DemoApp, debounce {} ms",
+            base.len() / 1024,
+            ReloadConfig::new(dir.path().to_owned(), policy).debounce.as_millis()
+        );
+        report("cached   (target p50/p99 <= 50 ms)", &cached);
+        report("uncached (target p50/p99 <= 1 s)  ", &uncached);
+        println!(
+            "baseline in the same run: load through the engine, cached p50 {:.1} ms p99 {:.1} ms; uncached p50 {:.1} ms p99 {:.1} ms; a DemoApp reconcile p50 {:.1} ms p99 {:.1} ms",
+            ms(percentile(load_cached.clone(), 0.5)),
+            ms(percentile(load_cached, 0.99)),
+            ms(percentile(load_uncached.clone(), 0.5)),
+            ms(percentile(load_uncached, 0.99)),
+            ms(percentile(reconciles.clone(), 0.5)),
+            ms(percentile(reconciles, 0.99)),
+        );
+        telemetry.shutdown(Duration::from_secs(5)).unwrap();
+    });
+}
