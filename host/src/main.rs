@@ -531,11 +531,15 @@ async fn operate(
         let failures = operator.activity().failures();
         let reconciles = operator.activity().reconciles();
         let activity = operator.activity().clone();
+        // Together: a reload draining a controller stops with the rest,
+        // within one grace.
         let _ = stop_watching.send(true);
-        if let Some(watcher) = watcher {
-            let _ = watcher.await;
-        }
-        operator.stop().await;
+        let watched = async {
+            if let Some(watcher) = watcher {
+                let _ = watcher.await;
+            }
+        };
+        tokio::join!(watched, operator.stop());
         if let Some(server) = server {
             server.shutdown().await;
         }
