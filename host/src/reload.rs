@@ -627,3 +627,32 @@ fn error_type(error: &OperatorError) -> &'static str {
         OperatorError::ReadDir { .. } | OperatorError::NoPlugins(_) => "read",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+    use notify::{Event, EventKind};
+
+    #[test]
+    fn only_changes_call_for_a_scan() {
+        let change = |kind| is_change(&Event::new(kind));
+        // The scans' own reads.
+        assert!(!change(EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!change(EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!change(EventKind::Access(AccessKind::Read)));
+        // Writes, renames (the kubelet's `..data` swap), creations.
+        assert!(change(EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(change(EventKind::Modify(ModifyKind::Name(
+            RenameMode::Both
+        ))));
+        assert!(change(EventKind::Create(CreateKind::File)));
+        assert!(change(EventKind::Remove(notify::event::RemoveKind::Any)));
+    }
+}

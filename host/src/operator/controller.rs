@@ -991,3 +991,19 @@ impl Drop for Starting {
         self.done();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_requeue_period_is_bounded_for_any_rate() {
+        assert_eq!(requeue_period(100.0), Duration::from_millis(10));
+        assert_eq!(requeue_period(1e12), Duration::from_micros(1));
+        assert_eq!(requeue_period(1e-30), Duration::from_secs(3600));
+        // Not a rate: the default.
+        assert_eq!(requeue_period(0.0), Duration::from_millis(10));
+        assert_eq!(requeue_period(f64::NAN), Duration::from_millis(10));
+        assert_eq!(requeue_period(-5.0), Duration::from_millis(10));
+    }
+}
