@@ -108,33 +108,9 @@ impl Roots {
     }
 }
 
-/// A custom section: appended to a component, it changes the digest only.
-fn custom_section(payload: &[u8]) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let name = b"reload-bench";
-    let mut body = Vec::new();
-    leb(name.len(), &mut body);
-    body.extend_from_slice(name);
-    body.extend_from_slice(payload);
-    let mut section = vec![0u8];
-    leb(body.len(), &mut section);
-    section.extend(body);
-    section
-}
-
 fn variant(base: &[u8], tag: &str) -> Vec<u8> {
     let mut bytes = base.to_vec();
-    bytes.extend(custom_section(tag.as_bytes()));
+    bytes.extend(xtask::custom_section("reload-bench", tag.as_bytes()));
     bytes
 }
 

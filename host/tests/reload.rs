@@ -127,6 +127,16 @@ impl Reloading {
             .collect()
     }
 
+    /// Asserts that a host line about this test's files has (or, with
+    /// `expected` false, that none has) a message matching `check`.
+    fn assert_logged(&self, expected: bool, check: impl Fn(&str) -> bool) {
+        let lines = self.host_lines();
+        let found = lines
+            .iter()
+            .any(|l| l["message"].as_str().is_some_and(&check));
+        assert_eq!(found, expected, "{lines:#?}");
+    }
+
     /// `plugin.load` spans so far.
     fn loads(&self) -> Vec<SpanData> {
         self.c
@@ -153,6 +163,12 @@ impl Reloading {
 
     fn configmaps(&self) -> Api<ConfigMap> {
         Api::namespaced(self.c.client.clone(), "default")
+    }
+
+    /// The ConfigMap `name`'s resourceVersion now.
+    async fn resource_version(&self, name: &str) -> String {
+        let cm = self.configmaps().get(name).await.unwrap();
+        cm.metadata.resource_version.unwrap()
     }
 
     /// The `<name>-out` ConfigMap's data, if it exists.
@@ -351,7 +367,7 @@ async fn bad_files_leave_the_old_version_serving() {
     let truncated = &v2[..v2.len() / 2];
     let mut metadata_traps = wasm("bad-metadata");
     // Another digest than the guest's own, so that its compile is fresh.
-    metadata_traps.extend_from_slice(&custom_section("reload-test", b"traps"));
+    metadata_traps.extend_from_slice(&xtask::custom_section("reload-test", b"traps"));
     let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
         (
             "not a component",
@@ -473,14 +489,7 @@ fn assert_failure_logged(r: &Reloading, message: &str, what: &str) {
 /// Waits for the reconcile of `name` after its change number `tick`, and
 /// checks that `digest` ran it.
 async fn expect_reconcile_by(r: &Reloading, name: &str, tick: usize, digest: &str) {
-    let cms = r.configmaps();
-    let version = cms
-        .get(name)
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap();
+    let version = r.resource_version(name).await;
     eventually(
         &format!("{name} reconciled after change {tick}"),
         || async {
@@ -503,30 +512,6 @@ async fn last_root_by(r: &Reloading, name: &str, digest: &str) {
         },
     )
     .await;
-}
-
-/// A custom section: appended to a component, it changes the digest and
-/// nothing else.
-fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let mut body = Vec::new();
-    leb(name.len(), &mut body);
-    body.extend_from_slice(name.as_bytes());
-    body.extend_from_slice(payload);
-    let mut section = vec![0u8];
-    leb(body.len(), &mut section);
-    section.extend(body);
-    section
 }
 
 /// A server whose `/hold` answers only once released.
@@ -688,13 +673,7 @@ async fn a_change_of_primary_type_replaces_the_controller_without_overlap() {
         new.iter()
             .all(|s| attr(s, "k8s.kind").as_deref() == Some("Secret"))
     );
-    let lines = r.host_lines();
-    assert!(
-        lines.iter().any(|l| l["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("replaced, with a new controller"))),
-        "{lines:?}"
-    );
+    r.assert_logged(true, |m| m.contains("replaced, with a new controller"));
     // ConfigMaps are not reconciled any more.
     let count = r.roots("cm-1").len();
     r.touch("cm-1", 99).await;
@@ -728,13 +707,7 @@ async fn a_renamed_file_keeps_its_controller_and_a_duplicate_waits_its_turn() {
     assert_eq!(r.operator.plugins().await.len(), 1);
     r.touch("a", 1).await;
     expect_reconcile_by(&r, "a", 1, &v1).await;
-    let lines = r.host_lines();
-    assert!(
-        !lines.iter().any(|l| l["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("removed"))),
-        "{lines:?}"
-    );
+    r.assert_logged(false, |m| m.starts_with("removed"));
 
     // A second file with the same plugin name is refused while the first
     // serves, and takes over when the first goes.
@@ -822,14 +795,7 @@ async fn removal_stops_the_controller_and_a_new_file_starts_one() {
         r.operator.plugins().await.is_empty()
     })
     .await;
-    let lines = r.host_lines();
-    assert!(
-        lines.iter().any(|l| l["plugin"] == "reload"
-            && l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("removed"))),
-        "{lines:?}"
-    );
+    r.assert_logged(true, |m| m.starts_with("removed"));
     let count = r.roots("a").len();
     r.touch("a", 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -889,14 +855,7 @@ async fn a_hundred_reloads_under_load_lose_no_reconcile_and_fail_none() {
     // at its latest resourceVersion.
     let v1 = digest(&r, "reload-v1").await;
     for name in &objects {
-        let version = r
-            .configmaps()
-            .get(name)
-            .await
-            .unwrap()
-            .metadata
-            .resource_version
-            .unwrap();
+        let version = r.resource_version(name).await;
         eventually(
             &format!("{name} reconciled at its last change by v1"),
             || async {

@@ -160,3 +160,29 @@ pub fn build(root: &Path, workspace: GuestWorkspace) -> Result<BTreeMap<String, 
     }
     Ok(copies)
 }
+
+/// A custom section named `name` holding `payload`. Appended to a
+/// component, it gives another digest and changes nothing else: tests and
+/// benchmarks use it for "a new version" that the compile cache has not
+/// seen.
+pub fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut body = Vec::new();
+    leb128(name.len(), &mut body);
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(payload);
+    let mut section = vec![0u8];
+    leb128(body.len(), &mut section);
+    section.extend(body);
+    section
+}
