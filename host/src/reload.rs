@@ -79,6 +79,9 @@ pub struct ScanReport {
     pub failed: Vec<(PathBuf, String)>,
     /// Plugins stopped because their file is gone, by name.
     pub removed: Vec<String>,
+    /// Plugins whose file changed while it was validated: loaded again on
+    /// its next event, and not removed meanwhile.
+    pending: Vec<String>,
 }
 
 impl ScanReport {
@@ -218,10 +221,13 @@ impl Reloader {
             .filter(|p| !paths.contains(p))
             .cloned()
             .collect();
-        // A file refused as a duplicate of one now gone gets another try.
-        if !gone.is_empty() {
-            self.failed.retain(|_, seen| !seen.duplicate);
-        }
+        // A file refused as a duplicate of one now gone gets another try
+        // (first, so that it takes over the running controller).
+        let gone_names: BTreeSet<String> = gone
+            .iter()
+            .filter_map(|p| self.loaded.get(p).and_then(|s| s.name.clone()))
+            .collect();
+        self.release_duplicates(&gone_names);
         for path in &paths {
             let bytes = match read(path).await {
                 Ok(bytes) => bytes,
@@ -268,9 +274,31 @@ impl Reloader {
                 tracing::info!(plugin = %name, file = %path.display(), "its file is gone; it runs from {} now", moved.display());
                 continue;
             }
+            // Moved to a file that is still being written: it keeps
+            // running until that file loads.
+            if report.pending.contains(&name) {
+                continue;
+            }
             self.operator.remove(&name).await;
             tracing::info!(plugin = %name, file = %path.display(), "removed: its controller is stopped; its objects are left as they are (finalizers it added stay until released)");
             report.removed.push(name);
+        }
+        // A name no file serves any more (its file gone, or holding another
+        // plugin now): a file refused as its duplicate loads now.
+        let released: BTreeSet<String> = report.removed.iter().cloned().collect();
+        let retry: Vec<PathBuf> = self
+            .failed
+            .iter()
+            .filter(|(_, s)| s.duplicate && s.name.as_ref().is_some_and(|n| released.contains(n)))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in retry {
+            self.failed.remove(&path);
+            if let Ok(bytes) = read(&path).await {
+                let digest = hex::encode(Sha256::digest(&bytes));
+                self.load(&path, &bytes, digest, &BTreeSet::new(), &mut report)
+                    .await;
+            }
         }
         if report.changed() {
             let serving: Vec<String> = self
@@ -290,6 +318,13 @@ impl Reloader {
             }
         }
         Ok(report)
+    }
+
+    /// Forgets the duplicate failures of `names`, so that they are tried.
+    fn release_duplicates(&mut self, names: &BTreeSet<String>) {
+        self.failed.retain(|_, seen| {
+            !(seen.duplicate && seen.name.as_ref().is_some_and(|n| names.contains(n)))
+        });
     }
 
     /// Validates one new or changed file and makes it current.
@@ -313,6 +348,8 @@ impl Reloader {
             ])
             .start_with_context(&self.tracer, &opentelemetry::Context::new());
         let started = Instant::now();
+        let previous_name = previous.as_ref().and_then(|p| p.name.clone());
+        let grant_before = self.grant_print(path, previous_name.as_deref());
         let loaded =
             operator::load_plugin_bytes(&self.engine, bytes, path, &self.config.policy).await;
         let plugin = match loaded {
@@ -331,7 +368,11 @@ impl Reloader {
                         span.set_attribute(KeyValue::new("plugin.digest.previous", serving));
                     }
                 }
-                let grant = self.grant_print(path, name.as_deref());
+                let mut grant = self.grant_print(path, name.as_deref());
+                // The grant changed while it was read: try it again.
+                if name == previous_name && grant != grant_before {
+                    grant = "changed while validated".to_owned();
+                }
                 let seen = Seen::new(digest, name, grant);
                 self.fail(path, seen, Some(span), &error, report);
                 return;
@@ -343,6 +384,7 @@ impl Reloader {
             _ => {
                 span.set_attribute(KeyValue::new("plugin.load.result", "changed"));
                 span.end();
+                report.pending.push(plugin.metadata().name.clone());
                 tracing::debug!(file = %file, "the file changed while it was validated: loading it again on its next change");
                 return;
             }
@@ -538,7 +580,8 @@ impl Reloader {
         };
         let mut rescan = tokio::time::interval(self.config.rescan);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        rescan.tick().await;
+        // Its first tick is now: what changed since the caller's scan,
+        // before the watch was in place, is found at once.
         let mut unreadable = false;
         let mut events_open = true;
         tokio::pin!(shutdown);
@@ -550,7 +593,8 @@ impl Reloader {
                         // The scans' own reads are events too (opens,
                         // closes): only changes call for a scan.
                         Some(Ok(events)) if !events.iter().any(|e| is_change(&e.event)) => continue,
-                        Some(Ok(_)) => {}
+                        // One scan for every batch queued meanwhile.
+                        Some(Ok(_)) => while changes.try_recv().is_ok() {},
                         Some(Err(errors)) => {
                             for e in errors {
                                 tracing::warn!("watching the plugins: {e}");
@@ -565,7 +609,12 @@ impl Reloader {
                 }
                 _ = rescan.tick() => {}
             }
-            match self.scan().await {
+            // A scan (a long compile, a drain) gives way to the shutdown.
+            let scanned = tokio::select! {
+                () = &mut shutdown => break,
+                scanned = self.scan() => scanned,
+            };
+            match scanned {
                 Ok(_) => unreadable = false,
                 Err(e) if !unreadable => {
                     unreadable = true;

@@ -722,6 +722,27 @@ async fn a_renamed_file_keeps_its_controller_and_a_duplicate_waits_its_turn() {
     r.reconciled_by("a", "2.0.0").await;
     assert_eq!(r.out("a").await.unwrap()["reason"], "PluginReloaded");
     assert_eq!(r.operator.plugins().await.len(), 1);
+
+    // A file that switches to another plugin releases the name too: its
+    // refused duplicate loads.
+    let before = r.loads().len();
+    put(r.dir.path(), "third.wasm", &wasm("reload-v1"));
+    let load = r.next_load(before).await;
+    assert_eq!(attr(&load, "error.type").as_deref(), Some("duplicate"));
+    put(r.dir.path(), "second.wasm", &wasm("noop"));
+    let v1 = digest(&r, "reload-v1").await;
+    eventually("noop from second.wasm, reload from third.wasm", || async {
+        let mut running: Vec<(String, String)> = r
+            .operator
+            .plugins()
+            .await
+            .iter()
+            .map(|p| (p.metadata().name.clone(), p.digest().to_owned()))
+            .collect();
+        running.sort();
+        running.len() == 2 && running[0].0 == "noop" && running[1] == ("reload".into(), v1.clone())
+    })
+    .await;
     r.stop().await;
 }
 

@@ -254,6 +254,9 @@ struct ObjectState {
     requeued: bool,
     /// The plugin version (see [`Objects`]) that last reconciled it.
     generation: u64,
+    /// The plugin version of the reconcile that started last (it may be
+    /// running).
+    started_generation: u64,
 }
 
 /// What a controller knows of its objects, handed to the controller that
@@ -372,11 +375,12 @@ impl Context {
             return (Reason::Deleting, attempt);
         }
         let changed = state.last_version != obj.resource_version();
-        if state.failures > 0 && state.retrying && !changed {
-            return (Reason::Retry, attempt);
-        }
+        // Why it runs now, even for an object waiting for a retry.
         if state.last_version.is_some() && state.generation != generation {
             return (Reason::PluginReloaded, attempt);
+        }
+        if state.failures > 0 && state.retrying && !changed {
+            return (Reason::Retry, attempt);
         }
         if changed {
             return (Reason::ObjectChanged, attempt);
@@ -442,6 +446,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
     let started = Instant::now();
     let state = ctx.state(&key);
     let (reason, attempt) = ctx.reason(&obj, &state, deleting, version.generation);
+    ctx.update(key.clone(), |s| s.started_generation = version.generation);
     let primary = &ctx.primary;
     let request = ReconcileRequest {
         object: ObjectRef {
@@ -514,6 +519,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
                     retrying: false,
                     requeued: false,
                     generation,
+                    started_generation: generation,
                 }
             });
             Ok(Action::await_change())
@@ -526,6 +532,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
                     retrying: false,
                     requeued: true,
                     generation,
+                    started_generation: generation,
                 }
             });
             Ok(Action::requeue(after))
@@ -949,9 +956,13 @@ async fn requeue_all(
 ) {
     let mut tick = tokio::time::interval(requeue_period(ctx.settings.reload_rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Not reconciled by this version yet (a reconcile by the old one may be
-    // running: the requeue waits for it, then runs this one).
-    let stale = |obj: &DynamicObject| ctx.state(&key_of(obj)).generation != generation;
+    // Not reconciled by this version yet, nor being reconciled by it (a
+    // reconcile by the old one may be running: the requeue waits for it,
+    // then runs this one).
+    let stale = |obj: &DynamicObject| {
+        let state = ctx.state(&key_of(obj));
+        state.generation != generation && state.started_generation != generation
+    };
     let mut count = 0usize;
     for obj in ctx.store.state() {
         if !stale(&obj) {

@@ -297,6 +297,10 @@ impl Operator {
     pub async fn upsert(&self, plugin: Plugin) -> Change {
         let name = plugin.metadata().name.clone();
         let mut controllers = self.controllers.lock().await;
+        // Stopping: nothing new starts.
+        if *self.stopping.borrow() {
+            return Change::Unchanged;
+        }
         let Some(running) = controllers.remove(&name) else {
             controllers.insert(name, self.spawn(plugin, controller::Objects::default()));
             return Change::Started;
