@@ -52,6 +52,8 @@ struct Reloading {
     dir: tempfile::TempDir,
     stop: tokio::sync::watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The reloader's scan count, once started.
+    scans: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn settings() -> ControllerSettings {
@@ -80,6 +82,7 @@ impl Reloading {
             dir: tempfile::tempdir().unwrap(),
             stop,
             task: None,
+            scans: Arc::default(),
         }
     }
 
@@ -99,6 +102,7 @@ impl Reloading {
             config,
         );
         let report = reloader.scan().await.unwrap();
+        self.scans = reloader.scans();
         let mut stopped = self.stop.subscribe();
         self.task = Some(tokio::spawn(reloader.watch(async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -754,20 +758,8 @@ async fn a_changed_grant_reloads_its_plugin_and_an_idle_directory_is_not_rescann
     std::fs::write(r.path("reload.grants.toml"), grant).unwrap();
     put(r.dir.path(), "reload.wasm", &wasm("reload-v1"));
     r.object("a", &[]).await;
-    let mut config = ReloadConfig::new(r.dir.path().to_owned(), GrantPolicy::Files(None));
-    config.rescan = Duration::from_secs(60);
-    let mut reloader = Reloader::new(
-        r.c.h.engine.clone(),
-        r.operator.clone(),
-        r.c.h.provider_tracer(),
-        config,
-    );
-    reloader.scan().await.unwrap();
-    let scans = reloader.scans();
-    let mut stopped = r.stop.subscribe();
-    r.task = Some(tokio::spawn(reloader.watch(async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    })));
+    r.start(GrantPolicy::Files(None)).await;
+    let scans = r.scans.clone();
     r.reconciled_by("a", "1.0.0").await;
 
     // The scans' own reads are not changes: an idle directory is quiet.
