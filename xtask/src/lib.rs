@@ -33,6 +33,12 @@ pub const TEST_PLUGINS: GuestWorkspace = GuestWorkspace {
     out: "target/test-plugins",
 };
 
+/// The conformance suite's case plugins.
+pub const CONFORMANCE_PLUGINS: GuestWorkspace = GuestWorkspace {
+    dir: "tests/conformance/plugins",
+    out: "target/conformance-plugins",
+};
+
 /// The project root (the parent of `xtask/`).
 pub fn project_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -85,7 +85,11 @@ fn main() -> ExitCode {
 }
 
 fn build_all(root: &std::path::Path) -> Result<(), String> {
-    for workspace in [xtask::PLUGINS, xtask::TEST_PLUGINS] {
+    for workspace in [
+        xtask::PLUGINS,
+        xtask::TEST_PLUGINS,
+        xtask::CONFORMANCE_PLUGINS,
+    ] {
         let built = xtask::build(root, workspace)?;
         for path in built.values() {
             eprintln!("built {}", path.display());

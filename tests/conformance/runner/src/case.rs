@@ -1,0 +1,322 @@
+//! The case format: `tests/conformance/cases/<case>/case.yaml` (see
+//! `tests/conformance/README.md`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// One case, as read from its folder.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// The case's name (its folder's name by convention).
+    pub name: String,
+    /// The promise it pins, in a sentence.
+    pub pins: String,
+    /// The contract versions it applies to (`0.2.0`, ...).
+    pub contract: Vec<String>,
+    /// The case plugin: `<plugin>.wasm` in the plugin directory; its
+    /// metadata name is the same.
+    pub plugin: String,
+    /// The grant file, as TOML.
+    pub grant: String,
+    /// Environment for the host besides what the runner sets.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Objects applied before the host starts.
+    #[serde(default)]
+    pub objects: Vec<Value>,
+    /// What happens once the host runs, in order.
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    /// What must hold after the steps (and the host's stop, which flushes
+    /// its spans).
+    #[serde(default)]
+    pub expect: Expect,
+    /// The folder it was read from.
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+/// A step.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// Server-side apply of an object (as the `conformance` manager).
+    Apply(Value),
+    /// A JSON merge patch of an object.
+    Patch {
+        /// Which object.
+        #[serde(flatten)]
+        object: ObjectKey,
+        /// The patch.
+        merge: Value,
+    },
+    /// Deletes an object.
+    Delete(ObjectKey),
+    /// Waits (at most `timeout_ms`, default 20 s) for at least `count`
+    /// exported spans named `name` whose attributes include `where`.
+    WaitSpans {
+        /// Span name.
+        name: String,
+        /// At least this many.
+        #[serde(default = "one")]
+        count: usize,
+        /// Attribute filter.
+        #[serde(default, rename = "where")]
+        filter: BTreeMap<String, String>,
+        /// Longest wait.
+        #[serde(default = "twenty_seconds")]
+        timeout_ms: u64,
+    },
+    /// Waits until no span arrives and the API server receives no request
+    /// (watches aside) for `quiet_ms` (default 700).
+    Idle {
+        /// The quiet period.
+        #[serde(default = "quiet")]
+        quiet_ms: u64,
+    },
+    /// The next `times` requests matching fail with `status`.
+    Fail {
+        /// Which requests.
+        #[serde(flatten)]
+        matcher: RequestMatch,
+        /// The status code.
+        status: u16,
+        /// How many.
+        #[serde(default = "one_u32")]
+        times: u32,
+    },
+    /// Requests matching are delayed by `ms`.
+    Delay {
+        /// Which requests.
+        #[serde(flatten)]
+        matcher: RequestMatch,
+        /// The delay.
+        ms: u64,
+    },
+    /// Every open watch is cut.
+    CutWatches,
+    /// Waits `ms`.
+    Sleep(u64),
+}
+
+fn one() -> usize {
+    1
+}
+fn one_u32() -> u32 {
+    1
+}
+fn twenty_seconds() -> u64 {
+    20_000
+}
+fn quiet() -> u64 {
+    700
+}
+
+/// An object by type and name.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectKey {
+    /// `v1`, `apps/v1`, ...
+    pub api_version: String,
+    /// `ConfigMap`, ...
+    pub kind: String,
+    /// Namespace (`default` when left out, for namespaced kinds).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+/// Which API requests.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestMatch {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`.
+    #[serde(default)]
+    pub verb: Option<String>,
+    /// Resource plural.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// Subresource (`status`).
+    #[serde(default)]
+    pub subresource: Option<String>,
+}
+
+/// What must hold at the end.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Objects in the cluster.
+    #[serde(default)]
+    pub objects: Vec<ObjectExpect>,
+    /// Requests the API server received.
+    #[serde(default)]
+    pub requests: Vec<RequestExpect>,
+    /// Exported spans.
+    #[serde(default)]
+    pub spans: Vec<SpanExpect>,
+    /// The host's log lines.
+    #[serde(default)]
+    pub logs: Vec<LogExpect>,
+}
+
+/// An object that exists with these fields, or does not exist.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectExpect {
+    /// Which object.
+    #[serde(flatten)]
+    pub object: ObjectKey,
+    /// A JSON subset the object must contain.
+    #[serde(default)]
+    pub has: Option<Value>,
+    /// The object must not exist.
+    #[serde(default)]
+    pub absent: bool,
+}
+
+/// How many: `3`, `">=1"`, `"<=2"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Count {
+    /// Exactly.
+    Exactly(usize),
+    /// `>=N` or `<=N`.
+    Bound(String),
+}
+
+impl Default for Count {
+    fn default() -> Self {
+        Count::Bound(">=1".to_owned())
+    }
+}
+
+impl Count {
+    /// Whether `n` is allowed.
+    pub fn allows(&self, n: usize) -> Result<bool, String> {
+        match self {
+            Count::Exactly(want) => Ok(n == *want),
+            Count::Bound(text) => {
+                let (op, rest) = text.split_at(text.len().min(2));
+                let bound: usize = rest
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("count {text:?}: expected N, \">=N\" or \"<=N\""))?;
+                match op {
+                    ">=" => Ok(n >= bound),
+                    "<=" => Ok(n <= bound),
+                    _ => Err(format!("count {text:?}: expected N, \">=N\" or \"<=N\"")),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Count {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Count::Exactly(n) => write!(f, "{n}"),
+            Count::Bound(text) => f.write_str(text),
+        }
+    }
+}
+
+/// Requests the API server must (or, with `count: 0`, must not) have
+/// received.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestExpect {
+    /// Which requests.
+    #[serde(flatten)]
+    pub matcher: RequestMatch,
+    /// Object name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `fieldManager` of the request.
+    #[serde(default)]
+    pub field_manager: Option<String>,
+    /// How many.
+    #[serde(default)]
+    pub count: Count,
+    /// Each one's `traceparent` names a span of this name (same trace id,
+    /// its span id as the parent id).
+    #[serde(default)]
+    pub traceparent_of: Option<String>,
+}
+
+/// Spans that must have been exported.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpanExpect {
+    /// Span name.
+    pub name: String,
+    /// Only the spans whose attributes include these.
+    #[serde(default, rename = "where")]
+    pub filter: BTreeMap<String, String>,
+    /// How many match.
+    #[serde(default)]
+    pub count: Count,
+    /// `internal`, `client`, `server`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// `unset`, `ok`, `error`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// The parent's name, or `none` for a root.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Attributes each must have: a value, or `~regex`.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Attributes each must not have.
+    #[serde(default)]
+    pub absent_attributes: Vec<String>,
+    /// Events each must have.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Names of children each must have.
+    #[serde(default)]
+    pub children: Vec<String>,
+}
+
+/// Log lines of the host (JSON on its standard error).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogExpect {
+    /// The line's message, exactly.
+    pub message: String,
+    /// How many such lines.
+    #[serde(default)]
+    pub count: Count,
+    /// Each carries the `trace_id` and `span_id` of a span of this name.
+    #[serde(default)]
+    pub in_span: Option<String>,
+}
+
+/// Reads every case under `dir` (a folder per case with a `case.yaml`),
+/// in name order.
+pub fn load_all(dir: &Path) -> Result<Vec<Case>, String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("case.yaml").is_file())
+        .collect();
+    dirs.sort();
+    dirs.iter().map(|d| load(d)).collect()
+}
+
+/// Reads the case in `dir`.
+pub fn load(dir: &Path) -> Result<Case, String> {
+    let path = dir.join("case.yaml");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut case: Case =
+        serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    case.dir = dir.to_owned();
+    Ok(case)
+}

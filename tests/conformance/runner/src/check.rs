@@ -1,0 +1,328 @@
+//! The expectations, checked against what the case saw: the first broken
+//! one is the case's failure, named with what was seen instead.
+
+use std::collections::BTreeMap;
+
+use reconcile_apiserver::RequestRecord;
+use serde_json::Value;
+
+use crate::case::{Count, LogExpect, ObjectExpect, RequestExpect, RequestMatch, SpanExpect};
+use crate::otlp::Span;
+
+fn count(what: &str, count: &Count, n: usize, seen: impl FnOnce() -> String) -> Result<(), String> {
+    if count.allows(n)? {
+        Ok(())
+    } else {
+        Err(format!("{what}: expected {count}, found {n}{}", seen()))
+    }
+}
+
+/// `value` matches `pattern`: equal, or `~regex` matching.
+fn matches(pattern: &str, value: &str) -> Result<bool, String> {
+    match pattern.strip_prefix('~') {
+        Some(re) => regex::Regex::new(re)
+            .map(|re| re.is_match(value))
+            .map_err(|e| format!("pattern {pattern:?}: {e}")),
+        None => Ok(pattern == value),
+    }
+}
+
+fn filtered<'a>(spans: &'a [Span], name: &str, filter: &BTreeMap<String, String>) -> Vec<&'a Span> {
+    spans
+        .iter()
+        .filter(|s| s.name == name && filter.iter().all(|(k, v)| s.attributes.get(k) == Some(v)))
+        .collect()
+}
+
+fn with_filter(name: &str, filter: &BTreeMap<String, String>) -> String {
+    if filter.is_empty() {
+        format!("span {name}")
+    } else {
+        let f: Vec<String> = filter.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("span {name} where {}", f.join(", "))
+    }
+}
+
+/// Checks the span expectations.
+pub fn spans(expects: &[SpanExpect], spans: &[Span]) -> Result<(), String> {
+    for e in expects {
+        let what = with_filter(&e.name, &e.filter);
+        let found = filtered(spans, &e.name, &e.filter);
+        count(&what, &e.count, found.len(), || {
+            let names: Vec<String> = spans.iter().map(Span::describe).collect();
+            format!(" (spans seen: {})", names.join("; "))
+        })?;
+        for s in found {
+            let at = format!("{what}: {}", s.describe());
+            if let Some(kind) = &e.kind
+                && kind != s.kind
+            {
+                return Err(format!("{at}: kind expected {kind}, found {}", s.kind));
+            }
+            if let Some(status) = &e.status
+                && status != s.status
+            {
+                return Err(format!(
+                    "{at}: status expected {status}, found {}",
+                    s.status
+                ));
+            }
+            if let Some(parent) = &e.parent {
+                let actual = spans
+                    .iter()
+                    .find(|p| p.span_id == s.parent_span_id && !s.parent_span_id.is_empty())
+                    .map(|p| p.name.as_str());
+                let ok = match (parent.as_str(), actual) {
+                    ("none", None) => s.parent_span_id.is_empty(),
+                    (want, Some(found)) => want == found,
+                    _ => false,
+                };
+                if !ok {
+                    return Err(format!(
+                        "{at}: parent expected {parent}, found {}",
+                        actual.unwrap_or(if s.parent_span_id.is_empty() {
+                            "none"
+                        } else {
+                            "a span not exported"
+                        })
+                    ));
+                }
+            }
+            for (key, pattern) in &e.attributes {
+                match s.attributes.get(key) {
+                    Some(value) if matches(pattern, value)? => {}
+                    Some(value) => {
+                        return Err(format!(
+                            "{at}: attribute {key} expected {pattern:?}, found {value:?}"
+                        ));
+                    }
+                    None => return Err(format!("{at}: attribute {key} is missing")),
+                }
+            }
+            for key in &e.absent_attributes {
+                if let Some(value) = s.attributes.get(key) {
+                    return Err(format!(
+                        "{at}: attribute {key} must be absent, found {value:?}"
+                    ));
+                }
+            }
+            for event in &e.events {
+                if !s.events.contains(event) {
+                    return Err(format!(
+                        "{at}: event {event} is missing (events: {:?})",
+                        s.events
+                    ));
+                }
+            }
+            for child in &e.children {
+                let has = spans
+                    .iter()
+                    .any(|c| c.parent_span_id == s.span_id && &c.name == child);
+                if !has {
+                    let children: Vec<&str> = spans
+                        .iter()
+                        .filter(|c| c.parent_span_id == s.span_id)
+                        .map(|c| c.name.as_str())
+                        .collect();
+                    return Err(format!(
+                        "{at}: child {child} is missing (children: {children:?})"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| v.to_owned())
+    })
+}
+
+fn request_matches(m: &RequestMatch, r: &RequestRecord) -> bool {
+    m.verb.as_ref().is_none_or(|v| *v == r.verb)
+        && m.resource
+            .as_ref()
+            .is_none_or(|x| Some(x) == r.resource.as_ref())
+        && m.subresource
+            .as_ref()
+            .is_none_or(|x| Some(x) == r.subresource.as_ref())
+}
+
+fn describe_request(r: &RequestRecord) -> String {
+    format!(
+        "{} {}{}{}",
+        r.verb,
+        r.resource.as_deref().unwrap_or(&r.path),
+        r.subresource
+            .as_ref()
+            .map(|s| format!("/{s}"))
+            .unwrap_or_default(),
+        r.name.as_ref().map(|n| format!(" {n}")).unwrap_or_default()
+    )
+}
+
+/// Checks the API traffic expectations.
+pub fn requests(
+    expects: &[RequestExpect],
+    requests: &[RequestRecord],
+    spans: &[Span],
+) -> Result<(), String> {
+    for e in expects {
+        let found: Vec<&RequestRecord> = requests
+            .iter()
+            .filter(|r| request_matches(&e.matcher, r))
+            .filter(|r| e.name.as_ref().is_none_or(|n| Some(n) == r.name.as_ref()))
+            .filter(|r| {
+                e.field_manager
+                    .as_ref()
+                    .is_none_or(|m| query_param(&r.query, "fieldManager").as_ref() == Some(m))
+            })
+            .collect();
+        let what = format!(
+            "requests {} {}{}{}{}",
+            e.matcher.verb.as_deref().unwrap_or("*"),
+            e.matcher.resource.as_deref().unwrap_or("*"),
+            e.matcher
+                .subresource
+                .as_ref()
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default(),
+            e.name.as_ref().map(|n| format!(" {n}")).unwrap_or_default(),
+            e.field_manager
+                .as_ref()
+                .map(|m| format!(" as {m}"))
+                .unwrap_or_default(),
+        );
+        count(&what, &e.count, found.len(), || {
+            let seen: Vec<String> = requests
+                .iter()
+                .filter(|r| r.verb != "discovery")
+                .map(describe_request)
+                .collect();
+            format!(" (requests seen: {})", seen.join("; "))
+        })?;
+        if let Some(span_name) = &e.traceparent_of {
+            for r in found {
+                let Some(header) = &r.traceparent else {
+                    return Err(format!(
+                        "{what}: {} has no traceparent",
+                        describe_request(r)
+                    ));
+                };
+                let parts: Vec<&str> = header.split('-').collect();
+                let (trace, parent) = match parts.as_slice() {
+                    [_, trace, parent, _] => (*trace, *parent),
+                    _ => return Err(format!("{what}: traceparent {header:?} is not W3C")),
+                };
+                let span = spans
+                    .iter()
+                    .find(|s| s.trace_id == trace && s.span_id == parent);
+                match span {
+                    Some(s) if &s.name == span_name => {}
+                    Some(s) => {
+                        return Err(format!(
+                            "{what}: traceparent {header} names span {}, expected {span_name}",
+                            s.name
+                        ));
+                    }
+                    None => {
+                        return Err(format!(
+                            "{what}: traceparent {header} names no exported span"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `actual` contains `expected` (objects: every key, recursively;
+/// arrays and scalars: equal).
+pub fn contains(actual: &Value, expected: &Value) -> bool {
+    match (actual, expected) {
+        (Value::Object(a), Value::Object(e)) => e
+            .iter()
+            .all(|(k, ev)| a.get(k).is_some_and(|av| contains(av, ev))),
+        _ => actual == expected,
+    }
+}
+
+/// Checks the object expectations.
+pub async fn objects(expects: &[ObjectExpect], client: &kube::Client) -> Result<(), String> {
+    for e in expects {
+        let key = &e.object;
+        let what = format!("object {} {}", key.kind, key.name);
+        let found = crate::api_of(client, key)
+            .await?
+            .get_opt(&key.name)
+            .await
+            .map_err(|err| format!("{what}: cannot read it: {err}"))?;
+        match (found, e.absent) {
+            (Some(_), true) => return Err(format!("{what}: must not exist, but does")),
+            (None, true) => {}
+            (None, false) => return Err(format!("{what}: does not exist")),
+            (Some(obj), false) => {
+                if let Some(has) = &e.has {
+                    let value = serde_json::to_value(&obj).map_err(|err| err.to_string())?;
+                    if !contains(&value, has) {
+                        return Err(format!("{what}: expected to contain {has}, found {value}"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the log expectations on the host's JSON lines.
+pub fn logs(expects: &[LogExpect], lines: &[Value], spans: &[Span]) -> Result<(), String> {
+    for e in expects {
+        let found: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["message"].as_str() == Some(e.message.as_str()))
+            .collect();
+        let what = format!("log lines {:?}", e.message);
+        count(&what, &e.count, found.len(), String::new)?;
+        if let Some(span_name) = &e.in_span {
+            for line in found {
+                let trace = line["trace_id"].as_str().unwrap_or_default();
+                let span = line["span_id"].as_str().unwrap_or_default();
+                let named = spans
+                    .iter()
+                    .find(|s| s.trace_id == trace && s.span_id == span)
+                    .map(|s| s.name.as_str());
+                if named != Some(span_name.as_str()) {
+                    return Err(format!(
+                        "{what}: the line {line} carries trace_id {trace:?} span_id {span:?}, which is {}, expected a {span_name} span",
+                        named.map_or("no exported span".to_owned(), |n| format!("span {n}"))
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_patterns() {
+        assert!(Count::Exactly(2).allows(2).unwrap());
+        assert!(!Count::Exactly(2).allows(3).unwrap());
+        assert!(Count::Bound(">=1".into()).allows(4).unwrap());
+        assert!(!Count::Bound("<=1".into()).allows(2).unwrap());
+        assert!(Count::Bound("~3".into()).allows(3).is_err());
+        assert!(matches("~^sha256:[0-9a-f]+$", "sha256:ab").unwrap());
+        assert!(!matches("x", "y").unwrap());
+        let actual = serde_json::json!({"a": {"b": 1, "c": 2}, "d": [1]});
+        assert!(contains(&actual, &serde_json::json!({"a": {"b": 1}})));
+        assert!(!contains(&actual, &serde_json::json!({"a": {"b": 2}})));
+        assert!(!contains(&actual, &serde_json::json!({"e": 1})));
+    }
+}

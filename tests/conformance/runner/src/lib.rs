@@ -1,0 +1,488 @@
+//! The host conformance suite's runner: cases as data, run against any
+//! host of the `reconcile:plugin` contract through an adapter.
+//!
+//! # Where to start
+//!
+//! [`run_case`] runs one [`Case`](case::Case): an embedded API server and
+//! an OTLP receiver on 127.0.0.1, a plugin directory with the case's
+//! plugin and grant, the host under test started through the adapter (an
+//! executable given the kubeconfig, the plugin directory and the `OTEL_*`
+//! variables), the case's steps, the host's stop (which flushes its
+//! spans), then the expectations. [`run_suite`] runs many, in parallel.
+//!
+//! # Layout
+//!
+//! - [`case`]: the case format (`case.yaml`).
+//! - [`otlp`]: the OTLP receiver (HTTP/protobuf and gRPC).
+//! - [`check`]: the expectations: objects, API traffic, spans, logs.
+//! - [`junit`]: the JUnit XML report.
+//!
+//! The runner does not link the host: it knows it only as a process.
+
+pub mod case;
+pub mod check;
+pub mod junit;
+pub mod otlp;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use reconcile_apiserver::{ApiServer, ApiServerConfig, Match};
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt as _;
+
+use case::{Case, ObjectKey, RequestMatch, Step};
+
+/// How cases are run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The adapter: an executable that starts the host under test.
+    pub adapter: PathBuf,
+    /// The directory of built case plugins (`<plugin>.wasm`).
+    pub plugins: PathBuf,
+    /// `http/protobuf` or `grpc`.
+    pub protocol: String,
+    /// Extra environment for every host (after the case's own).
+    pub env: BTreeMap<String, String>,
+    /// A directory the adapter may use for compiled plugins, shared by
+    /// the cases of a run.
+    pub cache_dir: Option<PathBuf>,
+    /// How long the host may take to start watching.
+    pub start_timeout: Duration,
+}
+
+/// The result of one case.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The case's name.
+    pub name: String,
+    /// `None` if it passed; else the first broken expectation.
+    pub failure: Option<String>,
+    /// How long it took.
+    pub took: Duration,
+}
+
+/// The host's standard error, as lines.
+#[derive(Clone, Debug, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The host under test, started by the adapter.
+struct Host {
+    child: tokio::process::Child,
+    lines: Lines,
+}
+
+impl Host {
+    fn start(
+        options: &Options,
+        case: &Case,
+        kubeconfig: &Path,
+        plugins: &Path,
+        otlp: &otlp::Receiver,
+    ) -> Result<Self, String> {
+        let endpoint = if options.protocol == "grpc" {
+            format!("http://{}", otlp.grpc)
+        } else {
+            format!("http://{}", otlp.http)
+        };
+        let mut command = tokio::process::Command::new(&options.adapter);
+        command
+            .env("CONFORMANCE_KUBECONFIG", kubeconfig)
+            .env("CONFORMANCE_PLUGINS", plugins)
+            .env("OTEL_TRACES_EXPORTER", "otlp")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", &options.protocol)
+            .env("OTEL_SERVICE_NAME", "conformance")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+            .env_remove("OTEL_TRACES_SAMPLER")
+            .env_remove("OTEL_TRACES_SAMPLER_ARG")
+            .env_remove("OTEL_SDK_DISABLED")
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(dir) = &options.cache_dir {
+            command.env("CONFORMANCE_CACHE_DIR", dir);
+        }
+        for (k, v) in case.env.iter().chain(&options.env) {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().map_err(|e| {
+            format!(
+                "cannot start the adapter {}: {e}",
+                options.adapter.display()
+            )
+        })?;
+        let lines = Lines::default();
+        if let Some(stderr) = child.stderr.take() {
+            let kept = lines.clone();
+            tokio::spawn(async move {
+                let mut reader = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    kept.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                }
+            });
+        }
+        Ok(Host { child, lines })
+    }
+
+    /// SIGTERM, then (after 30 s) SIGKILL; the exit status's text.
+    async fn stop(&mut self) -> String {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return format!("it had exited already ({status})");
+        }
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(Ok(status)) => status.to_string(),
+            _ => {
+                let _ = self.child.kill().await;
+                "killed after 30 s".to_owned()
+            }
+        }
+    }
+}
+
+/// The API of an object, by discovery.
+pub(crate) async fn api_of(
+    client: &kube::Client,
+    key: &ObjectKey,
+) -> Result<Api<DynamicObject>, String> {
+    let (group, version) = key
+        .api_version
+        .rsplit_once('/')
+        .unwrap_or(("", &key.api_version));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, &key.kind);
+    let (resource, caps) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .map_err(|e| format!("{} {}: not served ({e})", key.api_version, key.kind))?;
+    Ok(match caps.scope {
+        kube::discovery::Scope::Namespaced => Api::namespaced_with(
+            client.clone(),
+            key.namespace.as_deref().unwrap_or("default"),
+            &resource,
+        ),
+        kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
+    })
+}
+
+fn key_of(object: &Value) -> Result<ObjectKey, String> {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": object["apiVersion"],
+        "kind": object["kind"],
+        "namespace": object["metadata"]["namespace"],
+        "name": object["metadata"]["name"],
+    }))
+    .map_err(|e| format!("an object without apiVersion, kind or metadata.name: {e}"))
+}
+
+async fn apply(client: &kube::Client, object: &Value) -> Result<(), String> {
+    let key = key_of(object)?;
+    api_of(client, &key)
+        .await?
+        .patch(
+            &key.name,
+            &PatchParams::apply("conformance").force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("cannot apply {} {}: {e}", key.kind, key.name))
+}
+
+fn matcher(m: &RequestMatch) -> Match {
+    Match {
+        verb: m.verb.clone(),
+        resource: m.resource.clone(),
+        subresource: m.subresource.clone(),
+    }
+}
+
+/// Requests other than watches and discovery (what a busy host sends).
+fn activity(server: &ApiServer) -> usize {
+    server
+        .faults()
+        .requests()
+        .iter()
+        .filter(|r| r.verb != "watch" && r.verb != "discovery")
+        .count()
+}
+
+async fn step(
+    step: &Step,
+    server: &ApiServer,
+    client: &kube::Client,
+    otlp: &otlp::Receiver,
+) -> Result<(), String> {
+    match step {
+        Step::Apply(object) => apply(client, object).await,
+        Step::Patch { object, merge } => api_of(client, object)
+            .await?
+            .patch(&object.name, &PatchParams::default(), &Patch::Merge(merge))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("cannot patch {} {}: {e}", object.kind, object.name)),
+        Step::Delete(object) => api_of(client, object)
+            .await?
+            .delete(&object.name, &Default::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("cannot delete {} {}: {e}", object.kind, object.name)),
+        Step::WaitSpans {
+            name,
+            count,
+            filter,
+            timeout_ms,
+        } => {
+            let deadline = Instant::now() + Duration::from_millis(*timeout_ms);
+            loop {
+                let spans = otlp.spans.all();
+                let n = spans
+                    .iter()
+                    .filter(|s| {
+                        &s.name == name
+                            && filter.iter().all(|(k, v)| s.attributes.get(k) == Some(v))
+                    })
+                    .count();
+                if n >= *count {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "step wait_spans: {n} of {count} {name} spans after {timeout_ms} ms"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Step::Idle { quiet_ms } => {
+            let quiet = Duration::from_millis(*quiet_ms);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut last = (otlp.spans.len(), activity(server));
+            let mut since = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                let now = (otlp.spans.len(), activity(server));
+                if now != last {
+                    last = now;
+                    since = Instant::now();
+                } else if since.elapsed() >= quiet {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    return Err("step idle: still busy after 30 s".to_owned());
+                }
+            }
+        }
+        Step::Fail {
+            matcher: m,
+            status,
+            times,
+        } => {
+            server.faults().fail(matcher(m), *times, *status);
+            Ok(())
+        }
+        Step::Delay { matcher: m, ms } => {
+            server
+                .faults()
+                .delay(matcher(m), Duration::from_millis(*ms));
+            Ok(())
+        }
+        Step::CutWatches => {
+            server.faults().cut_watches();
+            Ok(())
+        }
+        Step::Sleep(ms) => {
+            tokio::time::sleep(Duration::from_millis(*ms)).await;
+            Ok(())
+        }
+    }
+}
+
+/// Runs one case against the host the adapter starts.
+pub async fn run_case(case: &Case, options: &Options) -> Outcome {
+    let started = Instant::now();
+    let failure = run(case, options).await.err();
+    Outcome {
+        name: case.name.clone(),
+        failure,
+        took: started.elapsed(),
+    }
+}
+
+async fn run(case: &Case, options: &Options) -> Result<(), String> {
+    let wasm = options.plugins.join(format!("{}.wasm", case.plugin));
+    if !wasm.is_file() {
+        return Err(format!(
+            "the case plugin {} is not built ({} is missing)",
+            case.plugin,
+            wasm.display()
+        ));
+    }
+    let work = tempfile::tempdir().map_err(|e| format!("cannot make a directory: {e}"))?;
+    let plugins = work.path().join("plugins");
+    std::fs::create_dir(&plugins).map_err(|e| e.to_string())?;
+    std::fs::copy(&wasm, plugins.join(format!("{}.wasm", case.plugin)))
+        .map_err(|e| format!("cannot copy {}: {e}", wasm.display()))?;
+    std::fs::write(
+        plugins.join(format!("{}.grants.toml", case.plugin)),
+        &case.grant,
+    )
+    .map_err(|e| e.to_string())?;
+
+    let server = ApiServer::start(ApiServerConfig {
+        listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("cannot start the API server: {e}"))?;
+    let kubeconfig = work.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig()).map_err(|e| e.to_string())?;
+    let client = server
+        .client()
+        .map_err(|e| format!("cannot make a client: {e}"))?;
+    for object in &case.objects {
+        apply(&client, object).await?;
+    }
+    let otlp = otlp::Receiver::start()
+        .await
+        .map_err(|e| format!("cannot start the OTLP receiver: {e}"))?;
+    let mut host = Host::start(options, case, &kubeconfig, &plugins, &otlp)?;
+
+    let result = async {
+        // The host is up once it watches.
+        let deadline = Instant::now() + options.start_timeout;
+        while !server.faults().requests().iter().any(|r| r.verb == "watch") {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the host did not start watching within {} s",
+                    options.start_timeout.as_secs_f64()
+                ));
+            }
+            if let Ok(Some(status)) = host.child.try_wait() {
+                return Err(format!("the host exited at start ({status})"));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        for (i, s) in case.steps.iter().enumerate() {
+            step(s, &server, &client, &otlp)
+                .await
+                .map_err(|e| format!("step {}: {e}", i + 1))?;
+        }
+        Ok(())
+    }
+    .await;
+    let status = host.stop().await;
+    let outcome = match result {
+        Err(e) => Err(e),
+        Ok(()) => {
+            let spans = otlp.spans.all();
+            let requests = server.faults().requests();
+            let lines: Vec<Value> = host
+                .lines
+                .all()
+                .iter()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            async {
+                check::objects(&case.expect.objects, &client).await?;
+                check::requests(&case.expect.requests, &requests, &spans)?;
+                check::spans(&case.expect.spans, &spans)?;
+                check::logs(&case.expect.logs, &lines, &spans)
+            }
+            .await
+        }
+    };
+    server.shutdown().await;
+    // What the host said last about problems helps to read a failure.
+    outcome.map_err(|e| {
+        let problems: Vec<String> = host
+            .lines
+            .all()
+            .into_iter()
+            .filter(|l| l.contains("\"level\":\"error\"") || l.contains("\"level\":\"warn\""))
+            .rev()
+            .take(2)
+            .collect();
+        if problems.is_empty() {
+            format!("{e} (host exit: {status})")
+        } else {
+            format!(
+                "{e} (host exit: {status}; its last problems: {})",
+                problems.join(" | ")
+            )
+        }
+    })
+}
+
+/// Runs `cases`, `jobs` at a time; outcomes in the cases' order.
+pub async fn run_suite(cases: &[Case], options: &Options, jobs: usize) -> Vec<Outcome> {
+    use futures::StreamExt as _;
+    futures::stream::iter(cases.iter().map(|c| run_case(c, options)))
+        .buffered(jobs.max(1))
+        .collect()
+        .await
+}
+
+/// The cases whose name contains one of `filters` (all if none).
+pub fn select(cases: Vec<Case>, filters: &[String]) -> Vec<Case> {
+    if filters.is_empty() {
+        return cases;
+    }
+    cases
+        .into_iter()
+        .filter(|c| filters.iter().any(|f| c.name.contains(f.as_str())))
+        .collect()
+}
+
+/// One line per case, and the closing count.
+pub fn report(outcomes: &[Outcome]) -> String {
+    let mut out = String::new();
+    for o in outcomes {
+        match &o.failure {
+            None => out.push_str(&format!(
+                "ok    {} ({:.1} s)\n",
+                o.name,
+                o.took.as_secs_f64()
+            )),
+            Some(f) => out.push_str(&format!("FAIL  {}: {f}\n", o.name)),
+        }
+    }
+    let failed = outcomes.iter().filter(|o| o.failure.is_some()).count();
+    out.push_str(&format!(
+        "{} passed, {failed} failed\n",
+        outcomes.len() - failed
+    ));
+    out
+}
+
+/// The project's suite: `tests/conformance/cases`.
+pub fn cases_dir() -> PathBuf {
+    xtask::project_root().join("tests/conformance/cases")
+}
+
+/// The adapter this project ships, for `reconcile-host run`.
+pub fn reconcile_host_adapter() -> PathBuf {
+    xtask::project_root().join("tests/conformance/adapters/reconcile-host")
+}
+
+/// Builds the case plugins; returns their directory.
+pub fn build_plugins() -> Result<PathBuf, String> {
+    let root = xtask::project_root();
+    xtask::build(&root, xtask::CONFORMANCE_PLUGINS)?;
+    Ok(root.join(xtask::CONFORMANCE_PLUGINS.out))
+}
