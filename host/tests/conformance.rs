@@ -45,7 +45,7 @@ fn outcome<'a>(outcomes: &'a [Outcome], name: &str) -> &'a Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_suite_passes_against_reconcile_host() {
     let cases = cases();
-    assert!(cases.len() >= 6, "{} cases", cases.len());
+    assert!(cases.len() >= 14, "{} cases", cases.len());
     let outcomes = reconcile_conformance::run_suite(&cases, &options(&[]), 2).await;
     let report = reconcile_conformance::report(&outcomes);
     println!("{report}");
@@ -71,7 +71,15 @@ async fn cases_fail_when_the_host_breaks_their_promises() {
         6,
     )
     .await;
-    for name in ["root-span", "k8s-apply", "requeue-after", "trap-then-retry"] {
+    for name in [
+        "root-span",
+        "k8s-apply",
+        "requeue-after",
+        "trap-then-retry",
+        "deadline",
+        "typed-errors-404-409",
+        "finalizer",
+    ] {
         let failure = outcome(&outcomes, name).failure.clone();
         let failure = failure.unwrap_or_else(|| panic!("{name} passed without spans"));
         assert!(

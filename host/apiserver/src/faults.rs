@@ -19,6 +19,8 @@ pub struct Match {
     pub resource: Option<String>,
     /// The subresource, such as `status`.
     pub subresource: Option<String>,
+    /// The object's name.
+    pub name: Option<String>,
 }
 
 impl Match {
@@ -45,6 +47,12 @@ impl Match {
         self
     }
 
+    /// Only requests for the object of this name.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
     fn matches(&self, request: &RequestRecord) -> bool {
         self.verb.as_ref().is_none_or(|v| *v == request.verb)
             && self
@@ -55,6 +63,10 @@ impl Match {
                 .subresource
                 .as_ref()
                 .is_none_or(|s| Some(s) == request.subresource.as_ref())
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|n| Some(n) == request.name.as_ref())
     }
 }
 

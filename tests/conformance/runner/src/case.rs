@@ -144,6 +144,9 @@ pub struct RequestMatch {
     /// Subresource (`status`).
     #[serde(default)]
     pub subresource: Option<String>,
+    /// Object name.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// What must hold at the end.
@@ -233,9 +236,6 @@ pub struct RequestExpect {
     /// Which requests.
     #[serde(flatten)]
     pub matcher: RequestMatch,
-    /// Object name.
-    #[serde(default)]
-    pub name: Option<String>,
     /// `fieldManager` of the request.
     #[serde(default)]
     pub field_manager: Option<String>,
@@ -295,6 +295,9 @@ pub struct LogExpect {
     /// Each carries the `trace_id` and `span_id` of a span of this name.
     #[serde(default)]
     pub in_span: Option<String>,
+    /// Each carries a `trace_id` and a `span_id` (exported or not).
+    #[serde(default)]
+    pub traced: bool,
 }
 
 /// Reads every case under `dir` (a folder per case with a `case.yaml`),

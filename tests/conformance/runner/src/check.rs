@@ -174,7 +174,6 @@ pub fn requests(
         let found: Vec<&RequestRecord> = requests
             .iter()
             .filter(|r| request_matches(&e.matcher, r))
-            .filter(|r| e.name.as_ref().is_none_or(|n| Some(n) == r.name.as_ref()))
             .filter(|r| {
                 e.field_manager
                     .as_ref()
@@ -190,7 +189,11 @@ pub fn requests(
                 .as_ref()
                 .map(|s| format!("/{s}"))
                 .unwrap_or_default(),
-            e.name.as_ref().map(|n| format!(" {n}")).unwrap_or_default(),
+            e.matcher
+                .name
+                .as_ref()
+                .map(|n| format!(" {n}"))
+                .unwrap_or_default(),
             e.field_manager
                 .as_ref()
                 .map(|m| format!(" as {m}"))
@@ -287,6 +290,23 @@ pub fn logs(expects: &[LogExpect], lines: &[Value], spans: &[Span]) -> Result<()
             .collect();
         let what = format!("log lines {:?}", e.message);
         count(&what, &e.count, found.len(), String::new)?;
+        if e.traced {
+            let hex = |v: &Value, n: usize| {
+                v.as_str().is_some_and(|s| {
+                    s.len() == n
+                        && s.bytes().all(|b| b.is_ascii_hexdigit())
+                        && s.bytes().any(|b| b != b'0')
+                })
+            };
+            if let Some(line) = found
+                .iter()
+                .find(|l| !hex(&l["trace_id"], 32) || !hex(&l["span_id"], 16))
+            {
+                return Err(format!(
+                    "{what}: the line {line} has no valid trace_id and span_id"
+                ));
+            }
+        }
         if let Some(span_name) = &e.in_span {
             for line in found {
                 let trace = line["trace_id"].as_str().unwrap_or_default();

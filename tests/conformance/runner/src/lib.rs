@@ -209,6 +209,7 @@ fn matcher(m: &RequestMatch) -> Match {
         verb: m.verb.clone(),
         resource: m.resource.clone(),
         subresource: m.subresource.clone(),
+        name: m.name.clone(),
     }
 }
 
