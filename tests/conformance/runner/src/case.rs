@@ -25,7 +25,9 @@ pub struct Case {
     /// Environment for the host besides what the runner sets.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Objects applied before the host starts.
+    /// Objects applied before the host starts. In objects and in the
+    /// objects of steps, `${API_SERVER}` stands for the API server's
+    /// `host:port`.
     #[serde(default)]
     pub objects: Vec<Value>,
     /// What happens once the host runs, in order.
@@ -99,6 +101,10 @@ pub enum Step {
     },
     /// Every open watch is cut.
     CutWatches,
+    /// Puts the built case plugin of this name in place of the case's
+    /// plugin file (a copy, then a rename over it): a new version of the
+    /// plugin, which the host must reload.
+    ReplacePlugin(String),
     /// Waits `ms`.
     Sleep(u64),
 }

@@ -223,17 +223,49 @@ fn activity(server: &ApiServer) -> usize {
         .count()
 }
 
-async fn step(
-    step: &Step,
-    server: &ApiServer,
-    client: &kube::Client,
-    otlp: &otlp::Receiver,
-) -> Result<(), String> {
+/// `${NAME}` in every string of `value`, replaced by `vars[NAME]`.
+fn substitute(value: &Value, vars: &BTreeMap<String, String>) -> Value {
+    match value {
+        Value::String(s) => {
+            let mut out = s.clone();
+            for (k, v) in vars {
+                out = out.replace(&format!("${{{k}}}"), v);
+            }
+            Value::String(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|v| substitute(v, vars)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), substitute(v, vars)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// What a case's steps act on.
+struct World<'a> {
+    server: &'a ApiServer,
+    client: &'a kube::Client,
+    otlp: &'a otlp::Receiver,
+    vars: BTreeMap<String, String>,
+    /// The case plugin's file in the host's plugin directory.
+    plugin_file: PathBuf,
+    /// The built case plugins.
+    built: &'a Path,
+}
+
+async fn step(step: &Step, world: &World<'_>) -> Result<(), String> {
+    let (server, client, otlp) = (world.server, world.client, world.otlp);
     match step {
-        Step::Apply(object) => apply(client, object).await,
+        Step::Apply(object) => apply(client, &substitute(object, &world.vars)).await,
         Step::Patch { object, merge } => api_of(client, object)
             .await?
-            .patch(&object.name, &PatchParams::default(), &Patch::Merge(merge))
+            .patch(
+                &object.name,
+                &PatchParams::default(),
+                &Patch::Merge(substitute(merge, &world.vars)),
+            )
             .await
             .map(|_| ())
             .map_err(|e| format!("cannot patch {} {}: {e}", object.kind, object.name)),
@@ -307,6 +339,13 @@ async fn step(
             server.faults().cut_watches();
             Ok(())
         }
+        Step::ReplacePlugin(name) => {
+            let from = world.built.join(format!("{name}.wasm"));
+            let tmp = world.plugin_file.with_file_name(".replacing.tmp");
+            std::fs::copy(&from, &tmp)
+                .and_then(|_| std::fs::rename(&tmp, &world.plugin_file))
+                .map_err(|e| format!("cannot put {} in place: {e}", from.display()))
+        }
         Step::Sleep(ms) => {
             tokio::time::sleep(Duration::from_millis(*ms)).await;
             Ok(())
@@ -356,8 +395,10 @@ async fn run(case: &Case, options: &Options) -> Result<(), String> {
     let client = server
         .client()
         .map_err(|e| format!("cannot make a client: {e}"))?;
+    let vars: BTreeMap<String, String> =
+        [("API_SERVER".to_owned(), server.addr().to_string())].into();
     for object in &case.objects {
-        apply(&client, object).await?;
+        apply(&client, &substitute(object, &vars)).await?;
     }
     let otlp = otlp::Receiver::start()
         .await
@@ -379,8 +420,16 @@ async fn run(case: &Case, options: &Options) -> Result<(), String> {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        let world = World {
+            server: &server,
+            client: &client,
+            otlp: &otlp,
+            vars: vars.clone(),
+            plugin_file: plugins.join(format!("{}.wasm", case.plugin)),
+            built: &options.plugins,
+        };
         for (i, s) in case.steps.iter().enumerate() {
-            step(s, &server, &client, &otlp)
+            step(s, &world)
                 .await
                 .map_err(|e| format!("step {}: {e}", i + 1))?;
         }
@@ -486,4 +535,20 @@ pub fn build_plugins() -> Result<PathBuf, String> {
     let root = xtask::project_root();
     xtask::build(&root, xtask::CONFORMANCE_PLUGINS)?;
     Ok(root.join(xtask::CONFORMANCE_PLUGINS.out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_are_substituted_in_every_string() {
+        let vars: BTreeMap<String, String> =
+            [("API_SERVER".to_owned(), "127.0.0.1:6443".to_owned())].into();
+        let value = serde_json::json!({"data": {"connect": "${API_SERVER}", "n": 1}, "l": ["x${API_SERVER}"]});
+        assert_eq!(
+            substitute(&value, &vars),
+            serde_json::json!({"data": {"connect": "127.0.0.1:6443", "n": 1}, "l": ["x127.0.0.1:6443"]})
+        );
+    }
 }
