@@ -45,7 +45,7 @@ fn outcome<'a>(outcomes: &'a [Outcome], name: &str) -> &'a Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_suite_passes_against_reconcile_host() {
     let cases = cases();
-    assert!(cases.len() >= 16, "{} cases", cases.len());
+    assert!(cases.len() >= 17, "{} cases", cases.len());
     let outcomes = reconcile_conformance::run_suite(&cases, &options(&[]), 2).await;
     let report = reconcile_conformance::report(&outcomes);
     println!("{report}");

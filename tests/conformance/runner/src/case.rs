@@ -25,9 +25,11 @@ pub struct Case {
     /// Environment for the host besides what the runner sets.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Objects applied before the host starts. In objects and in the
-    /// objects of steps, `${API_SERVER}` stands for the API server's
-    /// `host:port`.
+    /// Objects applied before the host starts. In objects, in the objects
+    /// of steps and in the grant, `${API_SERVER}` stands for the API
+    /// server's `host:port`, `${HTTP}` for the case's HTTP server
+    /// (`http://127.0.0.1:PORT`, answering 200 `ok` to any path) and
+    /// `${HTTP_PORT}` for its port.
     #[serde(default)]
     pub objects: Vec<Value>,
     /// What happens once the host runs, in order.
@@ -171,6 +173,24 @@ pub struct Expect {
     /// The host's log lines.
     #[serde(default)]
     pub logs: Vec<LogExpect>,
+    /// Requests the case's HTTP server (`${HTTP}`) received.
+    #[serde(default)]
+    pub http_requests: Vec<HttpExpect>,
+}
+
+/// Requests the case's HTTP server received.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpExpect {
+    /// The request path (all paths when left out).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// How many.
+    #[serde(default)]
+    pub count: Count,
+    /// Each one's `traceparent` names a span of this name.
+    #[serde(default)]
+    pub traceparent_of: Option<String>,
 }
 
 /// An object that exists with these fields, or does not exist.

@@ -209,34 +209,72 @@ pub fn requests(
         })?;
         if let Some(span_name) = &e.traceparent_of {
             for r in found {
-                let Some(header) = &r.traceparent else {
-                    return Err(format!(
-                        "{what}: {} has no traceparent",
-                        describe_request(r)
-                    ));
-                };
-                let parts: Vec<&str> = header.split('-').collect();
-                let (trace, parent) = match parts.as_slice() {
-                    [_, trace, parent, _] => (*trace, *parent),
-                    _ => return Err(format!("{what}: traceparent {header:?} is not W3C")),
-                };
-                let span = spans
-                    .iter()
-                    .find(|s| s.trace_id == trace && s.span_id == parent);
-                match span {
-                    Some(s) if &s.name == span_name => {}
-                    Some(s) => {
-                        return Err(format!(
-                            "{what}: traceparent {header} names span {}, expected {span_name}",
-                            s.name
-                        ));
-                    }
-                    None => {
-                        return Err(format!(
-                            "{what}: traceparent {header} names no exported span"
-                        ));
-                    }
-                }
+                traceparent_names(
+                    &what,
+                    &describe_request(r),
+                    r.traceparent.as_deref(),
+                    span_name,
+                    spans,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A request's `traceparent` names an exported span called `span_name`.
+fn traceparent_names(
+    what: &str,
+    request: &str,
+    header: Option<&str>,
+    span_name: &str,
+    spans: &[Span],
+) -> Result<(), String> {
+    let Some(header) = header else {
+        return Err(format!("{what}: {request} has no traceparent"));
+    };
+    let parts: Vec<&str> = header.split('-').collect();
+    let (trace, parent) = match parts.as_slice() {
+        [_, trace, parent, _] => (*trace, *parent),
+        _ => return Err(format!("{what}: traceparent {header:?} is not W3C")),
+    };
+    match spans
+        .iter()
+        .find(|s| s.trace_id == trace && s.span_id == parent)
+    {
+        Some(s) if s.name == span_name => Ok(()),
+        Some(s) => Err(format!(
+            "{what}: traceparent {header} names span {}, expected {span_name}",
+            s.name
+        )),
+        None => Err(format!(
+            "{what}: traceparent {header} names no exported span"
+        )),
+    }
+}
+
+/// Checks what the case's HTTP server received: (path, traceparent).
+pub fn http_requests(
+    expects: &[crate::case::HttpExpect],
+    seen: &[(String, Option<String>)],
+    spans: &[Span],
+) -> Result<(), String> {
+    for e in expects {
+        let found: Vec<&(String, Option<String>)> = seen
+            .iter()
+            .filter(|(path, _)| e.path.as_ref().is_none_or(|p| p == path))
+            .collect();
+        let what = format!(
+            "HTTP requests to {}",
+            e.path.as_deref().unwrap_or("any path")
+        );
+        count(&what, &e.count, found.len(), || {
+            let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+            format!(" (paths seen: {paths:?})")
+        })?;
+        if let Some(span_name) = &e.traceparent_of {
+            for (path, header) in found {
+                traceparent_names(&what, path, header.as_deref(), span_name, spans)?;
             }
         }
     }

@@ -76,6 +76,51 @@ impl Lines {
     }
 }
 
+/// The case's HTTP server on 127.0.0.1: 200 `ok` to any path; it keeps
+/// each request's path and `traceparent`.
+struct HttpServer {
+    addr: std::net::SocketAddr,
+    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl HttpServer {
+    async fn start() -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let seen: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+        let kept = seen.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let kept = kept.clone();
+            async move {
+                let traceparent = request
+                    .headers()
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                kept.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((request.uri().path().to_owned(), traceparent));
+                "ok"
+            }
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(HttpServer { addr, seen, task })
+    }
+
+    fn seen(&self) -> Vec<(String, Option<String>)> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// The host under test, started by the adapter.
 struct Host {
     child: tokio::process::Child,
@@ -378,11 +423,6 @@ async fn run(case: &Case, options: &Options) -> Result<(), String> {
     std::fs::create_dir(&plugins).map_err(|e| e.to_string())?;
     std::fs::copy(&wasm, plugins.join(format!("{}.wasm", case.plugin)))
         .map_err(|e| format!("cannot copy {}: {e}", wasm.display()))?;
-    std::fs::write(
-        plugins.join(format!("{}.grants.toml", case.plugin)),
-        &case.grant,
-    )
-    .map_err(|e| e.to_string())?;
 
     let server = ApiServer::start(ApiServerConfig {
         listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
@@ -395,8 +435,21 @@ async fn run(case: &Case, options: &Options) -> Result<(), String> {
     let client = server
         .client()
         .map_err(|e| format!("cannot make a client: {e}"))?;
-    let vars: BTreeMap<String, String> =
-        [("API_SERVER".to_owned(), server.addr().to_string())].into();
+    let web = HttpServer::start()
+        .await
+        .map_err(|e| format!("cannot start the case's HTTP server: {e}"))?;
+    let vars: BTreeMap<String, String> = [
+        ("API_SERVER".to_owned(), server.addr().to_string()),
+        ("HTTP".to_owned(), format!("http://{}", web.addr)),
+        ("HTTP_PORT".to_owned(), web.addr.port().to_string()),
+    ]
+    .into();
+    let grant = match substitute(&Value::String(case.grant.clone()), &vars) {
+        Value::String(grant) => grant,
+        _ => case.grant.clone(),
+    };
+    std::fs::write(plugins.join(format!("{}.grants.toml", case.plugin)), grant)
+        .map_err(|e| e.to_string())?;
     for object in &case.objects {
         apply(&client, &substitute(object, &vars)).await?;
     }
@@ -452,7 +505,8 @@ async fn run(case: &Case, options: &Options) -> Result<(), String> {
                 check::objects(&case.expect.objects, &client).await?;
                 check::requests(&case.expect.requests, &requests, &spans)?;
                 check::spans(&case.expect.spans, &spans)?;
-                check::logs(&case.expect.logs, &lines, &spans)
+                check::logs(&case.expect.logs, &lines, &spans)?;
+                check::http_requests(&case.expect.http_requests, &web.seen(), &spans)
             }
             .await
         }
