@@ -76,11 +76,14 @@ impl Lines {
     }
 }
 
+/// A request the case's HTTP server received: its path and `traceparent`.
+type HttpSeen = (String, Option<String>);
+
 /// The case's HTTP server on 127.0.0.1: 200 `ok` to any path; it keeps
 /// each request's path and `traceparent`.
 struct HttpServer {
     addr: std::net::SocketAddr,
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Arc<Mutex<Vec<HttpSeen>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -94,7 +97,7 @@ impl HttpServer {
     async fn start() -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let seen: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<HttpSeen>>> = Arc::default();
         let kept = seen.clone();
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
             let kept = kept.clone();
