@@ -68,7 +68,7 @@ async fn cases_fail_when_the_host_breaks_their_promises() {
     let outcomes = reconcile_conformance::run_suite(
         &cases(),
         &options(&[("OTEL_TRACES_SAMPLER", "always_off")]),
-        6,
+        4,
     )
     .await;
     for name in [

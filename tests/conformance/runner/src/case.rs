@@ -225,21 +225,25 @@ impl Default for Count {
 }
 
 impl Count {
+    /// Whether no item at all may match (then checks of each item would
+    /// hold vacuously).
+    pub fn may_be_zero(&self) -> bool {
+        self.allows(0).unwrap_or(false)
+    }
+
     /// Whether `n` is allowed.
     pub fn allows(&self, n: usize) -> Result<bool, String> {
         match self {
             Count::Exactly(want) => Ok(n == *want),
             Count::Bound(text) => {
-                let (op, rest) = text.split_at(text.len().min(2));
-                let bound: usize = rest
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("count {text:?}: expected N, \">=N\" or \"<=N\""))?;
-                match op {
-                    ">=" => Ok(n >= bound),
-                    "<=" => Ok(n <= bound),
-                    _ => Err(format!("count {text:?}: expected N, \">=N\" or \"<=N\"")),
-                }
+                let wrong = || format!("count {text:?}: expected N, \">=N\" or \"<=N\"");
+                let (at_least, rest) = match (text.strip_prefix(">="), text.strip_prefix("<=")) {
+                    (Some(rest), _) => (true, rest),
+                    (_, Some(rest)) => (false, rest),
+                    _ => return Err(wrong()),
+                };
+                let bound: usize = rest.trim().parse().map_err(|_| wrong())?;
+                Ok(if at_least { n >= bound } else { n <= bound })
             }
         }
     }
@@ -326,6 +330,66 @@ pub struct LogExpect {
     pub traced: bool,
 }
 
+impl Case {
+    /// Counts and patterns are well formed, and no check applies to each
+    /// of zero items (it would hold whatever the host did).
+    pub fn validate(&self) -> Result<(), String> {
+        let patterns = |map: &BTreeMap<String, String>| -> Result<(), String> {
+            for (k, v) in map {
+                if let Some(re) = v.strip_prefix('~') {
+                    regex::Regex::new(re).map_err(|e| format!("{k}: pattern {v:?}: {e}"))?;
+                }
+            }
+            Ok(())
+        };
+        for s in &self.expect.spans {
+            s.count.allows(0)?;
+            patterns(&s.attributes)?;
+            if s.filter.values().any(|v| v.starts_with('~')) {
+                return Err(format!(
+                    "span {}: `where` takes values, not patterns",
+                    s.name
+                ));
+            }
+            let per_item = s.kind.is_some()
+                || s.status.is_some()
+                || s.parent.is_some()
+                || !s.attributes.is_empty()
+                || !s.absent_attributes.is_empty()
+                || !s.events.is_empty()
+                || !s.children.is_empty();
+            if per_item && s.count.may_be_zero() {
+                return Err(format!(
+                    "span {}: a count that allows 0 with checks of each span would hold vacuously",
+                    s.name
+                ));
+            }
+        }
+        for r in &self.expect.requests {
+            r.count.allows(0)?;
+            if r.traceparent_of.is_some() && r.count.may_be_zero() {
+                return Err("requests: traceparent_of with a count that allows 0".to_owned());
+            }
+        }
+        for h in &self.expect.http_requests {
+            h.count.allows(0)?;
+            if h.traceparent_of.is_some() && h.count.may_be_zero() {
+                return Err("http_requests: traceparent_of with a count that allows 0".to_owned());
+            }
+        }
+        for l in &self.expect.logs {
+            l.count.allows(0)?;
+            if (l.in_span.is_some() || l.traced) && l.count.may_be_zero() {
+                return Err(format!(
+                    "logs {:?}: in_span or traced with a count that allows 0",
+                    l.message
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reads every case under `dir` (a folder per case with a `case.yaml`),
 /// in name order.
 pub fn load_all(dir: &Path) -> Result<Vec<Case>, String> {
@@ -346,6 +410,34 @@ pub fn load(dir: &Path) -> Result<Case, String> {
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut case: Case =
         serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    case.validate()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     case.dir = dir.to_owned();
     Ok(case)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(expect: &str) -> Result<(), String> {
+        let text = format!(
+            "name: x\npins: y\ncontract: [\"0.2.0\"]\nplugin: p\ngrant: \"\"\nexpect:\n{expect}"
+        );
+        let case: Case = serde_saphyr::from_str(&text).map_err(|e| e.to_string())?;
+        case.validate()
+    }
+
+    #[test]
+    fn vacuous_and_malformed_expectations_are_refused() {
+        assert!(case("  spans:\n    - {name: reconcile, count: 1, status: ok}\n").is_ok());
+        assert!(case("  spans:\n    - {name: reconcile, count: 0}\n").is_ok());
+        let zero = case("  spans:\n    - {name: reconcile, count: 0, status: ok}\n");
+        assert!(zero.unwrap_err().contains("vacuously"));
+        assert!(case("  spans:\n    - {name: r, count: \"<=2\", events: [e]}\n").is_err());
+        assert!(case("  spans:\n    - {name: r, count: \"≥1\"}\n").is_err());
+        assert!(case("  spans:\n    - {name: r, where: {a: \"~x\"}}\n").is_err());
+        assert!(case("  spans:\n    - {name: r, attributes: {a: \"~(\"}}\n").is_err());
+        assert!(case("  logs:\n    - {message: m, count: 0, traced: true}\n").is_err());
+    }
 }

@@ -149,6 +149,7 @@ fn request_matches(m: &RequestMatch, r: &RequestRecord) -> bool {
         && m.subresource
             .as_ref()
             .is_none_or(|x| Some(x) == r.subresource.as_ref())
+        && m.name.as_ref().is_none_or(|n| Some(n) == r.name.as_ref())
 }
 
 fn describe_request(r: &RequestRecord) -> String {
@@ -327,7 +328,15 @@ pub fn logs(expects: &[LogExpect], lines: &[Value], spans: &[Span]) -> Result<()
             .filter(|l| l["message"].as_str() == Some(e.message.as_str()))
             .collect();
         let what = format!("log lines {:?}", e.message);
-        count(&what, &e.count, found.len(), String::new)?;
+        count(&what, &e.count, found.len(), || {
+            let messages: Vec<&str> = lines
+                .iter()
+                .filter_map(|l| l["message"].as_str())
+                .filter(|m| !m.is_empty())
+                .collect();
+            let shown: Vec<&str> = messages.iter().rev().take(20).rev().copied().collect();
+            format!(" (last messages: {shown:?})")
+        })?;
         if e.traced {
             let hex = |v: &Value, n: usize| {
                 v.as_str().is_some_and(|s| {

@@ -128,6 +128,7 @@ impl HttpServer {
 struct Host {
     child: tokio::process::Child,
     lines: Lines,
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Host {
@@ -173,20 +174,34 @@ impl Host {
             )
         })?;
         let lines = Lines::default();
+        let mut reader = None;
         if let Some(stderr) = child.stderr.take() {
             let kept = lines.clone();
-            tokio::spawn(async move {
+            reader = Some(tokio::spawn(async move {
                 let mut reader = tokio::io::BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = reader.next_line().await {
                     kept.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                 }
-            });
+            }));
         }
-        Ok(Host { child, lines })
+        Ok(Host {
+            child,
+            lines,
+            reader,
+        })
     }
 
-    /// SIGTERM, then (after 30 s) SIGKILL; the exit status's text.
+    /// SIGTERM, then (after 30 s) SIGKILL; the exit status's text, once
+    /// its last log lines are read.
     async fn stop(&mut self) -> String {
+        let status = self.terminate().await;
+        if let Some(reader) = self.reader.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        }
+        status
+    }
+
+    async fn terminate(&mut self) -> String {
         if let Ok(Some(status)) = self.child.try_wait() {
             return format!("it had exited already ({status})");
         }

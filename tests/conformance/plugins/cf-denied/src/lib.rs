@@ -20,7 +20,7 @@ impl Reconciler for Denied {
             Err(K8sError::Forbidden(_)) => "forbidden",
             Err(_) => "other",
         };
-        info!(kind = kind; "delete answered");
+        info!("delete: {kind}");
         Ok(Action::Done)
     }
 }
