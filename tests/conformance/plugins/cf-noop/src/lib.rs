@@ -1,20 +1,4 @@
-//! Reconciles ConfigMaps labelled `cf=case`: one log line, done.
-use reconcile_sdk::k8s_openapi::api::core::v1::ConfigMap;
-use reconcile_sdk::prelude::*;
-
-struct Noop;
-
-impl Reconciler for Noop {
-    fn metadata() -> Metadata {
-        Metadata::new("cf-noop", "1.2.3")
-            .reconciles::<ConfigMap>()
-            .selector("cf=case")
-    }
-
-    fn reconcile(request: Request) -> Result<Action> {
-        info!(name = request.name(); "reconciled");
-        Ok(Action::Done)
-    }
-}
-
-reconcile_sdk::plugin!(Noop);
+//! cf-noop 1.2.3: reconciles ConfigMaps labelled `cf=case`, logs one
+//! line, returns done.
+const VERSION: &str = "1.2.3";
+include!("noop.rs");
