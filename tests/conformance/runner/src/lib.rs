@@ -160,6 +160,9 @@ impl Host {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
+            // Its own process group: the stop reaches the host even if
+            // the adapter did not exec it.
+            .process_group(0)
             .kill_on_drop(true);
         if let Some(dir) = &options.cache_dir {
             command.env("CONFORMANCE_CACHE_DIR", dir);
@@ -206,8 +209,10 @@ impl Host {
             return format!("it had exited already ({status})");
         }
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
+            // The whole group (the adapter and what it started), by the
+            // shell's own `kill`: no procps needed.
+            let _ = std::process::Command::new("sh")
+                .args(["-c", &format!("kill -TERM -- -{pid}")])
                 .status();
         }
         match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
