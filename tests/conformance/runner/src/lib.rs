@@ -209,11 +209,13 @@ impl Host {
             return format!("it had exited already ({status})");
         }
         if let Some(pid) = self.child.id() {
-            // The whole group (the adapter and what it started), by the
-            // shell's own `kill`: no procps needed.
-            let _ = std::process::Command::new("sh")
-                .args(["-c", &format!("kill -TERM -- -{pid}")])
-                .status();
+            // The whole group (the adapter and what it started).
+            if let Some(group) = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
+            }
         }
         match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
             Ok(Ok(status)) => status.to_string(),
@@ -543,7 +545,7 @@ async fn run(case: &Case, options: &Options) -> Result<(), String> {
             .into_iter()
             .filter(|l| l.contains("\"level\":\"error\"") || l.contains("\"level\":\"warn\""))
             .rev()
-            .take(2)
+            .take(3)
             .collect();
         if problems.is_empty() {
             format!("{e} (host exit: {status})")
