@@ -160,6 +160,12 @@ impl Reloading {
         self.loads().remove(before)
     }
 
+    /// Every reconcile root so far.
+    fn all_roots(&self) -> Vec<SpanData> {
+        let spans = self.c.h.finished().into_iter();
+        spans.filter(|s| s.name == "reconcile").collect()
+    }
+
     /// Reconcile roots of object `name`.
     fn roots(&self, name: &str) -> Vec<SpanData> {
         self.c.roots(name)
@@ -653,12 +659,7 @@ async fn a_change_of_primary_type_replaces_the_controller_without_overlap() {
     r.reconciled_by("secret-1", "3.0.0").await;
 
     let v3 = digest(&r, "reload-secret").await;
-    let roots: Vec<SpanData> =
-        r.c.h
-            .finished()
-            .into_iter()
-            .filter(|s| s.name == "reconcile")
-            .collect();
+    let roots = r.all_roots();
     let (new, old): (Vec<_>, Vec<_>) = roots
         .iter()
         .partition(|s| attr(s, "plugin.digest").as_deref() == Some(v3.as_str()));
@@ -886,12 +887,7 @@ async fn a_hundred_reloads_under_load_lose_no_reconcile_and_fail_none() {
     for name in &objects {
         last_root_by(&r, name, &v1).await;
     }
-    let roots: Vec<SpanData> =
-        r.c.h
-            .finished()
-            .into_iter()
-            .filter(|s| s.name == "reconcile")
-            .collect();
+    let roots = r.all_roots();
     let failed: Vec<&SpanData> = roots
         .iter()
         .filter(|s| matches!(s.status, Status::Error { .. }))
