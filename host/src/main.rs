@@ -419,6 +419,15 @@ async fn cluster_client(
             "cannot reach a cluster: pass --kubeconfig, set KUBECONFIG, or run inside a pod",
         )?,
     };
+    host_client(config)
+}
+
+/// The host's client. kube's own retry layer is off: the k8s backend
+/// retries plugin calls itself (only what is safe to resend, within the
+/// reconcile's deadline, each retry an event on the call's span), and the
+/// watches have kube-runtime's backoff.
+fn host_client(mut config: kube::Config) -> anyhow::Result<kube::Client> {
+    config.default_retry = false;
     kube::Client::try_from(config).context("cannot create a Kubernetes client")
 }
 
@@ -457,7 +466,7 @@ async fn operate(
                     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
                 }
                 std::fs::write(&kubeconfig, server.kubeconfig()).with_context(|| format!("cannot write {}", kubeconfig.display()))?;
-                let client = server.client()?;
+                let client = host_client(server.client_config()?)?;
                 let manifests = operator::manifests::read(&apply)?;
                 for applied in operator::manifests::apply(&client, &manifests).await? {
                     tracing::info!(object = %applied, "applied");

@@ -91,6 +91,10 @@ pub struct RequestRecord {
     pub name: Option<String>,
     /// The W3C `traceparent` header, if the client sent one.
     pub traceparent: Option<String>,
+    /// The `User-Agent` header.
+    pub user_agent: Option<String>,
+    /// When it arrived.
+    pub received: std::time::SystemTime,
 }
 
 #[derive(Clone, Debug)]
@@ -145,6 +149,19 @@ impl Faults {
             action: Action::Fail {
                 status,
                 retry_after: None,
+            },
+            remaining: Some(times),
+        });
+    }
+
+    /// Fail the next `times` matching requests with `status`, and a
+    /// `Retry-After` header of that many seconds if given.
+    pub fn fail_with(&self, matcher: Match, times: u32, status: u16, retry_after: Option<u32>) {
+        self.push(Rule {
+            matcher,
+            action: Action::Fail {
+                status,
+                retry_after,
             },
             remaining: Some(times),
         });

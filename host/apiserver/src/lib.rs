@@ -220,18 +220,27 @@ impl ApiServer {
 
     /// A kube client for this server (default namespace `default`).
     pub fn client(&self) -> Result<kube::Client, ApiServerError> {
+        let config = self.client_config()?;
+        kube::Client::try_from(config).map_err(|e| ApiServerError::Client {
+            url: self.url(),
+            error: e.to_string(),
+        })
+    }
+
+    /// The configuration [`client`](Self::client) uses, to change before
+    /// making a client of one's own (headers, retries).
+    pub fn client_config(&self) -> Result<kube::Config, ApiServerError> {
         let url = self.url();
-        let error = |e: String| ApiServerError::Client {
-            url: url.clone(),
-            error: e,
-        };
-        let cluster_url = url
-            .parse()
-            .map_err(|e: axum::http::uri::InvalidUri| error(e.to_string()))?;
+        let cluster_url =
+            url.parse()
+                .map_err(|e: axum::http::uri::InvalidUri| ApiServerError::Client {
+                    url: url.clone(),
+                    error: e.to_string(),
+                })?;
         let mut config = kube::Config::new(cluster_url);
         config.default_namespace = "default".into();
         config.read_timeout = None;
-        kube::Client::try_from(config).map_err(|e| error(e.to_string()))
+        Ok(config)
     }
 
     /// A kubeconfig for kubectl, with this server as the current context.

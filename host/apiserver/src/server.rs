@@ -203,6 +203,12 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        user_agent: parts
+            .headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        received: std::time::SystemTime::now(),
     };
     for injection in shared.faults.on_request(record) {
         match injection {

@@ -4,8 +4,9 @@
 //! reflector stores: no request, no span, counted as cache reads. Every
 //! other call goes to the API server inside a `k8s.<verb>` client span
 //! (kind Client, bounded attributes, no object bodies) with the W3C
-//! `traceparent` header; 429 and 5xx answers are retried until the
-//! reconcile's deadline before the plugin sees them.
+//! `traceparent` header; 429 and 5xx answers are retried (after the
+//! server's `Retry-After`, if it asks for one) until the reconcile's
+//! deadline before the plugin sees them.
 
 use std::time::{Duration, Instant};
 
@@ -170,6 +171,24 @@ fn retryable(code: u16) -> bool {
 
 /// First wait between retries; it doubles, and never passes the deadline.
 const RETRY_BASE: Duration = Duration::from_millis(50);
+
+/// The longest `Retry-After` the host waits for within one call; a longer
+/// one (or one past the reconcile's deadline) ends the call with the
+/// server's answer, and the reconcile's own backoff takes over.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// `Retry-After` in seconds (the form the API server sends; an HTTP date
+/// is not used by it and is ignored).
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
+}
 
 impl KubeBackend {
     /// A backend writing as `field_manager`, reading the `caches` locally.
@@ -460,13 +479,14 @@ impl KubeBackend {
         built.map_err(|e| invalid(e.to_string()))
     }
 
-    /// Sends one request, giving up at the deadline; returns the status
-    /// and the body text. A request that never got an answer is code 0.
+    /// Sends one request, giving up at the deadline; returns the status,
+    /// the body text and the `Retry-After` the server asked for. A request
+    /// that never got an answer is code 0.
     async fn send(
         &self,
         request: http::Request<Vec<u8>>,
         deadline: Instant,
-    ) -> Result<(u16, String), K8sError> {
+    ) -> Result<(u16, String, Option<Duration>), K8sError> {
         let unavailable =
             |e: String| K8sError::new(K8sErrorKind::Unavailable, 0, "ServiceUnavailable", e);
         let exchange = async {
@@ -476,12 +496,17 @@ impl KubeBackend {
                 .await
                 .map_err(|e| unavailable(format!("the API server did not answer: {e}")))?;
             let status = response.status().as_u16();
+            let retry_after = retry_after(response.headers());
             let bytes = response
                 .into_body()
                 .collect_bytes()
                 .await
                 .map_err(|e| unavailable(format!("the API server's answer broke off: {e}")))?;
-            Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+            Ok((
+                status,
+                String::from_utf8_lossy(&bytes).into_owned(),
+                retry_after,
+            ))
         };
         match tokio::time::timeout_at(deadline.into(), exchange).await {
             Ok(answer) => answer,
@@ -512,13 +537,15 @@ impl KubeBackend {
                 call.op,
                 K8sOp::Get | K8sOp::List(_) | K8sOp::Apply { .. } | K8sOp::MergePatch { .. }
             );
+            let mut asked = None;
             let retry_code = match &answer {
                 // Writes that are not idempotent are retried only when the
                 // server says it did not act: a retried create that had
                 // worked would answer "already exists".
-                Ok((status, _))
+                Ok((status, _, retry_after))
                     if retryable(*status) && (idempotent || *status == 429 || *status == 503) =>
                 {
+                    asked = *retry_after;
                     Some(*status)
                 }
                 Err(e)
@@ -530,7 +557,12 @@ impl KubeBackend {
                 }
                 _ => None,
             };
-            let wait = RETRY_BASE.saturating_mul(1 << attempt.min(10));
+            // Exponential from RETRY_BASE, or the server's `Retry-After`
+            // when it asks for longer (client-go honours it too).
+            let backoff = RETRY_BASE.saturating_mul(1 << attempt.min(10));
+            let wait = asked
+                .map_or(backoff, |a| a.max(backoff))
+                .min(MAX_RETRY_AFTER);
             if let Some(code) = retry_code
                 && Instant::now() + wait < cx.deadline
             {
@@ -545,7 +577,7 @@ impl KubeBackend {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            break answer.and_then(|(status, body)| interpret(call, status, body));
+            break answer.and_then(|(status, body, _)| interpret(call, status, body));
         };
         if attempt > 0 {
             span.set_attribute(KeyValue::new(
