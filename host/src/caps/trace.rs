@@ -18,6 +18,11 @@ pub const MAX_GUEST_SPANS: u32 = 128;
 pub const MAX_GUEST_EVENTS: u32 = 256;
 /// Guest attributes one reconcile may set (events' attributes included).
 pub const MAX_GUEST_ATTRIBUTES: u32 = 512;
+/// Guest events, and guest attributes, on any one span: half the
+/// tracing SDK's default per-span limits (128), so that a plugin cannot
+/// crowd out the host's own (`reconcile.result`, `error.type`,
+/// `exception`, ...), which the SDK would drop past its limit.
+pub const MAX_GUEST_PER_SPAN: u32 = 64;
 /// Longest span or event name, attribute key, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
 /// Longest string attribute value, in bytes.
@@ -69,6 +74,8 @@ pub(crate) struct GuestTrace {
     spans: u32,
     events: u32,
     attributes: u32,
+    /// Guest events and attributes on each span (by handle; 0 is the root).
+    per_span: std::collections::HashMap<u64, (u32, u32)>,
     dropped: u32,
     current: CurrentSpan,
 }
@@ -86,6 +93,7 @@ impl GuestTrace {
             spans: 0,
             events: 0,
             attributes: 0,
+            per_span: Default::default(),
             dropped: 0,
             current,
         }
@@ -101,6 +109,7 @@ impl GuestTrace {
             spans: 0,
             events: 0,
             attributes: 0,
+            per_span: Default::default(),
             dropped: 0,
             current: CurrentSpan::default(),
         }
@@ -143,6 +152,21 @@ impl GuestTrace {
             false
         } else {
             *count += n;
+            true
+        }
+    }
+
+    /// Room for `events` more events and `attributes` more attributes on
+    /// the current span (an event's own attributes are not the span's) (see [`MAX_GUEST_PER_SPAN`]); counts them if so.
+    fn span_budget(&mut self, events: u32, attributes: u32) -> bool {
+        let handle = self.open.last().map_or(0, |(h, _)| *h);
+        let used = self.per_span.entry(handle).or_default();
+        if used.0 + events > MAX_GUEST_PER_SPAN || used.1 + attributes > MAX_GUEST_PER_SPAN {
+            self.dropped = self.dropped.saturating_add(1);
+            false
+        } else {
+            used.0 += events;
+            used.1 += attributes;
             true
         }
     }
@@ -213,7 +237,8 @@ impl GuestTrace {
             return;
         }
         let n = u32::try_from(attributes.len()).unwrap_or(u32::MAX);
-        if !self.budget(|s| &mut s.events, MAX_GUEST_EVENTS, 1)
+        if !self.span_budget(1, 0)
+            || !self.budget(|s| &mut s.events, MAX_GUEST_EVENTS, 1)
             || !self.budget(|s| &mut s.attributes, MAX_GUEST_ATTRIBUTES, n)
         {
             return;
@@ -231,7 +256,7 @@ impl GuestTrace {
         if self.tracer.is_none() || RESERVED_PREFIXES.iter().any(|p| key.starts_with(p)) {
             return;
         }
-        if !self.budget(|s| &mut s.attributes, MAX_GUEST_ATTRIBUTES, 1) {
+        if !self.span_budget(0, 1) || !self.budget(|s| &mut s.attributes, MAX_GUEST_ATTRIBUTES, 1) {
             return;
         }
         self.current_context()

@@ -56,6 +56,17 @@ impl Default for ControllerSettings {
     }
 }
 
+impl ControllerSettings {
+    /// The wait before the retry after `failures` consecutive failures:
+    /// the base, doubled per failure after the first, capped at the max.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let factor = 1u32 << failures.saturating_sub(1).min(20);
+        self.backoff_base
+            .saturating_mul(factor)
+            .min(self.backoff_max)
+    }
+}
+
 type Key = (String, String, String);
 
 /// What the controllers are doing, for `--exit-when-idle` and for tests.
@@ -355,11 +366,7 @@ impl Context {
     }
 
     fn backoff(&self, failures: u32) -> Duration {
-        let factor = 1u32 << failures.saturating_sub(1).min(20);
-        self.settings
-            .backoff_base
-            .saturating_mul(factor)
-            .min(self.settings.backoff_max)
+        self.settings.backoff(failures)
     }
 
     /// Why this reconcile happens, and which attempt it is.
@@ -391,14 +398,15 @@ impl Context {
         (Reason::OwnedObjectChanged, attempt)
     }
 
-    /// A JSON patch on the primary object, made by the host.
+    /// A JSON patch on the primary object, made by the host; the object as
+    /// the API server returned it.
     async fn patch_finalizers(
         &self,
         plugin: &Plugin,
         obj: &DynamicObject,
         patch: Value,
         root: &opentelemetry::Context,
-    ) -> Result<(), Failure> {
+    ) -> Result<Option<String>, Failure> {
         let call = K8sCall {
             resource: self.primary.clone(),
             namespace: obj.namespace(),
@@ -416,7 +424,7 @@ impl Context {
         self.backend
             .call(call, &cx)
             .await
-            .map(|_| ())
+            .map(|r| r.body)
             .map_err(|e| Failure {
                 kind: FailureKind::K8s,
                 message: format!("cannot update the finalizers of {}: {e}", obj.name_any()),
@@ -448,7 +456,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
     let (reason, attempt) = ctx.reason(&obj, &state, deleting, version.generation);
     ctx.update(key.clone(), |s| s.started_generation = version.generation);
     let primary = &ctx.primary;
-    let request = ReconcileRequest {
+    let mut request = ReconcileRequest {
         object: ObjectRef {
             group: primary.group.clone(),
             version: primary.version.clone(),
@@ -481,8 +489,11 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
                 {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}
             ]),
         };
-        if let Err(failure) = ctx.patch_finalizers(plugin, &obj, patch, &root_cx).await {
-            outcome = Some((Outcome::Failed(failure), Default::default()));
+        match ctx.patch_finalizers(plugin, &obj, patch, &root_cx).await {
+            // The plugin is given the object with the finalizer on it.
+            Ok(Some(body)) => request.body = Some(body),
+            Ok(None) => {}
+            Err(failure) => outcome = Some((Outcome::Failed(failure), Default::default())),
         }
     }
     let (mut outcome, stats) = match outcome {
@@ -1006,6 +1017,17 @@ impl Drop for Starting {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backoff_doubles_up_to_five_minutes() {
+        let s = ControllerSettings::default();
+        let waits: Vec<u64> = (1..=6).map(|n| s.backoff(n).as_millis() as u64).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 6400]);
+        // 200 ms · 2^10 = 204.8 s; 2^11 would be 409.6 s: capped.
+        assert_eq!(s.backoff(11), Duration::from_millis(204_800));
+        assert_eq!(s.backoff(12), Duration::from_secs(300));
+        assert_eq!(s.backoff(u32::MAX), Duration::from_secs(300));
+    }
 
     #[test]
     fn the_requeue_period_is_bounded_for_any_rate() {
