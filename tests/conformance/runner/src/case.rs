@@ -22,6 +22,11 @@ pub struct Case {
     pub plugin: String,
     /// The grant file, as TOML.
     pub grant: String,
+    /// Whether the host must start watching before the steps run (the
+    /// default). `false` for a case whose plugin the host must refuse: the
+    /// steps run as soon as the host is started.
+    #[serde(default = "yes")]
+    pub host_watches: bool,
     /// Environment for the host besides what the runner sets.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -82,7 +87,23 @@ pub enum Step {
         #[serde(default = "quiet")]
         quiet_ms: u64,
     },
-    /// The next `times` requests matching fail with `status`.
+    /// Waits (at most `timeout_ms`, default 20 s) for at least `count`
+    /// host log lines whose message is `message` (or matches `~regex`).
+    WaitLogs {
+        /// The message, or `~regex`.
+        message: String,
+        /// At least this many.
+        #[serde(default = "one")]
+        count: usize,
+        /// Longest wait.
+        #[serde(default = "twenty_seconds")]
+        timeout_ms: u64,
+    },
+    /// Remembers this moment by name: expectations with `since: NAME` look
+    /// only at what came after it.
+    Mark(String),
+    /// The next `times` requests matching fail with `status` (and a
+    /// `Retry-After` header of `retry_after_s` seconds, if given).
     Fail {
         /// Which requests.
         #[serde(flatten)]
@@ -92,6 +113,9 @@ pub enum Step {
         /// How many.
         #[serde(default = "one_u32")]
         times: u32,
+        /// `Retry-After`, in seconds.
+        #[serde(default)]
+        retry_after_s: Option<u32>,
     },
     /// Requests matching are delayed by `ms`.
     Delay {
@@ -111,6 +135,9 @@ pub enum Step {
     Sleep(u64),
 }
 
+fn yes() -> bool {
+    true
+}
 fn one() -> usize {
     1
 }
@@ -155,6 +182,9 @@ pub struct RequestMatch {
     /// Object name.
     #[serde(default)]
     pub name: Option<String>,
+    /// Namespace (in expectations only; faults match any namespace).
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 /// What must hold at the end.
@@ -176,6 +206,35 @@ pub struct Expect {
     /// Requests the case's HTTP server (`${HTTP}`) received.
     #[serde(default)]
     pub http_requests: Vec<HttpExpect>,
+    /// The time between consecutive spans of a kind.
+    #[serde(default)]
+    pub timing: Vec<TimingExpect>,
+}
+
+/// The gaps between consecutive spans (by start time): from the end of
+/// one to the start of the next.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimingExpect {
+    /// Span name.
+    pub name: String,
+    /// Only the spans whose attributes include these.
+    #[serde(default, rename = "where")]
+    pub filter: BTreeMap<String, String>,
+    /// The first this many of them (at least this many must exist).
+    pub first: usize,
+    /// Each gap is at least this long.
+    #[serde(default)]
+    pub min_gap_ms: Option<u64>,
+    /// Each gap is at most this long.
+    #[serde(default)]
+    pub max_gap_ms: Option<u64>,
+    /// Each gap is longer than the one before.
+    #[serde(default)]
+    pub growing: bool,
+    /// How many of all the matching spans run at once, at most.
+    #[serde(default)]
+    pub max_overlap: Option<Count>,
 }
 
 /// Requests the case's HTTP server received.
@@ -276,6 +335,13 @@ pub struct RequestExpect {
     /// its span id as the parent id).
     #[serde(default)]
     pub traceparent_of: Option<String>,
+    /// Each one carries a `traceparent` whose flags say not sampled
+    /// (`false`) or sampled (`true`).
+    #[serde(default)]
+    pub sampled: Option<bool>,
+    /// Only the requests after this mark.
+    #[serde(default)]
+    pub since: Option<String>,
 }
 
 /// Spans that must have been exported.
@@ -296,6 +362,9 @@ pub struct SpanExpect {
     /// `unset`, `ok`, `error`.
     #[serde(default)]
     pub status: Option<String>,
+    /// The status message: a value, or `~regex`.
+    #[serde(default)]
+    pub status_message: Option<String>,
     /// The parent's name, or `none` for a root.
     #[serde(default)]
     pub parent: Option<String>,
@@ -311,13 +380,19 @@ pub struct SpanExpect {
     /// Names of children each must have.
     #[serde(default)]
     pub children: Vec<String>,
+    /// Each lasts at least this long.
+    #[serde(default)]
+    pub min_duration_ms: Option<u64>,
+    /// Only the spans that started after this mark.
+    #[serde(default)]
+    pub since: Option<String>,
 }
 
 /// Log lines of the host (JSON on its standard error).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogExpect {
-    /// The line's message, exactly.
+    /// The line's message, exactly, or `~regex`.
     pub message: String,
     /// How many such lines.
     #[serde(default)]
@@ -328,6 +403,13 @@ pub struct LogExpect {
     /// Each carries a `trace_id` and a `span_id` (exported or not).
     #[serde(default)]
     pub traced: bool,
+    /// Fields each carries (keys of the JSON line), as text: a value, or
+    /// `~regex`.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// Only the lines written after this mark.
+    #[serde(default)]
+    pub since: Option<String>,
 }
 
 impl Case {
@@ -351,7 +433,8 @@ impl Case {
                     s.name
                 ));
             }
-            let per_item = s.kind.is_some()
+            let per_item = s.min_duration_ms.is_some()
+                || s.kind.is_some()
                 || s.status.is_some()
                 || s.parent.is_some()
                 || !s.attributes.is_empty()
@@ -367,8 +450,10 @@ impl Case {
         }
         for r in &self.expect.requests {
             r.count.allows(0)?;
-            if r.traceparent_of.is_some() && r.count.may_be_zero() {
-                return Err("requests: traceparent_of with a count that allows 0".to_owned());
+            if (r.traceparent_of.is_some() || r.sampled.is_some()) && r.count.may_be_zero() {
+                return Err(
+                    "requests: traceparent_of or sampled with a count that allows 0".to_owned(),
+                );
             }
         }
         for h in &self.expect.http_requests {
@@ -377,11 +462,54 @@ impl Case {
                 return Err("http_requests: traceparent_of with a count that allows 0".to_owned());
             }
         }
+        for t in &self.expect.timing {
+            if t.first < 2 {
+                return Err(format!("timing {}: `first` must be 2 or more", t.name));
+            }
+            if t.min_gap_ms.is_none()
+                && t.max_gap_ms.is_none()
+                && !t.growing
+                && t.max_overlap.is_none()
+            {
+                return Err(format!("timing {}: nothing to check", t.name));
+            }
+            if let Some(overlap) = &t.max_overlap {
+                overlap.allows(0)?;
+            }
+        }
+        let marks: Vec<&str> = self
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Mark(m) => Some(m.as_str()),
+                _ => None,
+            })
+            .collect();
+        let since = self
+            .expect
+            .spans
+            .iter()
+            .map(|s| &s.since)
+            .chain(self.expect.requests.iter().map(|r| &r.since))
+            .chain(self.expect.logs.iter().map(|l| &l.since))
+            .flatten();
+        for mark in since {
+            if !marks.contains(&mark.as_str()) {
+                return Err(format!("since: {mark:?} is no `mark` step"));
+            }
+        }
+        for step in &self.steps {
+            if let Step::WaitLogs { message, .. } = step {
+                patterns(&BTreeMap::from([("wait_logs".to_owned(), message.clone())]))?;
+            }
+        }
         for l in &self.expect.logs {
             l.count.allows(0)?;
-            if (l.in_span.is_some() || l.traced) && l.count.may_be_zero() {
+            patterns(&BTreeMap::from([("logs".to_owned(), l.message.clone())]))?;
+            patterns(&l.fields)?;
+            if (l.in_span.is_some() || l.traced || !l.fields.is_empty()) && l.count.may_be_zero() {
                 return Err(format!(
-                    "logs {:?}: in_span or traced with a count that allows 0",
+                    "logs {:?}: in_span, traced or fields with a count that allows 0",
                     l.message
                 ));
             }

@@ -2,12 +2,54 @@
 //! one is the case's failure, named with what was seen instead.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reconcile_apiserver::RequestRecord;
 use serde_json::Value;
 
-use crate::case::{Count, LogExpect, ObjectExpect, RequestExpect, RequestMatch, SpanExpect};
+use crate::case::{
+    Count, LogExpect, ObjectExpect, RequestExpect, RequestMatch, SpanExpect, TimingExpect,
+};
 use crate::otlp::Span;
+
+/// A moment a `mark` step remembered.
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    /// When.
+    pub at: SystemTime,
+    /// How many host log lines had been read by then.
+    pub log_lines: usize,
+}
+
+/// The marks of a case, by name.
+pub type Marks = BTreeMap<String, Mark>;
+
+fn mark<'a>(marks: &'a Marks, name: Option<&String>) -> Result<Option<&'a Mark>, String> {
+    match name {
+        None => Ok(None),
+        Some(name) => marks
+            .get(name)
+            .map(Some)
+            .ok_or_else(|| format!("since: the mark {name:?} was never reached")),
+    }
+}
+
+fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The runner's own requests (objects it applies, patches, deletes,
+/// checks) are sent with this user agent and are not the host's traffic.
+pub const USER_AGENT: &str = "reconcile-conformance";
+
+/// Whether the runner sent this request.
+pub fn by_runner(r: &RequestRecord) -> bool {
+    r.user_agent
+        .as_deref()
+        .is_some_and(|ua| ua.starts_with(USER_AGENT))
+}
 
 fn count(what: &str, count: &Count, n: usize, seen: impl FnOnce() -> String) -> Result<(), String> {
     if count.allows(n)? {
@@ -18,7 +60,7 @@ fn count(what: &str, count: &Count, n: usize, seen: impl FnOnce() -> String) -> 
 }
 
 /// `value` matches `pattern`: equal, or `~regex` matching.
-fn matches(pattern: &str, value: &str) -> Result<bool, String> {
+pub(crate) fn matches(pattern: &str, value: &str) -> Result<bool, String> {
     match pattern.strip_prefix('~') {
         Some(re) => regex::Regex::new(re)
             .map(|re| re.is_match(value))
@@ -44,16 +86,30 @@ fn with_filter(name: &str, filter: &BTreeMap<String, String>) -> String {
 }
 
 /// Checks the span expectations.
-pub fn spans(expects: &[SpanExpect], spans: &[Span]) -> Result<(), String> {
+pub fn spans(expects: &[SpanExpect], spans: &[Span], marks: &Marks) -> Result<(), String> {
     for e in expects {
-        let what = with_filter(&e.name, &e.filter);
-        let found = filtered(spans, &e.name, &e.filter);
+        let mut what = with_filter(&e.name, &e.filter);
+        let mut found = filtered(spans, &e.name, &e.filter);
+        if let Some(m) = mark(marks, e.since.as_ref())? {
+            let after = unix_ns(m.at);
+            found.retain(|s| s.start_ns >= after);
+            what = format!("{what} since {}", e.since.as_deref().unwrap_or_default());
+        }
         count(&what, &e.count, found.len(), || {
             let names: Vec<String> = spans.iter().map(Span::describe).collect();
             format!(" (spans seen: {})", names.join("; "))
         })?;
         for s in found {
             let at = format!("{what}: {}", s.describe());
+            if let Some(ms) = e.min_duration_ms {
+                let took = Duration::from_nanos(s.end_ns.saturating_sub(s.start_ns));
+                if took < Duration::from_millis(ms) {
+                    return Err(format!(
+                        "{at}: expected to last at least {ms} ms, lasted {} ms",
+                        took.as_millis()
+                    ));
+                }
+            }
             if let Some(kind) = &e.kind
                 && kind != s.kind
             {
@@ -65,6 +121,14 @@ pub fn spans(expects: &[SpanExpect], spans: &[Span]) -> Result<(), String> {
                 return Err(format!(
                     "{at}: status expected {status}, found {}",
                     s.status
+                ));
+            }
+            if let Some(message) = &e.status_message
+                && !matches(message, &s.status_message)?
+            {
+                return Err(format!(
+                    "{at}: status message expected {message:?}, found {:?}",
+                    s.status_message
                 ));
             }
             if let Some(parent) = &e.parent {
@@ -150,6 +214,11 @@ fn request_matches(m: &RequestMatch, r: &RequestRecord) -> bool {
             .as_ref()
             .is_none_or(|x| Some(x) == r.subresource.as_ref())
         && m.name.as_ref().is_none_or(|n| Some(n) == r.name.as_ref())
+        // `namespace: ""` is a request across all namespaces (or for a
+        // cluster-scoped object).
+        && m.namespace.as_ref().is_none_or(|n| {
+            r.namespace.as_deref().unwrap_or_default() == n.as_str()
+        })
 }
 
 fn describe_request(r: &RequestRecord) -> String {
@@ -165,15 +234,27 @@ fn describe_request(r: &RequestRecord) -> String {
     )
 }
 
+/// The sampled flag of a W3C `traceparent`.
+fn sampled_flag(header: &str) -> Option<bool> {
+    let flags = header.split('-').nth(3)?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some(flags & 1 == 1)
+}
+
 /// Checks the API traffic expectations.
 pub fn requests(
     expects: &[RequestExpect],
     requests: &[RequestRecord],
     spans: &[Span],
+    marks: &Marks,
 ) -> Result<(), String> {
+    let requests: Vec<&RequestRecord> = requests.iter().filter(|r| !by_runner(r)).collect();
     for e in expects {
+        let after = mark(marks, e.since.as_ref())?.map(|m| m.at);
         let found: Vec<&RequestRecord> = requests
             .iter()
+            .copied()
+            .filter(|r| after.is_none_or(|t| r.received >= t))
             .filter(|r| request_matches(&e.matcher, r))
             .filter(|r| {
                 e.field_manager
@@ -182,7 +263,7 @@ pub fn requests(
             })
             .collect();
         let what = format!(
-            "requests {} {}{}{}{}",
+            "requests {} {}{}{}{}{}{}",
             e.matcher.verb.as_deref().unwrap_or("*"),
             e.matcher.resource.as_deref().unwrap_or("*"),
             e.matcher
@@ -199,15 +280,37 @@ pub fn requests(
                 .as_ref()
                 .map(|m| format!(" as {m}"))
                 .unwrap_or_default(),
+            e.matcher
+                .namespace
+                .as_ref()
+                .map(|n| format!(" in {n}"))
+                .unwrap_or_default(),
+            e.since
+                .as_ref()
+                .map(|m| format!(" since {m}"))
+                .unwrap_or_default(),
         );
         count(&what, &e.count, found.len(), || {
             let seen: Vec<String> = requests
                 .iter()
                 .filter(|r| r.verb != "discovery")
-                .map(describe_request)
+                .map(|r| describe_request(r))
                 .collect();
             format!(" (requests seen: {})", seen.join("; "))
         })?;
+        if let Some(want) = e.sampled {
+            for r in &found {
+                let flag = r.traceparent.as_deref().and_then(sampled_flag);
+                if flag != Some(want) {
+                    return Err(format!(
+                        "{what}: {} carries traceparent {:?}, expected one {}",
+                        describe_request(r),
+                        r.traceparent,
+                        if want { "sampled" } else { "not sampled" }
+                    ));
+                }
+            }
+        }
         if let Some(span_name) = &e.traceparent_of {
             for r in found {
                 traceparent_names(
@@ -243,7 +346,7 @@ fn traceparent_names(
         .iter()
         .find(|s| s.trace_id == trace && s.span_id == parent)
     {
-        Some(s) if s.name == span_name => Ok(()),
+        Some(s) if matches(span_name, &s.name)? => Ok(()),
         Some(s) => Err(format!(
             "{what}: traceparent {header} names span {}, expected {span_name}",
             s.name
@@ -320,14 +423,28 @@ pub async fn objects(expects: &[ObjectExpect], client: &kube::Client) -> Result<
     Ok(())
 }
 
-/// Checks the log expectations on the host's JSON lines.
-pub fn logs(expects: &[LogExpect], lines: &[Value], spans: &[Span]) -> Result<(), String> {
+/// Checks the log expectations on the host's lines (those that are not
+/// JSON are `Value::Null`, so that marks count every line).
+pub fn logs(
+    expects: &[LogExpect],
+    lines: &[Value],
+    spans: &[Span],
+    marks: &Marks,
+) -> Result<(), String> {
     for e in expects {
-        let found: Vec<&Value> = lines
-            .iter()
-            .filter(|l| l["message"].as_str() == Some(e.message.as_str()))
-            .collect();
-        let what = format!("log lines {:?}", e.message);
+        let from = mark(marks, e.since.as_ref())?.map_or(0, |m| m.log_lines);
+        let mut found = Vec::new();
+        for l in lines.iter().skip(from) {
+            if let Some(m) = l["message"].as_str()
+                && matches(&e.message, m)?
+            {
+                found.push(l);
+            }
+        }
+        let what = match &e.since {
+            Some(m) => format!("log lines {:?} since {m}", e.message),
+            None => format!("log lines {:?}", e.message),
+        };
         count(&what, &e.count, found.len(), || {
             let messages: Vec<&str> = lines
                 .iter()
@@ -337,6 +454,22 @@ pub fn logs(expects: &[LogExpect], lines: &[Value], spans: &[Span]) -> Result<()
             let shown: Vec<&str> = messages.iter().rev().take(20).rev().copied().collect();
             format!(" (last messages: {shown:?})")
         })?;
+        for (key, pattern) in &e.fields {
+            for line in &found {
+                let value = match &line[key.as_str()] {
+                    Value::String(s) => s.clone(),
+                    Value::Null => {
+                        return Err(format!("{what}: the line {line} has no field {key}"));
+                    }
+                    other => other.to_string(),
+                };
+                if !matches(pattern, &value)? {
+                    return Err(format!(
+                        "{what}: field {key} expected {pattern:?}, found {value:?} in {line}"
+                    ));
+                }
+            }
+        }
         if e.traced {
             let hex = |v: &Value, n: usize| {
                 v.as_str().is_some_and(|s| {
@@ -374,6 +507,68 @@ pub fn logs(expects: &[LogExpect], lines: &[Value], spans: &[Span]) -> Result<()
     Ok(())
 }
 
+/// Checks the timing expectations.
+pub fn timing(expects: &[TimingExpect], spans: &[Span]) -> Result<(), String> {
+    for e in expects {
+        let what = format!("timing of {}", with_filter(&e.name, &e.filter));
+        let mut found = filtered(spans, &e.name, &e.filter);
+        found.sort_by_key(|s| s.start_ns);
+        if found.len() < e.first {
+            return Err(format!(
+                "{what}: expected at least {} spans, found {}",
+                e.first,
+                found.len()
+            ));
+        }
+        let gaps: Vec<i128> = found[..e.first]
+            .windows(2)
+            .map(|w| (i128::from(w[1].start_ns) - i128::from(w[0].end_ns)) / 1_000_000)
+            .collect();
+        for (i, gap) in gaps.iter().enumerate() {
+            let shown = || format!("{what}: gaps in ms {gaps:?}: gap {} ", i + 1);
+            if let Some(min) = e.min_gap_ms
+                && *gap < i128::from(min)
+            {
+                return Err(format!("{}is under {min} ms", shown()));
+            }
+            if let Some(max) = e.max_gap_ms
+                && *gap > i128::from(max)
+            {
+                return Err(format!("{}is over {max} ms", shown()));
+            }
+            if e.growing && i > 0 && *gap <= gaps[i - 1] {
+                return Err(format!("{}is not longer than the one before", shown()));
+            }
+        }
+        if let Some(bound) = &e.max_overlap {
+            let most = max_overlap(&found);
+            if !bound.allows(most)? {
+                return Err(format!(
+                    "{what}: at most {most} ran at once, expected {bound}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The most spans open at one time (a span ending as another starts
+/// does not overlap it).
+fn max_overlap(spans: &[&Span]) -> usize {
+    let mut edges: Vec<(u64, i32)> = spans
+        .iter()
+        .flat_map(|s| [(s.start_ns, 1), (s.end_ns, -1)])
+        .collect();
+    // Ends before starts at the same instant.
+    edges.sort();
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        open += step;
+        most = most.max(open);
+    }
+    usize::try_from(most).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,5 +586,29 @@ mod tests {
         assert!(contains(&actual, &serde_json::json!({"a": {"b": 1}})));
         assert!(!contains(&actual, &serde_json::json!({"a": {"b": 2}})));
         assert!(!contains(&actual, &serde_json::json!({"e": 1})));
+    }
+
+    #[test]
+    fn overlap_counts_spans_open_together() {
+        let span = |start_ns, end_ns| Span {
+            trace_id: String::new(),
+            span_id: String::new(),
+            parent_span_id: String::new(),
+            name: "reconcile".to_owned(),
+            kind: "internal",
+            status: "unset",
+            status_message: String::new(),
+            attributes: Default::default(),
+            events: Vec::new(),
+            start_ns,
+            end_ns,
+        };
+        // One after another (touching ends): never two at once.
+        assert_eq!(
+            max_overlap(&[&span(0, 10), &span(10, 20), &span(20, 30)]),
+            1
+        );
+        assert_eq!(max_overlap(&[&span(0, 10), &span(5, 20), &span(6, 7)]), 3);
+        assert_eq!(max_overlap(&[]), 0);
     }
 }

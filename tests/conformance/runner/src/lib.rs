@@ -53,6 +53,9 @@ pub struct Options {
     pub cache_dir: Option<PathBuf>,
     /// How long the host may take to start watching.
     pub start_timeout: Duration,
+    /// The longest any `wait_spans` or `wait_logs` step waits, whatever
+    /// its case says (for runs where cases are expected to fail).
+    pub wait_cap: Option<Duration>,
 }
 
 /// The result of one case.
@@ -66,13 +69,20 @@ pub struct Outcome {
     pub took: Duration,
 }
 
-/// The host's standard error, as lines.
+/// The host's standard error, as lines, and whether it was closed (the
+/// host exited).
 #[derive(Clone, Debug, Default)]
-struct Lines(Arc<Mutex<Vec<String>>>);
+struct Lines(Arc<Mutex<Vec<String>>>, Arc<std::sync::atomic::AtomicBool>);
 
 impl Lines {
     fn all(&self) -> Vec<String> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// True once the host has closed its standard error: a wait for
+    /// more from it is over.
+    fn closed(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -185,6 +195,7 @@ impl Host {
                 while let Ok(Some(line)) = reader.next_line().await {
                     kept.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                 }
+                kept.1.store(true, std::sync::atomic::Ordering::SeqCst);
             }));
         }
         Ok(Host {
@@ -283,26 +294,38 @@ fn matcher(m: &RequestMatch) -> Match {
     }
 }
 
+/// The host's log lines, each parsed (`Null` for one that is not JSON).
+fn parsed(lines: &Lines) -> Vec<Value> {
+    lines
+        .all()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or(Value::Null))
+        .collect()
+}
+
 /// Requests other than watches and discovery (what a busy host sends).
 fn activity(server: &ApiServer) -> usize {
     server
         .faults()
         .requests()
         .iter()
-        .filter(|r| r.verb != "watch" && r.verb != "discovery")
+        .filter(|r| r.verb != "watch" && r.verb != "discovery" && !check::by_runner(r))
         .count()
+}
+
+/// `${NAME}` in `text`, replaced by `vars[NAME]`.
+fn substitute_text(text: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = text.to_owned();
+    for (k, v) in vars {
+        out = out.replace(&format!("${{{k}}}"), v);
+    }
+    out
 }
 
 /// `${NAME}` in every string of `value`, replaced by `vars[NAME]`.
 fn substitute(value: &Value, vars: &BTreeMap<String, String>) -> Value {
     match value {
-        Value::String(s) => {
-            let mut out = s.clone();
-            for (k, v) in vars {
-                out = out.replace(&format!("${{{k}}}"), v);
-            }
-            Value::String(out)
-        }
+        Value::String(s) => Value::String(substitute_text(s, vars)),
         Value::Array(items) => Value::Array(items.iter().map(|v| substitute(v, vars)).collect()),
         Value::Object(map) => Value::Object(
             map.iter()
@@ -323,6 +346,48 @@ struct World<'a> {
     plugin_file: PathBuf,
     /// The built case plugins.
     built: &'a Path,
+    /// The host's standard error.
+    lines: &'a Lines,
+    /// The marks reached.
+    marks: Mutex<check::Marks>,
+    /// See [`Options::wait_cap`].
+    wait_cap: Option<Duration>,
+}
+
+impl World<'_> {
+    fn wait_limit(&self, ms: u64) -> Duration {
+        let asked = Duration::from_millis(ms);
+        self.wait_cap.map_or(asked, |cap| asked.min(cap))
+    }
+
+    /// Polls `found` until it reaches `count`; fails when the host has
+    /// exited or after `timeout_ms` (capped by [`Options::wait_cap`]).
+    async fn wait_count(
+        &self,
+        what: &str,
+        count: usize,
+        timeout_ms: u64,
+        found: impl Fn() -> Result<usize, String>,
+    ) -> Result<(), String> {
+        let limit = self.wait_limit(timeout_ms);
+        let deadline = Instant::now() + limit;
+        loop {
+            let n = found()?;
+            if n >= count {
+                return Ok(());
+            }
+            if self.lines.closed() {
+                return Err(format!("{what}: {n} of {count} when the host exited"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{what}: {n} of {count} after {} ms",
+                    limit.as_millis()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 async fn step(step: &Step, world: &World<'_>) -> Result<(), String> {
@@ -351,26 +416,20 @@ async fn step(step: &Step, world: &World<'_>) -> Result<(), String> {
             filter,
             timeout_ms,
         } => {
-            let deadline = Instant::now() + Duration::from_millis(*timeout_ms);
-            loop {
-                let spans = otlp.spans.all();
-                let n = spans
-                    .iter()
-                    .filter(|s| {
-                        &s.name == name
-                            && filter.iter().all(|(k, v)| s.attributes.get(k) == Some(v))
-                    })
-                    .count();
-                if n >= *count {
-                    return Ok(());
-                }
-                if Instant::now() > deadline {
-                    return Err(format!(
-                        "step wait_spans: {n} of {count} {name} spans after {timeout_ms} ms"
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let what = format!("step wait_spans: {name} spans");
+            world
+                .wait_count(&what, *count, *timeout_ms, || {
+                    Ok(otlp
+                        .spans
+                        .all()
+                        .iter()
+                        .filter(|s| {
+                            &s.name == name
+                                && filter.iter().all(|(k, v)| s.attributes.get(k) == Some(v))
+                        })
+                        .count())
+                })
+                .await
         }
         Step::Idle { quiet_ms } => {
             let quiet = Duration::from_millis(*quiet_ms);
@@ -391,12 +450,47 @@ async fn step(step: &Step, world: &World<'_>) -> Result<(), String> {
                 }
             }
         }
+        Step::WaitLogs {
+            message,
+            count,
+            timeout_ms,
+        } => {
+            let what = format!("step wait_logs: log lines {message:?}");
+            world
+                .wait_count(&what, *count, *timeout_ms, || {
+                    let mut n = 0;
+                    for line in parsed(world.lines) {
+                        if let Some(m) = line["message"].as_str()
+                            && check::matches(message, m)?
+                        {
+                            n += 1;
+                        }
+                    }
+                    Ok(n)
+                })
+                .await
+        }
+        Step::Mark(name) => {
+            let mark = check::Mark {
+                at: std::time::SystemTime::now(),
+                log_lines: world.lines.all().len(),
+            };
+            world
+                .marks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone(), mark);
+            Ok(())
+        }
         Step::Fail {
             matcher: m,
             status,
             times,
+            retry_after_s,
         } => {
-            server.faults().fail(matcher(m), *times, *status);
+            server
+                .faults()
+                .fail_with(matcher(m), *times, *status, *retry_after_s);
             Ok(())
         }
         Step::Delay { matcher: m, ms } => {
@@ -457,9 +551,7 @@ async fn run(case: &Case, options: &Options) -> Result<(), String> {
     .map_err(|e| format!("cannot start the API server: {e}"))?;
     let kubeconfig = work.path().join("kubeconfig");
     std::fs::write(&kubeconfig, server.kubeconfig()).map_err(|e| e.to_string())?;
-    let client = server
-        .client()
-        .map_err(|e| format!("cannot make a client: {e}"))?;
+    let client = runner_client(&server)?;
     let web = HttpServer::start()
         .await
         .map_err(|e| format!("cannot start the case's HTTP server: {e}"))?;
@@ -469,10 +561,22 @@ async fn run(case: &Case, options: &Options) -> Result<(), String> {
         ("HTTP_PORT".to_owned(), web.addr.port().to_string()),
     ]
     .into();
-    let grant = match substitute(&Value::String(case.grant.clone()), &vars) {
-        Value::String(grant) => grant,
-        _ => case.grant.clone(),
-    };
+    let mut vars = vars;
+    vars.extend(digests(&options.plugins));
+    let grant = substitute_text(&case.grant, &vars);
+    // Span expectations may name a built plugin's digest.
+    let span_expects: Vec<case::SpanExpect> = case
+        .expect
+        .spans
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            for v in e.attributes.values_mut().chain(e.filter.values_mut()) {
+                *v = substitute_text(v, &vars);
+            }
+            e
+        })
+        .collect();
     std::fs::write(plugins.join(format!("{}.grants.toml", case.plugin)), grant)
         .map_err(|e| e.to_string())?;
     for object in &case.objects {
@@ -486,7 +590,7 @@ async fn run(case: &Case, options: &Options) -> Result<(), String> {
     let result = async {
         // The host is up once it watches.
         let deadline = Instant::now() + options.start_timeout;
-        while !server.faults().requests().iter().any(|r| r.verb == "watch") {
+        while case.host_watches && !server.faults().requests().iter().any(|r| r.verb == "watch") {
             if Instant::now() > deadline {
                 return Err(format!(
                     "the host did not start watching within {} s",
@@ -505,32 +609,31 @@ async fn run(case: &Case, options: &Options) -> Result<(), String> {
             vars: vars.clone(),
             plugin_file: plugins.join(format!("{}.wasm", case.plugin)),
             built: &options.plugins,
+            lines: &host.lines,
+            marks: Mutex::default(),
+            wait_cap: options.wait_cap,
         };
         for (i, s) in case.steps.iter().enumerate() {
             step(s, &world)
                 .await
                 .map_err(|e| format!("step {}: {e}", i + 1))?;
         }
-        Ok(())
+        Ok(world.marks.into_inner().unwrap_or_else(|e| e.into_inner()))
     }
     .await;
     let status = host.stop().await;
     let outcome = match result {
         Err(e) => Err(e),
-        Ok(()) => {
+        Ok(marks) => {
             let spans = otlp.spans.all();
             let requests = server.faults().requests();
-            let lines: Vec<Value> = host
-                .lines
-                .all()
-                .iter()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
+            let lines = parsed(&host.lines);
             async {
                 check::objects(&case.expect.objects, &client).await?;
-                check::requests(&case.expect.requests, &requests, &spans)?;
-                check::spans(&case.expect.spans, &spans)?;
-                check::logs(&case.expect.logs, &lines, &spans)?;
+                check::requests(&case.expect.requests, &requests, &spans, &marks)?;
+                check::spans(&span_expects, &spans, &marks)?;
+                check::timing(&case.expect.timing, &spans)?;
+                check::logs(&case.expect.logs, &lines, &spans, &marks)?;
                 check::http_requests(&case.expect.http_requests, &web.seen(), &spans)
             }
             .await
@@ -558,6 +661,39 @@ async fn run(case: &Case, options: &Options) -> Result<(), String> {
     })
 }
 
+/// `DIGEST:<plugin>` for each built plugin: `sha256:<hex>` of its file.
+fn digests(built: &Path) -> BTreeMap<String, String> {
+    use sha2::Digest as _;
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(built) else {
+        return out;
+    };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.extension().is_some_and(|e| e == "wasm")
+            && let (Some(stem), Ok(bytes)) = (path.file_stem(), std::fs::read(&path))
+        {
+            out.insert(
+                format!("DIGEST:{}", stem.to_string_lossy()),
+                format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes))),
+            );
+        }
+    }
+    out
+}
+
+/// The runner's client of the case's API server: its requests carry
+/// [`check::USER_AGENT`], so that expectations see only the host's.
+fn runner_client(server: &ApiServer) -> Result<kube::Client, String> {
+    let mut config = server
+        .client_config()
+        .map_err(|e| format!("cannot make a client: {e}"))?;
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(check::USER_AGENT),
+    ));
+    kube::Client::try_from(config).map_err(|e| format!("cannot make a client: {e}"))
+}
+
 /// Runs `cases`, `jobs` at a time; outcomes in the cases' order.
 pub async fn run_suite(cases: &[Case], options: &Options, jobs: usize) -> Vec<Outcome> {
     use futures::StreamExt as _;
@@ -565,6 +701,18 @@ pub async fn run_suite(cases: &[Case], options: &Options, jobs: usize) -> Vec<Ou
         .buffered(jobs.max(1))
         .collect()
         .await
+}
+
+/// The cases that apply to one of the contract versions `served` (all if
+/// `served` is empty), and the names of those left out.
+pub fn for_contracts(cases: Vec<Case>, served: &[String]) -> (Vec<Case>, Vec<String>) {
+    if served.is_empty() {
+        return (cases, Vec::new());
+    }
+    let (kept, left): (Vec<Case>, Vec<Case>) = cases
+        .into_iter()
+        .partition(|c| c.contract.iter().any(|v| served.contains(v)));
+    (kept, left.into_iter().map(|c| c.name).collect())
 }
 
 /// The cases whose name contains one of `filters` (all if none).

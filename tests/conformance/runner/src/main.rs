@@ -29,6 +29,13 @@ struct Cli {
     /// Write a JUnit XML report here.
     #[arg(long)]
     junit: Option<PathBuf>,
+    /// The contract versions the host serves (repeatable; default: all):
+    /// cases for none of them are left out, and named.
+    #[arg(long = "contract")]
+    contracts: Vec<String>,
+    /// The longest any wait step waits, in ms, whatever its case says.
+    #[arg(long)]
+    wait_cap_ms: Option<u64>,
     /// List the cases and what each pins, and run none.
     #[arg(long)]
     list: bool,
@@ -49,6 +56,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let (cases, left_out) = reconcile_conformance::for_contracts(cases, &cli.contracts);
+    if !left_out.is_empty() {
+        println!(
+            "left out, for contract versions not served ({}): {}",
+            cli.contracts.join(", "),
+            left_out.join(", ")
+        );
+    }
     if cli.list {
         for case in &cases {
             println!(
@@ -81,6 +96,7 @@ fn main() -> ExitCode {
         env: Default::default(),
         cache_dir: cache.as_ref().map(|d| d.path().to_owned()),
         start_timeout: std::time::Duration::from_secs(30),
+        wait_cap: cli.wait_cap_ms.map(std::time::Duration::from_millis),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -29,10 +29,16 @@ pub struct Span {
     pub kind: &'static str,
     /// `unset`, `ok`, `error`.
     pub status: &'static str,
+    /// The status message (empty when none).
+    pub status_message: String,
     /// Attributes, as text.
     pub attributes: BTreeMap<String, String>,
     /// Event names.
     pub events: Vec<String>,
+    /// Start, in nanoseconds since the Unix epoch.
+    pub start_ns: u64,
+    /// End, in nanoseconds since the Unix epoch.
+    pub end_ns: u64,
 }
 
 impl Span {
@@ -78,6 +84,8 @@ fn flatten(request: ExportTraceServiceRequest) -> Vec<Span> {
                     span_id: hex::encode(&s.span_id),
                     parent_span_id: hex::encode(&s.parent_span_id),
                     name: s.name.clone(),
+                    start_ns: s.start_time_unix_nano,
+                    end_ns: s.end_time_unix_nano,
                     kind: match s.kind {
                         1 => "internal",
                         2 => "server",
@@ -91,6 +99,11 @@ fn flatten(request: ExportTraceServiceRequest) -> Vec<Span> {
                         Some(2) => "error",
                         _ => "unset",
                     },
+                    status_message: s
+                        .status
+                        .as_ref()
+                        .map(|st| st.message.clone())
+                        .unwrap_or_default(),
                     attributes,
                     events: s.events.iter().map(|e| e.name.clone()).collect(),
                 });
