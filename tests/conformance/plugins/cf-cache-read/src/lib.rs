@@ -1,5 +1,6 @@
 //! Reads its own primary object through the API (served from the host's
-//! cache) and logs the data it saw.
+//! cache) and logs the data it saw. With `also_read: NAME` in its data it
+//! reads that ConfigMap too and logs `also_read: ok|not_found|other`.
 use reconcile_sdk::k8s_openapi::api::core::v1::ConfigMap;
 use reconcile_sdk::prelude::*;
 
@@ -22,6 +23,14 @@ impl Reconciler for CacheRead {
             .cloned()
             .unwrap_or_default();
         info!(value = value; "read");
+        if let Some(other) = cm.data.as_ref().and_then(|d| d.get("also_read")) {
+            let got = match api.get(other) {
+                Ok(_) => "ok",
+                Err(reconcile_sdk::k8s::Error::NotFound(_)) => "not_found",
+                Err(_) => "other",
+            };
+            info!("also_read: {got}");
+        }
         Ok(Action::Done)
     }
 }

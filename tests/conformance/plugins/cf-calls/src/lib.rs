@@ -2,6 +2,7 @@
 //! back as `<call>: <result>` (`ok`, `not_found`, `conflict`, `forbidden`,
 //! `invalid`, `unavailable`, `other`); the reconcile itself succeeds.
 //! - `get_secret: NAME`: reads that Secret (not a cached type);
+//! - `create_secret: NAME`: creates that Secret;
 //! - `apply_child: "yes"`: applies `<name>-child`.
 use reconcile_sdk::k8s::Error as K8sError;
 use reconcile_sdk::k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -27,7 +28,7 @@ impl Reconciler for Calls {
             .reconciles::<ConfigMap>()
             .selector("cf=case")
             .access::<ConfigMap>(&[Verb::Patch])
-            .access::<Secret>(&[Verb::Get])
+            .access::<Secret>(&[Verb::Get, Verb::Create])
     }
 
     fn reconcile(request: Request) -> Result<Action> {
@@ -39,6 +40,15 @@ impl Reconciler for Calls {
         if let Some(secret) = data.get("get_secret") {
             let got = result(Api::<Secret>::namespaced(&namespace).get(secret));
             info!("get_secret: {got}");
+        }
+        if let Some(secret) = data.get("create_secret") {
+            let object: Secret = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": secret, "namespace": namespace},
+            }))?;
+            let got = result(Api::<Secret>::namespaced(&namespace).create(&object));
+            info!("create_secret: {got}");
         }
         if data.get("apply_child").map(String::as_str) == Some("yes") {
             let child: ConfigMap = serde_json::from_value(serde_json::json!({
