@@ -26,7 +26,9 @@ use super::backend::{Cache, KubeBackend, Ready, api_resource};
 use super::watch::{Namespaces, watch_in};
 use crate::caps::k8s::{CallContext, K8sBackend, K8sCall, K8sErrorKind, K8sOp, ResourceType};
 use crate::engine::Plugin;
-use crate::reconcile::{Failure, FailureKind, ObjectRef, Outcome, Reason, ReconcileRequest};
+use crate::reconcile::{
+    Failure, FailureKind, ObjectRef, Outcome, Reason, ReconcileRequest, Reconciled,
+};
 
 /// Settings of the controllers.
 #[derive(Clone, Debug)]
@@ -434,6 +436,40 @@ impl Context {
 }
 
 async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, ReconcileFailed> {
+    let step = reconcile_step(obj, &ctx).await;
+    match step.failure {
+        Some(failure) => Err(ReconcileFailed(failure)),
+        None => Ok(match step.next {
+            Next::AwaitChange => Action::await_change(),
+            Next::After(after) => Action::requeue(after),
+        }),
+    }
+}
+
+/// What the controller does with an object after a reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing until it (or an object it owns) changes.
+    AwaitChange,
+    /// Reconcile it again after this long (a requeue, or a retry's backoff).
+    After(Duration),
+}
+
+/// One reconcile of one object, as the controller ran it.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// The plugin's call; `None` when the host had nothing for it to do
+    /// (an object being deleted without the plugin's finalizer).
+    pub reconciled: Option<Reconciled>,
+    /// The failure, if the reconcile failed.
+    pub failure: Option<Failure>,
+    /// What comes next.
+    pub next: Next,
+}
+
+/// The reconcile of `obj` (reason, attempt, finalizer, the plugin's call,
+/// its bookkeeping) and what the controller does next.
+async fn reconcile_step(obj: Arc<DynamicObject>, ctx: &Context) -> Step {
     let key = key_of(&obj);
     let activity_key = (ctx.name.clone(), key.0.clone(), key.1.clone());
     let deleting = obj.metadata.deletion_timestamp.is_some();
@@ -444,7 +480,11 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
     // Being deleted without our finalizer: nothing left for the plugin.
     if deleting && (ctx.finalizer.is_none() || !finalized) {
         ctx.forget(&key.0, &key.1);
-        return Ok(Action::await_change());
+        return Step {
+            reconciled: None,
+            failure: None,
+            next: Next::AwaitChange,
+        };
     }
     // The version current now runs this reconcile to its end, even if
     // another is swapped in meanwhile.
@@ -516,12 +556,17 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
         }
     }
     let reconciled = plugin.finish(&request, root, outcome, stats, started);
+    let step = |failure: Option<Failure>, next| Step {
+        reconciled: Some(reconciled.clone()),
+        failure,
+        next,
+    };
     let failure = reconciled.outcome.failure().cloned();
     ctx.activity.end(activity_key, failure.as_ref());
     let generation = version.generation;
     let version = obj.resource_version();
     ctx.prune();
-    match reconciled.outcome {
+    match &reconciled.outcome {
         Outcome::Done => {
             ctx.update(key, |s| {
                 *s = ObjectState {
@@ -533,7 +578,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
                     started_generation: generation,
                 }
             });
-            Ok(Action::await_change())
+            step(None, Next::AwaitChange)
         }
         Outcome::RequeueAfter(after) => {
             ctx.update(key, |s| {
@@ -546,26 +591,38 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
                     started_generation: generation,
                 }
             });
-            Ok(Action::requeue(after))
+            step(None, Next::After(*after))
         }
         Outcome::Failed(failure) => {
             let retrying = failure.retry;
-            ctx.update(key, |s| {
+            ctx.update(key.clone(), |s| {
                 s.failures += 1;
                 s.retrying = retrying;
                 s.last_version = version;
                 s.generation = generation;
             });
-            Err(ReconcileFailed(failure))
+            step(
+                Some(failure.clone()),
+                next_after_failure(ctx, &key, failure),
+            )
         }
     }
 }
 
-fn error_policy(obj: Arc<DynamicObject>, error: &ReconcileFailed, ctx: Arc<Context>) -> Action {
-    if !error.0.retry {
-        return Action::await_change();
+/// A failure the host retries comes back after the backoff.
+fn next_after_failure(ctx: &Context, key: &(String, String), failure: &Failure) -> Next {
+    if failure.retry {
+        Next::After(ctx.backoff(ctx.state(key).failures))
+    } else {
+        Next::AwaitChange
     }
-    Action::requeue(ctx.backoff(ctx.state(&key_of(&obj)).failures))
+}
+
+fn error_policy(obj: Arc<DynamicObject>, error: &ReconcileFailed, ctx: Arc<Context>) -> Action {
+    match next_after_failure(&ctx, &key_of(&obj), &error.0) {
+        Next::AwaitChange => Action::await_change(),
+        Next::After(after) => Action::requeue(after),
+    }
 }
 
 /// A reflector of one type in `namespaces`: its store and the stream of
