@@ -220,6 +220,22 @@ impl Grant {
         if limits.deadline_ms == Some(0) {
             problems.push("limits.deadline_ms = 0 would time out every reconcile at once: give a number of milliseconds above 0".to_owned());
         }
+        // Longer would overflow clocks or never end a reconcile in practice.
+        const HOUR_MS: u64 = 3_600_000;
+        for (what, ms) in [
+            ("deadline_ms", limits.deadline_ms),
+            ("http_connect_timeout_ms", limits.http_connect_timeout_ms),
+            (
+                "http_first_byte_timeout_ms",
+                limits.http_first_byte_timeout_ms,
+            ),
+        ] {
+            if ms.is_some_and(|ms| ms > HOUR_MS) {
+                problems.push(format!(
+                    "limits.{what} is over an hour ({HOUR_MS}): give at most {HOUR_MS} milliseconds"
+                ));
+            }
+        }
         if limits.memory_mib == Some(0) {
             problems.push(
                 "limits.memory_mib = 0 leaves a plugin no memory: give a number of MiB above 0"
@@ -780,6 +796,14 @@ mod tests {
             ("memory_mib = 0", "memory_mib = 0"),
             ("deadline_ms = 0", "deadline_ms = 0"),
             ("concurrency = 0", "concurrency = 0"),
+            (
+                "deadline_ms = 9223372036854775807",
+                "deadline_ms is over an hour",
+            ),
+            (
+                "http_connect_timeout_ms = 3600001",
+                "http_connect_timeout_ms is over an hour",
+            ),
         ] {
             let err = refused(&format!("[limits]\n{limit}\n"));
             assert!(err.contains(what), "{err}");

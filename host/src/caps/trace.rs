@@ -171,9 +171,11 @@ impl GuestTrace {
         }
     }
 
-    /// Records a Kubernetes call refused by the grant on the current span.
+    /// Records a Kubernetes call refused by the grant on the current span
+    /// (within the guest's per-span budget: a plugin looping on refused
+    /// calls must not crowd out the host's own events).
     pub(crate) fn access_denied(
-        &self,
+        &mut self,
         resource: &str,
         verb: &str,
         namespace: &str,
@@ -184,6 +186,9 @@ impl GuestTrace {
             KeyValue::new("k8s.verb", verb.to_owned()),
             KeyValue::new("k8s.namespace", namespace.to_owned()),
         ];
+        if !self.span_budget(1, 0) {
+            return;
+        }
         if let Some(name) = name {
             attributes.push(KeyValue::new("k8s.name", name.to_owned()));
         }
@@ -237,9 +242,9 @@ impl GuestTrace {
             return;
         }
         let n = u32::try_from(attributes.len()).unwrap_or(u32::MAX);
-        if !self.span_budget(1, 0)
-            || !self.budget(|s| &mut s.events, MAX_GUEST_EVENTS, 1)
+        if !self.budget(|s| &mut s.events, MAX_GUEST_EVENTS, 1)
             || !self.budget(|s| &mut s.attributes, MAX_GUEST_ATTRIBUTES, n)
+            || !self.span_budget(1, 0)
         {
             return;
         }
@@ -256,7 +261,7 @@ impl GuestTrace {
         if self.tracer.is_none() || RESERVED_PREFIXES.iter().any(|p| key.starts_with(p)) {
             return;
         }
-        if !self.span_budget(0, 1) || !self.budget(|s| &mut s.attributes, MAX_GUEST_ATTRIBUTES, 1) {
+        if !self.budget(|s| &mut s.attributes, MAX_GUEST_ATTRIBUTES, 1) || !self.span_budget(0, 1) {
             return;
         }
         self.current_context()

@@ -559,12 +559,16 @@ impl KubeBackend {
             };
             // Exponential from RETRY_BASE, or the server's `Retry-After`
             // when it asks for longer (client-go honours it too).
+            // A server asking for more than MAX_RETRY_AFTER is not retried
+            // sooner than it asked: the call ends with its answer.
             let backoff = RETRY_BASE.saturating_mul(1 << attempt.min(10));
-            let wait = asked
-                .map_or(backoff, |a| a.max(backoff))
-                .min(MAX_RETRY_AFTER);
+            let wait = asked.map_or(backoff, |a| a.max(backoff));
+            let in_time = asked.is_none_or(|a| a <= MAX_RETRY_AFTER)
+                && Instant::now()
+                    .checked_add(wait)
+                    .is_some_and(|at| at < cx.deadline);
             if let Some(code) = retry_code
-                && Instant::now() + wait < cx.deadline
+                && in_time
             {
                 attempt += 1;
                 span.add_event(

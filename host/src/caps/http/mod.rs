@@ -43,6 +43,9 @@ use allow::{Endpoint, Host, Scheme};
 /// instance may hold: wasmtime's default is a million, none of them counted
 /// against the plugin's memory limit.
 pub(crate) const MAX_RESOURCES: usize = 4096;
+/// `access.denied` events one reconcile's refused HTTP requests add (each
+/// refused request's `http.client` span still says `denied`).
+const MAX_DENIED_EVENTS: u32 = 16;
 
 /// Largest headers of one `fields` resource, in bytes.
 pub(crate) const MAX_FIELDS_BYTES: usize = 16 * 1024;
@@ -353,7 +356,11 @@ impl CallHttp {
                 "reason",
                 "the grant has no [[http]] entry for this endpoint",
             ));
-            parent.span().add_event("access.denied", attributes);
+            // The first few only: the events are on the plugin's span,
+            // where the host's own must keep room.
+            if count <= MAX_DENIED_EVENTS {
+                parent.span().add_event("access.denied", attributes);
+            }
             client.fail(&Error::HttpRequestDenied);
             return Err(Error::HttpRequestDenied);
         };

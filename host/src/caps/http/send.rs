@@ -69,7 +69,9 @@ impl Bounds {
 
     /// The earlier of `now + wait` and the deadline.
     fn until(&self, wait: Duration) -> Instant {
-        (Instant::now() + wait).min(self.deadline)
+        Instant::now()
+            .checked_add(wait)
+            .map_or(self.deadline, |at| at.min(self.deadline))
     }
 }
 
