@@ -78,6 +78,12 @@ async fn cases_fail_when_the_host_breaks_their_promises() {
         "deadline",
         "typed-errors-404-409",
         "finalizer",
+        "k8s-verbs",
+        "backoff-and-attempt",
+        "guest-bounds",
+        "concurrency-limit",
+        "crd-installed-later",
+        "contract-0.1.0",
     ] {
         let failure = outcome(&outcomes, name).failure.clone();
         let failure = failure.unwrap_or_else(|| panic!("{name} passed without spans"));

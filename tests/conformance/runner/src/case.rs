@@ -232,6 +232,9 @@ pub struct TimingExpect {
     /// Each gap is longer than the one before.
     #[serde(default)]
     pub growing: bool,
+    /// Each gap is at least this many times the one before.
+    #[serde(default)]
+    pub min_growth: Option<f64>,
     /// How many of all the matching spans run at once, at most.
     #[serde(default)]
     pub max_overlap: Option<Count>,
@@ -383,6 +386,9 @@ pub struct SpanExpect {
     /// Each lasts at least this long.
     #[serde(default)]
     pub min_duration_ms: Option<u64>,
+    /// Each lasts at most this long.
+    #[serde(default)]
+    pub max_duration_ms: Option<u64>,
     /// Only the spans that started after this mark.
     #[serde(default)]
     pub since: Option<String>,
@@ -412,6 +418,9 @@ pub struct LogExpect {
     pub since: Option<String>,
 }
 
+/// The longest a wait step may ask for.
+const MAX_WAIT_MS: u64 = 600_000;
+
 impl Case {
     /// Counts and patterns are well formed, and no check applies to each
     /// of zero items (it would hold whatever the host did).
@@ -424,9 +433,41 @@ impl Case {
             }
             Ok(())
         };
+        let pattern = |what: &str, p: &Option<String>| -> Result<(), String> {
+            if let Some(re) = p.as_deref().and_then(|p| p.strip_prefix('~')) {
+                regex::Regex::new(re).map_err(|e| format!("{what}: pattern {re:?}: {e}"))?;
+            }
+            Ok(())
+        };
+        for (i, step) in self.steps.iter().enumerate() {
+            match step {
+                Step::WaitSpans { timeout_ms, .. } | Step::WaitLogs { timeout_ms, .. }
+                    if *timeout_ms > MAX_WAIT_MS =>
+                {
+                    return Err(format!(
+                        "step {}: timeout_ms over {MAX_WAIT_MS} (ten minutes)",
+                        i + 1
+                    ));
+                }
+                Step::Fail { matcher, .. } | Step::Delay { matcher, .. }
+                    if matcher.namespace.is_some() =>
+                {
+                    return Err(format!(
+                        "step {}: faults match verb, resource, subresource and name, not namespace",
+                        i + 1
+                    ));
+                }
+                Step::WaitLogs { message, .. } => pattern("wait_logs", &Some(message.clone()))?,
+                _ => {}
+            }
+        }
         for s in &self.expect.spans {
             s.count.allows(0)?;
             patterns(&s.attributes)?;
+            pattern(
+                &format!("span {} status_message", s.name),
+                &s.status_message,
+            )?;
             if s.filter.values().any(|v| v.starts_with('~')) {
                 return Err(format!(
                     "span {}: `where` takes values, not patterns",
@@ -434,8 +475,10 @@ impl Case {
                 ));
             }
             let per_item = s.min_duration_ms.is_some()
+                || s.max_duration_ms.is_some()
                 || s.kind.is_some()
                 || s.status.is_some()
+                || s.status_message.is_some()
                 || s.parent.is_some()
                 || !s.attributes.is_empty()
                 || !s.absent_attributes.is_empty()
@@ -450,6 +493,7 @@ impl Case {
         }
         for r in &self.expect.requests {
             r.count.allows(0)?;
+            pattern("requests traceparent_of", &r.traceparent_of)?;
             if (r.traceparent_of.is_some() || r.sampled.is_some()) && r.count.may_be_zero() {
                 return Err(
                     "requests: traceparent_of or sampled with a count that allows 0".to_owned(),
@@ -469,12 +513,19 @@ impl Case {
             if t.min_gap_ms.is_none()
                 && t.max_gap_ms.is_none()
                 && !t.growing
+                && t.min_growth.is_none()
                 && t.max_overlap.is_none()
             {
                 return Err(format!("timing {}: nothing to check", t.name));
             }
             if let Some(overlap) = &t.max_overlap {
-                overlap.allows(0)?;
+                // `first` (2 or more) spans exist: one at least runs alone.
+                if overlap.allows(0)? && overlap.allows(1)? && overlap.allows(usize::MAX)? {
+                    return Err(format!(
+                        "timing {}: max_overlap {overlap} holds for any host",
+                        t.name
+                    ));
+                }
             }
         }
         let marks: Vec<&str> = self

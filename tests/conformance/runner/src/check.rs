@@ -101,14 +101,22 @@ pub fn spans(expects: &[SpanExpect], spans: &[Span], marks: &Marks) -> Result<()
         })?;
         for s in found {
             let at = format!("{what}: {}", s.describe());
-            if let Some(ms) = e.min_duration_ms {
-                let took = Duration::from_nanos(s.end_ns.saturating_sub(s.start_ns));
-                if took < Duration::from_millis(ms) {
-                    return Err(format!(
-                        "{at}: expected to last at least {ms} ms, lasted {} ms",
-                        took.as_millis()
-                    ));
-                }
+            let took = Duration::from_nanos(s.end_ns.saturating_sub(s.start_ns));
+            if let Some(ms) = e.min_duration_ms
+                && took < Duration::from_millis(ms)
+            {
+                return Err(format!(
+                    "{at}: expected to last at least {ms} ms, lasted {} ms",
+                    took.as_millis()
+                ));
+            }
+            if let Some(ms) = e.max_duration_ms
+                && took > Duration::from_millis(ms)
+            {
+                return Err(format!(
+                    "{at}: expected to last at most {ms} ms, lasted {} ms",
+                    took.as_millis()
+                ));
             }
             if let Some(kind) = &e.kind
                 && kind != s.kind
@@ -423,6 +431,20 @@ pub async fn objects(expects: &[ObjectExpect], client: &kube::Client) -> Result<
     Ok(())
 }
 
+/// Whether log line `i` was written after `mark`: by its `timestamp` (the
+/// runner may not have read every line written before the mark), else by
+/// its place.
+fn after_mark(line: &Value, i: usize, mark: &Mark) -> bool {
+    let written = line["timestamp"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let marked = jiff::Timestamp::try_from(mark.at).ok();
+    match (written, marked) {
+        (Some(written), Some(marked)) => written >= marked,
+        _ => i >= mark.log_lines,
+    }
+}
+
 /// Checks the log expectations on the host's lines (those that are not
 /// JSON are `Value::Null`, so that marks count every line).
 pub fn logs(
@@ -432,9 +454,14 @@ pub fn logs(
     marks: &Marks,
 ) -> Result<(), String> {
     for e in expects {
-        let from = mark(marks, e.since.as_ref())?.map_or(0, |m| m.log_lines);
+        let since = mark(marks, e.since.as_ref())?;
         let mut found = Vec::new();
-        for l in lines.iter().skip(from) {
+        for (i, l) in lines.iter().enumerate() {
+            if let Some(m) = since
+                && !after_mark(l, i, m)
+            {
+                continue;
+            }
             if let Some(m) = l["message"].as_str()
                 && matches(&e.message, m)?
             {
@@ -538,6 +565,12 @@ pub fn timing(expects: &[TimingExpect], spans: &[Span]) -> Result<(), String> {
             }
             if e.growing && i > 0 && *gap <= gaps[i - 1] {
                 return Err(format!("{}is not longer than the one before", shown()));
+            }
+            if let Some(factor) = e.min_growth
+                && i > 0
+                && (*gap as f64) < factor * gaps[i - 1] as f64
+            {
+                return Err(format!("{}is not {factor} times the one before", shown()));
             }
         }
         if let Some(bound) = &e.max_overlap {

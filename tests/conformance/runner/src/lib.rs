@@ -372,11 +372,13 @@ impl World<'_> {
         let limit = self.wait_limit(timeout_ms);
         let deadline = Instant::now() + limit;
         loop {
+            // Closed before counting: the last lines are in by then.
+            let closed = self.lines.closed();
             let n = found()?;
             if n >= count {
                 return Ok(());
             }
-            if self.lines.closed() {
+            if closed {
                 return Err(format!("{what}: {n} of {count} when the host exited"));
             }
             if Instant::now() > deadline {

@@ -3,7 +3,8 @@
 //! `invalid`, `unavailable`, `other`); the reconcile itself succeeds.
 //! - `get_secret: NAME`: reads that Secret (not a cached type);
 //! - `create_secret: NAME`: creates that Secret;
-//! - `apply_child: "yes"`: applies `<name>-child`.
+//! - `apply_child: "yes"`: applies `<name>-child`;
+//! - `namespace: NS`: makes the calls in NS instead of its own namespace.
 use reconcile_sdk::k8s::Error as K8sError;
 use reconcile_sdk::k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use reconcile_sdk::prelude::*;
@@ -35,8 +36,13 @@ impl Reconciler for Calls {
         let Some(cm) = request.object::<ConfigMap>()? else {
             return Ok(Action::Done);
         };
-        let namespace = request.namespace().unwrap_or("default").to_owned();
         let data = cm.data.clone().unwrap_or_default();
+        let namespace = data
+            .get("namespace")
+            .map(String::as_str)
+            .or(request.namespace())
+            .unwrap_or("default")
+            .to_owned();
         if let Some(secret) = data.get("get_secret") {
             let got = result(Api::<Secret>::namespaced(&namespace).get(secret));
             info!("get_secret: {got}");

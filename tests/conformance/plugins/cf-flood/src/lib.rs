@@ -1,10 +1,12 @@
-//! Asks for more than a reconcile may have: 1000 guest spans, 1000
-//! events and 1000 attributes on the root, and 2 MB of standard output
-//! (20,000 lines of 100 digits). The host keeps each within its bounds;
-//! the reconcile itself succeeds.
+//! On its first attempt, asks for more than a reconcile may have: 1000
+//! guest spans, 1000 events and 1000 attributes on the root, 200 calls
+//! outside its grant (each an `access.denied` event), and 2 MB of standard
+//! output (20,000 lines of 100 digits); then it fails, so that the host
+//! must still put its own error attributes and `exception` event on the
+//! root. The retry is done.
 use std::io::Write;
 
-use reconcile_sdk::k8s_openapi::api::core::v1::ConfigMap;
+use reconcile_sdk::k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use reconcile_sdk::prelude::*;
 use reconcile_sdk::trace;
 
@@ -17,13 +19,21 @@ impl Reconciler for Flood {
             .selector("cf=case")
     }
 
-    fn reconcile(_request: Request) -> Result<Action> {
+    fn reconcile(request: Request) -> Result<Action> {
+        if request.attempt() > 1 {
+            return Ok(Action::Done);
+        }
         for _ in 0..1000 {
             let _span = trace::start_span("flood");
         }
         for i in 0..1000 {
             trace::event("flood.event", &[]);
             trace::set_attribute(&format!("flood.{i}"), i64::from(i));
+        }
+        let secrets = Api::<Secret>::namespaced("default");
+        for _ in 0..200 {
+            // Refused: the grant has no Secrets.
+            let _ = secrets.get("s");
         }
         let mut out = std::io::stdout().lock();
         for i in 0..20_000u32 {
@@ -32,7 +42,7 @@ impl Reconciler for Flood {
         }
         drop(out);
         info!("flooded");
-        Ok(Action::Done)
+        Err(Error::new("flooded"))
     }
 }
 
