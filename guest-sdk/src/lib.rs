@@ -98,6 +98,7 @@ pub mod prelude {
 macro_rules! plugin {
     ($ty:ty) => {
         const _: () = {
+            #[allow(dead_code)]
             struct __ReconcilePlugin;
             impl $crate::__private::Guest for __ReconcilePlugin {
                 fn metadata() -> $crate::__private::types::PluginMetadata {
@@ -112,6 +113,10 @@ macro_rules! plugin {
                     $crate::__private::reconcile::<$ty>(request)
                 }
             }
+            // Exported only from the component: a native build of the crate
+            // (its tests, which load the component with the test harness)
+            // cannot link names such as `reconcile:plugin/plugin@0.2.0#...`.
+            #[cfg(target_family = "wasm")]
             $crate::__private::bindings::__export_reconciler!(
                 __ReconcilePlugin with_types_in $crate::__private::bindings
             );

@@ -1,9 +1,11 @@
-//! Builds the guest workspaces (`plugins/`, `tests/plugins/`) for
-//! `wasm32-wasip2`, for `cargo xtask` and for the host's tests.
+//! Builds the guests for `wasm32-wasip2`, for `cargo xtask` and for the
+//! host's tests: the example plugins (members of the main workspace, built
+//! with its `plugin` profile), and the test and case plugins (workspaces
+//! of their own, built with theirs).
 //!
-//! Both workspaces share one target directory, `target/wasm`; each built
-//! component is copied to its workspace's output directory as
-//! `<name>.wasm` (hyphens kept, as in the package name).
+//! All builds share one target directory, `target/wasm`; each built
+//! component is copied to its output directory as `<name>.wasm` (hyphens
+//! kept, as in the package name).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -13,29 +15,39 @@ use std::process::{Command, Stdio};
 /// The guest target.
 pub const TARGET: &str = "wasm32-wasip2";
 
-/// A cargo workspace of guests and where its components go.
+/// A set of guests, how to build them, and where their components go.
 #[derive(Clone, Copy, Debug)]
 pub struct GuestWorkspace {
-    /// The workspace directory, relative to the project root.
+    /// Where cargo runs, relative to the project root.
     pub dir: &'static str,
+    /// The packages to build (`-p`); empty for the whole workspace.
+    pub packages: &'static [&'static str],
+    /// The cargo profile.
+    pub profile: &'static str,
     /// The output directory, relative to the project root.
     pub out: &'static str,
 }
 
 /// The example plugins.
 pub const PLUGINS: GuestWorkspace = GuestWorkspace {
-    dir: "plugins",
+    dir: ".",
+    packages: &["demoapp", "uptime"],
+    profile: "plugin",
     out: "target/plugins",
 };
 /// The test plugins.
 pub const TEST_PLUGINS: GuestWorkspace = GuestWorkspace {
     dir: "tests/plugins",
+    packages: &[],
+    profile: "release",
     out: "target/test-plugins",
 };
 
 /// The conformance suite's case plugins.
 pub const CONFORMANCE_PLUGINS: GuestWorkspace = GuestWorkspace {
     dir: "tests/conformance/plugins",
+    packages: &[],
+    profile: "release",
     out: "target/conformance-plugins",
 };
 
@@ -81,22 +93,54 @@ pub fn ensure_target(root: &Path) -> Result<(), String> {
     }
 }
 
-/// Builds `workspace` in release mode and copies every component to its
-/// output directory. Returns name → path of the copies.
+/// Builds `workspace` and copies every component to its output
+/// directory. Returns name → path of the copies.
 pub fn build(root: &Path, workspace: GuestWorkspace) -> Result<BTreeMap<String, PathBuf>, String> {
     ensure_target(root)?;
+    let built = build_guests(
+        &root.join(workspace.dir),
+        workspace.packages,
+        workspace.profile,
+        &root.join("target/wasm"),
+    )?;
+    let out = root.join(workspace.out);
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let mut copies = BTreeMap::new();
+    for (name, wasm) in built {
+        let dest = out.join(format!("{name}.wasm"));
+        let tmp = out.join(format!(".{name}.wasm.{}.tmp", std::process::id()));
+        std::fs::copy(&wasm, &tmp).map_err(|e| format!("cannot copy {}: {e}", wasm.display()))?;
+        std::fs::rename(&tmp, &dest)
+            .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+        copies.insert(name, dest);
+    }
+    Ok(copies)
+}
+
+/// Runs `cargo build --target wasm32-wasip2` in `dir` (the crate or
+/// workspace there; `packages` with `-p`) with `profile`, into
+/// `target_dir`. Returns package name → built component. The target must
+/// be installed (see [`ensure_target`]).
+pub fn build_guests(
+    dir: &Path,
+    packages: &[&str],
+    profile: &str,
+    target_dir: &Path,
+) -> Result<BTreeMap<String, PathBuf>, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let dir = root.join(workspace.dir);
+    let packages = packages.iter().flat_map(|p| ["-p", *p]);
     let mut child = Command::new(&cargo)
-        .current_dir(&dir)
+        .current_dir(dir)
         .args([
             "build",
-            "--release",
+            "--profile",
+            profile,
             "--target",
             TARGET,
             "--message-format=json-render-diagnostics",
         ])
-        .env("CARGO_TARGET_DIR", root.join("target/wasm"))
+        .args(packages)
+        .env("CARGO_TARGET_DIR", target_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -150,21 +194,10 @@ pub fn build(root: &Path, workspace: GuestWorkspace) -> Result<BTreeMap<String, 
         };
         return Err(format!(
             "building {} failed:\n{stderr}{hint}",
-            workspace.dir
+            dir.display()
         ));
     }
-    let out = root.join(workspace.out);
-    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    let mut copies = BTreeMap::new();
-    for (name, wasm) in built {
-        let dest = out.join(format!("{name}.wasm"));
-        let tmp = out.join(format!(".{name}.wasm.{}.tmp", std::process::id()));
-        std::fs::copy(&wasm, &tmp).map_err(|e| format!("cannot copy {}: {e}", wasm.display()))?;
-        std::fs::rename(&tmp, &dest)
-            .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
-        copies.insert(name, dest);
-    }
-    Ok(copies)
+    Ok(built)
 }
 
 /// A custom section named `name` holding `payload`. Appended to a

@@ -93,6 +93,8 @@ pub struct RequestRecord {
     pub traceparent: Option<String>,
     /// The `User-Agent` header.
     pub user_agent: Option<String>,
+    /// The `Content-Type` header (a patch's type).
+    pub content_type: Option<String>,
     /// When it arrived.
     pub received: std::time::SystemTime,
 }

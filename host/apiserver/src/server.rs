@@ -208,6 +208,11 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             .get(axum::http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        content_type: parts
+            .headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         received: std::time::SystemTime::now(),
     };
     for injection in shared.faults.on_request(record) {

@@ -467,6 +467,53 @@ pub struct Step {
     pub next: Next,
 }
 
+/// One plugin's reconciles driven by a caller instead of a kube-runtime
+/// controller: the plugin test harness steps them one at a time on its own
+/// clock. Reasons, attempts, the finalizer and the backoff are the
+/// controller's own.
+pub struct Driver {
+    ctx: Arc<Context>,
+}
+
+impl Driver {
+    /// `plugin` (its grant set) calling through `backend`; `store` is the
+    /// cache of its primary type, which the caller keeps filled.
+    pub fn new(
+        plugin: &Plugin,
+        backend: Arc<dyn K8sBackend>,
+        store: reflector::Store<DynamicObject>,
+        settings: ControllerSettings,
+    ) -> Self {
+        let metadata = plugin.metadata();
+        Driver {
+            ctx: Arc::new(Context {
+                name: metadata.name.clone(),
+                current: ArcSwap::from_pointee(Version {
+                    plugin: plugin.with_backend(backend.clone()),
+                    generation: 0,
+                }),
+                backend,
+                primary: metadata.primary.clone(),
+                finalizer: metadata.finalizer.clone(),
+                settings,
+                objects: Mutex::default(),
+                activity: Arc::default(),
+                store,
+            }),
+        }
+    }
+
+    /// Reconciles `obj` once.
+    pub async fn reconcile(&self, obj: Arc<DynamicObject>) -> Step {
+        reconcile_step(obj, &self.ctx).await
+    }
+
+    /// Forgets an object that is gone (its failures and versions).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.ctx.forget(namespace, name);
+    }
+}
+
 /// The reconcile of `obj` (reason, attempt, finalizer, the plugin's call,
 /// its bookkeeping) and what the controller does next.
 async fn reconcile_step(obj: Arc<DynamicObject>, ctx: &Context) -> Step {

@@ -118,6 +118,12 @@ fn apply_grant(plugin: Plugin, path: &Path, policy: &GrantPolicy) -> Result<Plug
             grant
         }
     };
+    with_grant(plugin, grant)
+}
+
+/// `plugin` with `grant` (checked already) and the limits it sets.
+pub fn with_grant(plugin: Plugin, grant: Grant) -> Result<Plugin, OperatorError> {
+    let metadata = plugin.metadata();
     let mut limits = plugin.limits();
     if let Some(ms) = grant.limits.deadline_ms {
         limits = Limits {

@@ -1,0 +1,121 @@
+//! The harness itself: what a failing assertion or a wrong step says.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use reconcile_test::{Error, Harness, Outcome, PluginSource, Verb};
+
+fn demoapp() -> PluginSource {
+    PluginSource::Crate(xtask::project_root().join("plugins/demoapp"))
+}
+
+fn example() -> String {
+    std::fs::read_to_string(xtask::project_root().join("deploy/examples/demoapp.yaml")).unwrap()
+}
+
+/// The message of the panic `f` raises.
+fn panic_message(f: impl FnOnce()) -> String {
+    let payload = catch_unwind(AssertUnwindSafe(f)).expect_err("the assertion passed");
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default()
+}
+
+async fn started() -> Harness {
+    Harness::build(demoapp())
+        .manifest_file(xtask::project_root().join("deploy/crds/demoapp.yaml"))
+        .unwrap()
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_assertions_say_what_differed_and_print_the_trace() {
+    let mut h = started().await;
+    h.apply_yaml(&example()).await.unwrap();
+    assert_eq!(
+        h.reconcile_named("default", "hello").await.unwrap(),
+        Outcome::Done
+    );
+    let spans = h.spans();
+
+    let message = panic_message(|| {
+        spans.root().assert_attr("reconcile.result", "requeue");
+    });
+    assert!(
+        message.contains(
+            r#"span reconcile attribute reconcile.result: expected "requeue", found "done""#
+        ),
+        "{message}"
+    );
+    // The trace, compactly: one line per span, children indented.
+    assert!(
+        message.contains("\n  k8s.apply [k8s.resource=apps/v1/Deployment"),
+        "{message}"
+    );
+
+    let message = panic_message(|| {
+        spans.root().child("k8s.delete");
+    });
+    assert!(
+        message.contains(r#"span reconcile has no child "k8s.delete""#),
+        "{message}"
+    );
+
+    let message = panic_message(|| {
+        spans.root().child("k8s.apply").attr("url.full");
+    });
+    assert!(
+        message.contains(r#"span k8s.apply has no attribute "url.full""#),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_steps_are_errors_that_say_what_to_do() {
+    let mut h = started().await;
+    let e = h.reconcile_named("default", "nope").await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "no DemoApp default/nope to reconcile: apply it first"
+    );
+
+    // A plugin that fails for ever is never idle; the virtual clock runs
+    // through the backoff without waiting for it.
+    h.fail_times(Verb::Apply, "deployments", 409, 1000);
+    h.apply_yaml(&example()).await.unwrap();
+    let started = std::time::Instant::now();
+    let e = h.run_until_idle().await.unwrap_err();
+    assert!(matches!(e, Error::StillBusy { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.starts_with("still busy after 200 reconciles"),
+        "{text}"
+    );
+    assert!(text.contains("step it with advance()"), "{text}");
+    // 200 retries, mostly at the 300 s cap: hours on the virtual clock.
+    assert!(
+        h.now() > std::time::Duration::from_secs(3600),
+        "{:?}",
+        h.now()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(120));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_smaller_than_the_plugin_asks_is_refused() {
+    let e = Harness::build(demoapp())
+        .grant("[[resources]]\ngroup = \"demo.reconcile.dev\"\nkind = \"DemoApp\"\nverbs = [\"get\", \"list\", \"watch\"]\n")
+        .start()
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with("cannot load the plugin: plugin demoapp asks for more than its grant"),
+        "{text}"
+    );
+    assert!(text.contains("patch on apps/Deployment"), "{text}");
+}

@@ -1,0 +1,217 @@
+//! demoapp's story, step by step with the plugin test harness: the first
+//! reconcile, an update, the Deployment becoming ready, a conflict on
+//! apply and its retry, deletion with the finalizer released. Each step
+//! checks the objects, the calls the plugin made and the trace.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use demoapp::{DemoApp, DemoAppSpec};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use reconcile_test::{FailureKind, Harness, Outcome, Verb};
+
+fn app(image: &str, replicas: i32) -> DemoApp {
+    let mut app = DemoApp::new(
+        "hello",
+        DemoAppSpec {
+            image: image.into(),
+            replicas,
+            port: 8080,
+        },
+    );
+    app.metadata.namespace = Some("default".into());
+    app
+}
+
+/// The last reconcile's requests, without object names (an Event's name
+/// is generated).
+fn calls(h: &Harness) -> Vec<String> {
+    h.calls()
+        .iter()
+        .map(|c| {
+            let sub = c
+                .subresource
+                .as_ref()
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default();
+            let manager = c.field_manager.as_deref().unwrap_or("-");
+            format!("{} {}{sub} {manager}", c.verb, c.group_resource())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoapp_from_creation_to_deletion() {
+    let mut h = Harness::build(reconcile_test::this_crate!())
+        .crd::<DemoApp>()
+        .start()
+        .await
+        .unwrap();
+
+    // First reconcile: the finalizer, both children, the status.
+    let hello = app("nginx:1.27", 2);
+    h.apply(&hello).await.unwrap();
+    assert_eq!(h.reconcile(&hello).await.unwrap(), Outcome::Done);
+    let deployment = h
+        .get::<Deployment>("default", "hello")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(deployment.spec.replicas, Some(2));
+    let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("DemoApp", "hello")
+    );
+    assert!(
+        h.get::<Service>("default", "hello")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // The host's finalizer patch, the children, an Event for the applied
+    // Deployment, the status and an Event for the Ready condition. The
+    // Deployment read back came from the cache: no request.
+    assert_eq!(
+        calls(&h),
+        [
+            "patch demo.reconcile.dev/demoapps demoapp",
+            "apply apps/deployments demoapp",
+            "apply core/services demoapp",
+            "get events.k8s.io/events -",
+            "create events.k8s.io/events demoapp",
+            "patch demo.reconcile.dev/demoapps/status demoapp",
+            "get events.k8s.io/events -",
+            "create events.k8s.io/events demoapp",
+        ]
+    );
+    let spans = h.spans();
+    let root = spans.root();
+    root.assert_attr("reconcile.reason", "object_changed")
+        .assert_attr("reconcile.result", "done")
+        .assert_attr("k8s.cache_reads", 2);
+    root.child("render");
+    root.child("k8s.apply")
+        .assert_attr("k8s.resource", "apps/v1/Deployment")
+        .assert_attr("k8s.name", "hello");
+    let status = h
+        .get::<DemoApp>("default", "hello")
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(status.ready_replicas, Some(0));
+    assert_eq!(status.conditions[0].status, "False");
+
+    // What the first reconcile changed wakes the plugin again; it settles.
+    let more = h.settle().await.unwrap();
+    assert!(
+        !more.is_empty() && more.iter().all(|o| *o == Outcome::Done),
+        "{more:?}"
+    );
+    assert!(h.queued().is_empty(), "{:?}", h.queued());
+
+    // An update.
+    let hello = app("nginx:1.27", 3);
+    h.apply(&hello).await.unwrap();
+    assert_eq!(h.reconcile(&hello).await.unwrap(), Outcome::Done);
+    let deployment = h
+        .get::<Deployment>("default", "hello")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(deployment.spec.replicas, Some(3));
+    h.settle().await.unwrap();
+
+    // The Deployment controller's part: three replicas ready. The owner
+    // is reconciled for its owned object's change and reports Ready.
+    h.patch_status::<Deployment>(
+        "default",
+        "hello",
+        serde_json::json!({"replicas": 3, "readyReplicas": 3}),
+    )
+    .await
+    .unwrap();
+    let woken = h.settle().await.unwrap();
+    assert!(!woken.is_empty());
+    let reasons: Vec<String> = h
+        .all_spans()
+        .iter()
+        .rev()
+        .take(woken.len())
+        .map(|t| t.root().attr("reconcile.reason"))
+        .collect();
+    assert!(
+        reasons.contains(&"owned_object_changed".to_owned()),
+        "{reasons:?}"
+    );
+    let status = h
+        .get::<DemoApp>("default", "hello")
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(status.ready_replicas, Some(3));
+    assert_eq!(status.conditions[0].status, "True");
+
+    // A conflict on apply: the reconcile fails as a k8s error, and the
+    // host retries it after its backoff, on the virtual clock.
+    let before = h.now();
+    h.fail_next(Verb::Apply, "deployments", 409);
+    let hello = app("nginx:1.28", 3);
+    h.apply(&hello).await.unwrap();
+    let outcomes = h.run_until_idle().await.unwrap();
+    match &outcomes[0] {
+        Outcome::Failed(f) => assert_eq!(f.kind, FailureKind::K8s, "{f:?}"),
+        other => panic!("expected the conflict to fail the reconcile, got {other:?}"),
+    }
+    assert_eq!(outcomes.last(), Some(&Outcome::Done));
+    assert!(
+        h.now() >= before + std::time::Duration::from_millis(200),
+        "{:?}",
+        h.now()
+    );
+    let traces = h.all_spans();
+    let failed = &traces[traces.len() - outcomes.len()];
+    let apply = failed.root().child("k8s.apply");
+    apply.assert_attr("http.response.status_code", 409);
+    assert!(apply.is_error());
+    let retry = &traces[traces.len() - outcomes.len() + 1];
+    retry
+        .root()
+        .assert_attr("reconcile.reason", "retry")
+        .assert_attr("reconcile.attempt", 2);
+    let deployment = h
+        .get::<Deployment>("default", "hello")
+        .await
+        .unwrap()
+        .unwrap();
+    let deployment = serde_json::to_value(&deployment).unwrap();
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.28"
+    );
+
+    // Deletion: the plugin's deleting reconcile, then the finalizer goes
+    // and so does the DemoApp.
+    h.delete::<DemoApp>("default", "hello").await.unwrap();
+    let outcomes = h.run_until_idle().await.unwrap();
+    assert_eq!(outcomes, vec![Outcome::Done]);
+    h.spans().root().assert_attr("reconcile.reason", "deleting");
+    // The plugin had nothing to clean up; the host released the finalizer.
+    assert_eq!(calls(&h), ["patch demo.reconcile.dev/demoapps demoapp"]);
+    assert!(
+        h.get::<DemoApp>("default", "hello")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Its children go with it (garbage collection by owner reference).
+    assert!(
+        h.get::<Deployment>("default", "hello")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
