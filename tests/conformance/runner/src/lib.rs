@@ -238,11 +238,9 @@ impl Host {
     }
 }
 
-/// The API of an object, by discovery.
-pub(crate) async fn api_of(
-    client: &kube::Client,
-    key: &ObjectKey,
-) -> Result<Api<DynamicObject>, String> {
+/// The API of an object, by discovery (the runner and the plugin test
+/// harness share it).
+pub async fn api_of(client: &kube::Client, key: &ObjectKey) -> Result<Api<DynamicObject>, String> {
     let (group, version) = key
         .api_version
         .rsplit_once('/')
@@ -271,7 +269,8 @@ fn key_of(object: &Value) -> Result<ObjectKey, String> {
     .map_err(|e| format!("an object without apiVersion, kind or metadata.name: {e}"))
 }
 
-async fn apply(client: &kube::Client, object: &Value) -> Result<(), String> {
+/// Server-side applies `object` (a full manifest) as the runner, with force.
+pub async fn apply(client: &kube::Client, object: &Value) -> Result<(), String> {
     let key = key_of(object)?;
     api_of(client, &key)
         .await?
