@@ -29,6 +29,8 @@
 //! - this file: the harness, its queue and clock, objects, faults.
 //! - [`spans`]: the spans of one reconcile as a tree, with assertions.
 //! - [`calls`]: the requests a plugin sent, as the API server got them.
+//! - [`http`]: an HTTP server on loopback for plugins that make requests,
+//!   with faults.
 //!
 //! How it differs from the host: triggers come from listing the plugin's
 //! types after each step (what changed since the last step is what a
@@ -37,6 +39,7 @@
 //! watches).
 
 pub mod calls;
+pub mod http;
 pub mod spans;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -64,6 +67,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use calls::Call;
+pub use http::TestHttp;
 pub use reconcile_host::reconcile::{Failure, FailureKind, Outcome};
 pub use spans::{SpanNode, SpanTree};
 
@@ -218,11 +222,19 @@ impl Write for Captured {
 pub struct Builder {
     source: PluginSource,
     grant: Option<String>,
+    http: Vec<String>,
     manifests: Vec<Value>,
     settings: ControllerSettings,
 }
 
 impl Builder {
+    /// Also allow HTTP to `url` (`scheme://host:port`), private addresses
+    /// included: a [`TestHttp`] server's URL, say.
+    pub fn allow_http(mut self, url: impl Into<String>) -> Self {
+        self.http.push(url.into());
+        self
+    }
+
     /// Grant this TOML (as in a `.grants.toml` file) instead of what the
     /// plugin asks for; limits included.
     pub fn grant(mut self, toml: &str) -> Self {
@@ -328,6 +340,7 @@ impl Harness {
         Builder {
             source: source.into(),
             grant: None,
+            http: Vec::new(),
             manifests: Vec::new(),
             settings: ControllerSettings::default(),
         }
@@ -371,6 +384,13 @@ impl Harness {
             }
             None => Grant::from_request(&metadata),
         };
+        let mut grant = grant;
+        grant
+            .http
+            .extend(b.http.iter().map(|url| reconcile_host::grants::HttpGrant {
+                url: url.clone(),
+                private: true,
+            }));
         let plugin = reconcile_host::operator::with_grant(plugin, grant)
             .map_err(|e| Error::Load(e.to_string()))?;
 
@@ -900,10 +920,17 @@ impl Harness {
             .await
             .map_err(api_error("cannot list Events"))?
             .items;
+        // By event time (microseconds), then by the embedded server's
+        // resource versions, which count up.
+        let version = |e: &k8s_openapi::api::events::v1::Event| {
+            e.metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok())
+        };
         events.sort_by(|a, b| {
-            a.metadata
-                .creation_timestamp
-                .cmp(&b.metadata.creation_timestamp)
+            (a.event_time.as_ref().map(|t| t.0), version(a))
+                .cmp(&(b.event_time.as_ref().map(|t| t.0), version(b)))
         });
         Ok(events)
     }
@@ -947,8 +974,8 @@ fn client(server: &ApiServer, user_agent: Option<&'static str>) -> Result<kube::
     config.default_retry = false;
     if let Some(agent) = user_agent {
         config.headers.push((
-            http::header::USER_AGENT,
-            http::HeaderValue::from_static(agent),
+            ::http::header::USER_AGENT,
+            ::http::HeaderValue::from_static(agent),
         ));
     }
     kube::Client::try_from(config).map_err(|e| Error::Start(e.to_string()))
