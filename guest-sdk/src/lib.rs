@@ -37,6 +37,16 @@
 //! reconcile_sdk::plugin!(Labeler);
 //! ```
 //!
+//! # Testing
+//!
+//! The `reconcile-test` crate (`host/harness` in the reconcile-host
+//! repository) tests a plugin crate natively: it builds the crate for
+//! `wasm32-wasip2`, runs it in the real engine and host logic against an
+//! embedded Kubernetes API server, one reconcile at a time on a virtual
+//! clock, and asserts objects, calls and spans. Make the crate an `rlib`
+//! as well as a `cdylib` so that its tests can use its types;
+//! [`plugin!`] exports the component only when built for wasm.
+//!
 //! Build it with `cargo build --release --target wasm32-wasip2`; the
 //! `.wasm` in `target/wasm32-wasip2/release/` is the plugin.
 //!

@@ -24,6 +24,8 @@
 //!   backend, watches limited to the granted namespaces, manifests for `dev`.
 //! - [`reload`]: the plugin directory watched; each change validated as at
 //!   start-up, then swapped in, or its controller replaced or stopped.
+//! - [`plugin_test`]: `reconcile-host test`, the conformance case format
+//!   run against one plugin.
 //! - [`reconcile`]: request, outcome and root-span vocabulary.
 //! - [`telemetry`]: tracer provider, structured logs, the tree view of
 //!   `dev` and `call`.
@@ -35,6 +37,7 @@ pub mod files;
 pub mod grants;
 pub mod metadata;
 pub mod operator;
+pub mod plugin_test;
 pub mod reconcile;
 pub mod reload;
 pub mod telemetry;

@@ -101,6 +101,19 @@ enum Command {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
+    /// Run case folders in the conformance suite's format against one
+    /// plugin (each case's `plugin` is replaced by it) and print the report;
+    /// exit non-zero if a case failed. See tests/conformance/README.md.
+    Test {
+        /// The plugin (`.wasm`).
+        plugin: PathBuf,
+        /// Case folders (with a case.yaml), or folders of them.
+        #[arg(required = true)]
+        cases: Vec<PathBuf>,
+        /// Cases run at once.
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+    },
     /// Run one reconcile of a plugin on an object read from a YAML or JSON file,
     /// without a cluster (Kubernetes calls fail as unavailable). Spans go
     /// to the console unless OTEL_TRACES_EXPORTER says otherwise.
@@ -332,6 +345,24 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
                 },
             )
             .await
+        }
+        Command::Test {
+            plugin,
+            cases,
+            jobs,
+        } => {
+            let cases =
+                reconcile_host::plugin_test::load_cases(&cases).map_err(anyhow::Error::msg)?;
+            let host = std::env::current_exe().context("cannot find this executable")?;
+            let (report, passed) = reconcile_host::plugin_test::run(&plugin, cases, jobs, &host)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            print!("{report}");
+            Ok(if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Call {
             plugin,

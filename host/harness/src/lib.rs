@@ -624,10 +624,16 @@ impl Harness {
         self.server.faults().clear();
     }
 
-    /// Exactly one reconcile of `object` (a primary object), whatever is
-    /// queued; what it changes is queued in turn.
+    /// Exactly one reconcile of `object` (a primary object; in `default`
+    /// when it names no namespace), whatever is queued; what it changes is
+    /// queued in turn.
     pub async fn reconcile<K: Resource>(&mut self, object: &K) -> Result<Outcome> {
-        let namespace = object.meta().namespace.clone().unwrap_or_default();
+        // As `apply` does: a namespaced object without one is in `default`.
+        let namespace = match &object.meta().namespace {
+            Some(ns) => ns.clone(),
+            None if self.plugin.metadata().primary.namespaced => "default".to_owned(),
+            None => String::new(),
+        };
         let name = object.meta().name.clone().unwrap_or_default();
         self.reconcile_named(&namespace, &name).await
     }

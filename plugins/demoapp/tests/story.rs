@@ -215,3 +215,33 @@ async fn a_demoapp_from_creation_to_deletion() {
             .is_none()
     );
 }
+
+/// The README's ten-line test.
+#[tokio::test(flavor = "multi_thread")]
+async fn applies_the_deployment() {
+    let mut h = Harness::build(reconcile_test::this_crate!())
+        .crd::<DemoApp>()
+        .start()
+        .await
+        .unwrap();
+    let app = DemoApp::new(
+        "hello",
+        DemoAppSpec {
+            image: "nginx".into(),
+            replicas: 2,
+            port: 8080,
+        },
+    );
+    h.apply(&app).await.unwrap();
+    assert_eq!(h.reconcile(&app).await.unwrap(), Outcome::Done);
+    let deployment = h
+        .get::<Deployment>("default", "hello")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(deployment.spec.replicas, Some(2));
+    h.spans()
+        .root()
+        .child("k8s.apply")
+        .assert_attr("k8s.resource", "apps/v1/Deployment");
+}

@@ -55,13 +55,17 @@ pub struct Case {
 pub enum Step {
     /// Server-side apply of an object (as the `conformance` manager).
     Apply(Value),
-    /// A JSON merge patch of an object.
+    /// A JSON merge patch of an object (of its status subresource with
+    /// `status: true`, as another controller would write it).
     Patch {
         /// Which object.
         #[serde(flatten)]
         object: ObjectKey,
         /// The patch.
         merge: Value,
+        /// Patch the status subresource.
+        #[serde(default)]
+        status: bool,
     },
     /// Deletes an object.
     Delete(ObjectKey),

@@ -400,6 +400,11 @@ pub fn contains(actual: &Value, expected: &Value) -> bool {
         (Value::Object(a), Value::Object(e)) => e
             .iter()
             .all(|(k, ev)| a.get(k).is_some_and(|av| contains(av, ev))),
+        // Each element expected is contained in some element found (a
+        // condition by its type and status, say), in any order.
+        (Value::Array(a), Value::Array(e)) => {
+            e.iter().all(|ev| a.iter().any(|av| contains(av, ev)))
+        }
         _ => actual == expected,
     }
 }
@@ -619,6 +624,15 @@ mod tests {
         assert!(contains(&actual, &serde_json::json!({"a": {"b": 1}})));
         assert!(!contains(&actual, &serde_json::json!({"a": {"b": 2}})));
         assert!(!contains(&actual, &serde_json::json!({"e": 1})));
+        let conditions = serde_json::json!([{"type": "A", "status": "False", "reason": "x"}, {"type": "Ready", "status": "True", "reason": "y"}]);
+        assert!(contains(
+            &conditions,
+            &serde_json::json!([{"type": "Ready", "status": "True"}])
+        ));
+        assert!(!contains(
+            &conditions,
+            &serde_json::json!([{"type": "Ready", "status": "False"}])
+        ));
     }
 
     #[test]

@@ -395,16 +395,23 @@ async fn step(step: &Step, world: &World<'_>) -> Result<(), String> {
     let (server, client, otlp) = (world.server, world.client, world.otlp);
     match step {
         Step::Apply(object) => apply(client, &substitute(object, &world.vars)).await,
-        Step::Patch { object, merge } => api_of(client, object)
-            .await?
-            .patch(
-                &object.name,
-                &PatchParams::default(),
-                &Patch::Merge(substitute(merge, &world.vars)),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("cannot patch {} {}: {e}", object.kind, object.name)),
+        Step::Patch {
+            object,
+            merge,
+            status,
+        } => {
+            let api = api_of(client, object).await?;
+            let patch = Patch::Merge(substitute(merge, &world.vars));
+            let params = PatchParams::default();
+            let patched = if *status {
+                api.patch_status(&object.name, &params, &patch).await
+            } else {
+                api.patch(&object.name, &params, &patch).await
+            };
+            patched
+                .map(|_| ())
+                .map_err(|e| format!("cannot patch {} {}: {e}", object.kind, object.name))
+        }
         Step::Delete(object) => api_of(client, object)
             .await?
             .delete(&object.name, &Default::default())
