@@ -156,6 +156,24 @@ fn api_error(what: impl std::fmt::Display) -> impl FnOnce(kube::Error) -> Error 
     move |e| Error::Api(format!("{what}: {e}"))
 }
 
+/// A namespaced Kubernetes type with static type information (a
+/// k8s-openapi type, or one from kube's `CustomResource` derive).
+pub trait Namespaced:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Namespaced for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+{
+}
+
 /// A Kubernetes verb to fail or delay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verb {
@@ -514,32 +532,66 @@ impl Harness {
         self.sync().await
     }
 
+    fn api<K: Namespaced>(&self, namespace: &str) -> Api<K> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
     /// The object of type `K` named `name` (in `namespace`), as the API
     /// server has it now.
     pub async fn get<K>(&self, namespace: &str, name: &str) -> Result<Option<K>>
     where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug,
+        K: Namespaced,
     {
-        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        let api: Api<K> = self.api(namespace);
         api.get_opt(name).await.map_err(api_error(format!(
             "cannot get {} {namespace}/{name}",
             K::kind(&())
         )))
     }
 
+    /// The object of type `K` named `name`; a test fails, naming what is
+    /// there, when it does not exist or cannot be read.
+    #[track_caller]
+    #[allow(clippy::panic)]
+    pub fn must_get<K: Namespaced>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl std::future::Future<Output = K> + '_ {
+        let caller = std::panic::Location::caller();
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        async move {
+            match self.get::<K>(&namespace, &name).await {
+                Ok(Some(object)) => object,
+                Ok(None) => {
+                    let names: Vec<String> = self
+                        .api::<K>(&namespace)
+                        .list(&ListParams::default())
+                        .await
+                        .map(|l| l.items.iter().map(|o| o.name_any()).collect())
+                        .unwrap_or_default();
+                    panic!(
+                        "{caller}: no {} {namespace}/{name}; in {namespace}: {names:?}",
+                        K::kind(&())
+                    )
+                }
+                Err(e) => panic!("{caller}: {e}"),
+            }
+        }
+    }
+
+    /// Whether the object of type `K` named `name` exists.
+    pub async fn exists<K: Namespaced>(&self, namespace: &str, name: &str) -> Result<bool> {
+        Ok(self.get::<K>(namespace, name).await?.is_some())
+    }
+
     /// Deletes the object of type `K` (as a user would; a finalizer keeps
     /// it until the plugin's `deleting` reconcile is done).
     pub async fn delete<K>(&mut self, namespace: &str, name: &str) -> Result<()>
     where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug,
+        K: Namespaced,
     {
-        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        let api: Api<K> = self.api(namespace);
         api.delete(name, &DeleteParams::default())
             .await
             .map_err(api_error(format!(
@@ -558,12 +610,9 @@ impl Harness {
         status: Value,
     ) -> Result<()>
     where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug,
+        K: Namespaced,
     {
-        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        let api: Api<K> = self.api(namespace);
         api.patch_status(
             name,
             &PatchParams::default(),
@@ -580,13 +629,9 @@ impl Harness {
     /// Creates `object` as the test.
     pub async fn create<K>(&mut self, namespace: &str, object: &K) -> Result<()>
     where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Serialize
-            + std::fmt::Debug,
+        K: Namespaced + Serialize,
     {
-        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        let api: Api<K> = self.api(namespace);
         api.create(&PostParams::default(), object)
             .await
             .map_err(api_error(format!(

@@ -119,3 +119,32 @@ async fn a_grant_smaller_than_the_plugin_asks_is_refused() {
     );
     assert!(text.contains("patch on apps/Deployment"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_object_names_what_is_there() {
+    let mut h = started().await;
+    h.apply_yaml(&example()).await.unwrap();
+    h.settle().await.unwrap();
+    let h = std::sync::Arc::new(h);
+    let shared = h.clone();
+    let joined = tokio::spawn(async move {
+        shared
+            .must_get::<k8s_openapi::api::apps::v1::Deployment>("default", "nope")
+            .await;
+    })
+    .await
+    .unwrap_err();
+    let payload = joined.into_panic();
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains(r#"no Deployment default/nope; in default: ["hello"]"#),
+        "{message}"
+    );
+    assert!(
+        message.contains("harness.rs:"),
+        "names the test's line: {message}"
+    );
+}

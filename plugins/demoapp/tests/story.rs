@@ -51,23 +51,14 @@ async fn a_demoapp_from_creation_to_deletion() {
     let hello = app("nginx:1.27", 2);
     h.apply(&hello).await.unwrap();
     assert_eq!(h.reconcile(&hello).await.unwrap(), Outcome::Done);
-    let deployment = h
-        .get::<Deployment>("default", "hello")
-        .await
-        .unwrap()
-        .unwrap();
+    let deployment = h.must_get::<Deployment>("default", "hello").await;
     assert_eq!(deployment.spec.replicas, Some(2));
     let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(
         (owner.kind.as_str(), owner.name.as_str()),
         ("DemoApp", "hello")
     );
-    assert!(
-        h.get::<Service>("default", "hello")
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(h.exists::<Service>("default", "hello").await.unwrap());
     // The host's finalizer patch, the children, an Event for the applied
     // Deployment, the status and an Event for the Ready condition. The
     // Deployment read back came from the cache: no request.
@@ -94,10 +85,8 @@ async fn a_demoapp_from_creation_to_deletion() {
         .assert_attr("k8s.resource", "apps/v1/Deployment")
         .assert_attr("k8s.name", "hello");
     let status = h
-        .get::<DemoApp>("default", "hello")
+        .must_get::<DemoApp>("default", "hello")
         .await
-        .unwrap()
-        .unwrap()
         .status
         .unwrap();
     assert_eq!(status.ready_replicas, Some(0));
@@ -115,11 +104,7 @@ async fn a_demoapp_from_creation_to_deletion() {
     let hello = app("nginx:1.27", 3);
     h.apply(&hello).await.unwrap();
     assert_eq!(h.reconcile(&hello).await.unwrap(), Outcome::Done);
-    let deployment = h
-        .get::<Deployment>("default", "hello")
-        .await
-        .unwrap()
-        .unwrap();
+    let deployment = h.must_get::<Deployment>("default", "hello").await;
     assert_eq!(deployment.spec.replicas, Some(3));
     h.settle().await.unwrap();
 
@@ -146,10 +131,8 @@ async fn a_demoapp_from_creation_to_deletion() {
         "{reasons:?}"
     );
     let status = h
-        .get::<DemoApp>("default", "hello")
+        .must_get::<DemoApp>("default", "hello")
         .await
-        .unwrap()
-        .unwrap()
         .status
         .unwrap();
     assert_eq!(status.ready_replicas, Some(3));
@@ -182,11 +165,7 @@ async fn a_demoapp_from_creation_to_deletion() {
         .root()
         .assert_attr("reconcile.reason", "retry")
         .assert_attr("reconcile.attempt", 2);
-    let deployment = h
-        .get::<Deployment>("default", "hello")
-        .await
-        .unwrap()
-        .unwrap();
+    let deployment = h.must_get::<Deployment>("default", "hello").await;
     let deployment = serde_json::to_value(&deployment).unwrap();
     assert_eq!(
         deployment["spec"]["template"]["spec"]["containers"][0]["image"],
@@ -201,19 +180,9 @@ async fn a_demoapp_from_creation_to_deletion() {
     h.spans().root().assert_attr("reconcile.reason", "deleting");
     // The plugin had nothing to clean up; the host released the finalizer.
     assert_eq!(calls(&h), ["patch demo.reconcile.dev/demoapps demoapp"]);
-    assert!(
-        h.get::<DemoApp>("default", "hello")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!h.exists::<DemoApp>("default", "hello").await.unwrap());
     // Its children go with it (garbage collection by owner reference).
-    assert!(
-        h.get::<Deployment>("default", "hello")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!h.exists::<Deployment>("default", "hello").await.unwrap());
 }
 
 /// The README's ten-line test.
@@ -234,11 +203,7 @@ async fn applies_the_deployment() {
     );
     h.apply(&app).await.unwrap();
     assert_eq!(h.reconcile(&app).await.unwrap(), Outcome::Done);
-    let deployment = h
-        .get::<Deployment>("default", "hello")
-        .await
-        .unwrap()
-        .unwrap();
+    let deployment = h.must_get::<Deployment>("default", "hello").await;
     assert_eq!(deployment.spec.replicas, Some(2));
     h.spans()
         .root()

@@ -49,11 +49,7 @@ async fn checks_every_interval_and_reports_a_failing_endpoint() {
         traceparent,
         format!("00-{}-{}-01", ids.trace_id(), ids.span_id())
     );
-    let found = h
-        .get::<UptimeCheck>("default", "web")
-        .await
-        .unwrap()
-        .unwrap();
+    let found = h.must_get::<UptimeCheck>("default", "web").await;
     assert_eq!(found.status.as_ref().unwrap().last_status_code, Some(200));
     assert_eq!(condition(&found), ("True".into(), "Up".into()));
     assert_eq!(
@@ -82,11 +78,7 @@ async fn checks_every_interval_and_reports_a_failing_endpoint() {
     let started = std::time::Instant::now();
     h.advance(Duration::from_secs(60)).await.unwrap();
     assert_eq!(web.received().len(), 2);
-    let found = h
-        .get::<UptimeCheck>("default", "web")
-        .await
-        .unwrap()
-        .unwrap();
+    let found = h.must_get::<UptimeCheck>("default", "web").await;
     assert_eq!(found.status.as_ref().unwrap().last_status_code, Some(503));
     assert_eq!(condition(&found).0, "False");
     let failed = h
@@ -107,11 +99,7 @@ async fn checks_every_interval_and_reports_a_failing_endpoint() {
     // And recovers at the check after.
     h.advance(Duration::from_secs(60)).await.unwrap();
     assert_eq!(web.received().len(), 3);
-    let found = h
-        .get::<UptimeCheck>("default", "web")
-        .await
-        .unwrap()
-        .unwrap();
+    let found = h.must_get::<UptimeCheck>("default", "web").await;
     assert_eq!(condition(&found), ("True".into(), "Up".into()));
     assert!(h.now() >= Duration::from_secs(120));
     // Two intervals on the virtual clock, in far less real time.
