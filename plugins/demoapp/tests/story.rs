@@ -106,6 +106,21 @@ async fn a_demoapp_from_creation_to_deletion() {
     assert_eq!(h.reconcile(&hello).await.unwrap(), Outcome::Done);
     let deployment = h.must_get::<Deployment>("default", "hello").await;
     assert_eq!(deployment.spec.replicas, Some(3));
+    let spans = h.spans();
+    spans
+        .root()
+        .assert_attr("reconcile.reason", "object_changed")
+        .assert_attr("demoapp.replicas", 3);
+    // The Deployment changed, so an `Applied` Event is recorded again.
+    let made = calls(&h);
+    for call in [
+        "apply apps/deployments demoapp",
+        "apply core/services demoapp",
+        "create events.k8s.io/events demoapp",
+        "patch demo.reconcile.dev/demoapps/status demoapp",
+    ] {
+        assert!(made.iter().any(|c| c == call), "{call} not in {made:?}");
+    }
     h.settle().await.unwrap();
 
     // The Deployment controller's part: three replicas ready. The owner
