@@ -7,6 +7,8 @@
 //! component is copied to its output directory as `<name>.wasm` (hyphens
 //! kept, as in the package name).
 
+pub mod scaffold;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -71,10 +71,35 @@ fn main() -> ExitCode {
                 Err(e) => fail(&format!("cannot run the host: {e}")),
             }
         }
+        Some("new-plugin") => {
+            let Some(name) = args.get(1) else {
+                return fail("usage: cargo xtask new-plugin NAME [--dir DIR]");
+            };
+            let dir = match args.iter().position(|a| a == "--dir") {
+                Some(i) => match args.get(i + 1) {
+                    Some(dir) => std::path::PathBuf::from(dir),
+                    None => return fail("--dir needs a directory"),
+                },
+                None => std::path::PathBuf::from(name),
+            };
+            match xtask::scaffold::create(name, &dir, &root) {
+                Ok(dir) => {
+                    eprintln!(
+                        "created {}: `cargo test` there runs its test; see its README.md",
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         _ => {
-            eprintln!("usage: cargo xtask <plugins|dev>");
+            eprintln!("usage: cargo xtask <plugins|dev|new-plugin>");
             eprintln!(
                 "  plugins  build plugins/ into target/plugins and tests/plugins into target/test-plugins"
+            );
+            eprintln!(
+                "  new-plugin NAME [--dir DIR]  a plugin crate to start from (CRD type, harness test, grant, CRD)"
             );
             eprintln!(
                 "  dev      build the plugins and run `reconcile-host dev` on deploy/crds and deploy/examples\n           (extra arguments go to it, such as --exit-when-idle)\n           --watch: rebuild plugins/ when its sources change; the host reloads them"
