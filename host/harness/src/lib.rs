@@ -516,6 +516,14 @@ impl Harness {
         self.apply_value(&value).await
     }
 
+    /// Applies every object of a YAML or JSON file (CRDs first).
+    pub async fn apply_file(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Api(format!("cannot read {}: {e}", path.display())))?;
+        self.apply_yaml(&text).await
+    }
+
     /// Applies every object of a YAML or JSON text.
     pub async fn apply_yaml(&mut self, text: &str) -> Result<()> {
         let objects = parse_objects(text).map_err(Error::Api)?;

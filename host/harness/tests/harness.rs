@@ -35,7 +35,9 @@ async fn started() -> Harness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_assertions_say_what_differed_and_print_the_trace() {
     let mut h = started().await;
-    h.apply_yaml(&example()).await.unwrap();
+    h.apply_file(xtask::project_root().join("deploy/examples/demoapp.yaml"))
+        .await
+        .unwrap();
     assert_eq!(
         h.reconcile_named("default", "hello").await.unwrap(),
         Outcome::Done
@@ -148,3 +150,45 @@ async fn a_missing_object_names_what_is_there() {
         "names the test's line: {message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_api_server_times_the_reconcile_out() {
+    let mut h = Harness::build(demoapp())
+        .manifest_file(xtask::project_root().join("deploy/crds/demoapp.yaml"))
+        .unwrap()
+        .grant(GRANT_WITH_A_SHORT_DEADLINE)
+        .start()
+        .await
+        .unwrap();
+    h.apply_yaml(&example()).await.unwrap();
+    h.delay(
+        Verb::Apply,
+        "deployments",
+        std::time::Duration::from_secs(3),
+    );
+    match h.reconcile_named("default", "hello").await.unwrap() {
+        Outcome::Failed(f) => assert_eq!(f.kind, reconcile_test::FailureKind::Timeout, "{f:?}"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    h.spans().root().assert_attr("error.type", "timeout");
+}
+
+const GRANT_WITH_A_SHORT_DEADLINE: &str = r#"
+[[resources]]
+group = "demo.reconcile.dev"
+kind = "DemoApp"
+verbs = ["get", "list", "watch", "patch"]
+[[resources]]
+group = "apps"
+kind = "Deployment"
+verbs = ["get", "list", "watch", "patch"]
+[[resources]]
+kind = "Service"
+verbs = ["get", "list", "watch", "patch"]
+[[resources]]
+group = "events.k8s.io"
+kind = "Event"
+verbs = ["get", "create", "patch", "delete"]
+[limits]
+deadline_ms = 1000
+"#;

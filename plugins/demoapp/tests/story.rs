@@ -75,8 +75,19 @@ async fn a_demoapp_from_creation_to_deletion() {
             "create events.k8s.io/events demoapp",
         ]
     );
+    // The plugin's log line, with the reconcile's trace id.
+    let logs = h.last_logs();
+    let line = logs
+        .iter()
+        .find(|l| l.message == "reconciled DemoApp")
+        .unwrap_or_else(|| panic!("{logs:?}"));
+    assert_eq!(line.fields["replicas"], 2);
     let spans = h.spans();
     let root = spans.root();
+    assert_eq!(
+        line.trace_id.as_deref(),
+        Some(root.data().span_context.trace_id().to_string().as_str())
+    );
     root.assert_attr("reconcile.reason", "object_changed")
         .assert_attr("reconcile.result", "done")
         .assert_attr("k8s.cache_reads", 2);
