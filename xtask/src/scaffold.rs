@@ -33,10 +33,33 @@ const FILES: [(&str, &str); 7] = [
     ),
 ];
 
+/// Names the generated crate could not use: crates it depends on, names
+/// cargo or Rust reserve, and kinds that clash with what it imports.
+const TAKEN: [&str; 16] = [
+    "kube",
+    "serde",
+    "serde-json",
+    "schemars",
+    "tokio",
+    "k8s-openapi",
+    "reconcile-sdk",
+    "reconcile-test",
+    "test",
+    "self",
+    "std",
+    "core",
+    "alloc",
+    "config-map",
+    "api",
+    "request",
+];
+
 /// Whether `name` can name a plugin crate: lower-case letters, digits and
-/// hyphens, starting with a letter, at most 40 characters.
+/// hyphens, starting with a letter, at most 40 characters, and not taken.
 fn valid(name: &str) -> bool {
-    !name.is_empty()
+    !TAKEN.contains(&name)
+        && !["result", "action", "metadata", "verb", "error", "reason"].contains(&name)
+        && !name.is_empty()
         && name.len() <= 40
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && !name.ends_with('-')
@@ -77,6 +100,12 @@ pub fn create(name: &str, dir: &Path, root: &Path) -> Result<PathBuf, String> {
     let root = root
         .canonicalize()
         .map_err(|e| format!("cannot resolve {}: {e}", root.display()))?;
+    let root_text = root.display().to_string();
+    if root_text.contains(['"', '\\']) {
+        return Err(format!(
+            "the checkout's path {root_text} has a quote or a backslash, which the crate's Cargo.toml cannot hold"
+        ));
+    }
     let kind = kind_of(name);
     let singular = kind.to_ascii_lowercase();
     let vars = [
@@ -91,19 +120,27 @@ pub fn create(name: &str, dir: &Path, root: &Path) -> Result<PathBuf, String> {
         vars.iter()
             .fold(text.to_owned(), |t, (k, v)| t.replace(k, v))
     };
-    for (path, text) in FILES {
-        let path = dir.join(fill(path));
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let write = || -> Result<(), String> {
+        for (path, text) in FILES {
+            let path = dir.join(fill(path));
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            }
+            std::fs::write(&path, fill(text))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
-        std::fs::write(&path, fill(text))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    let lock = root.join("Cargo.lock");
-    if lock.is_file() {
-        std::fs::copy(&lock, dir.join("Cargo.lock"))
-            .map_err(|e| format!("cannot copy {}: {e}", lock.display()))?;
+        let lock = root.join("Cargo.lock");
+        if lock.is_file() {
+            std::fs::copy(&lock, dir.join("Cargo.lock"))
+                .map_err(|e| format!("cannot copy {}: {e}", lock.display()))?;
+        }
+        Ok(())
+    };
+    if let Err(e) = write() {
+        // Nothing half-made left behind to be refused next time.
+        let _ = std::fs::remove_dir_all(dir);
+        return Err(e);
     }
     Ok(dir.to_path_buf())
 }
@@ -115,7 +152,18 @@ mod tests {
     #[test]
     fn names_and_kinds() {
         assert!(valid("my-plugin") && valid("a1"));
-        for bad in ["", "My", "1a", "a_b", "a-", "a/b"] {
+        for bad in [
+            "",
+            "My",
+            "1a",
+            "a_b",
+            "a-",
+            "a/b",
+            "kube",
+            "test",
+            "config-map",
+            "result",
+        ] {
             assert!(!valid(bad), "{bad}");
         }
         assert_eq!(kind_of("my-plugin"), "MyPlugin");

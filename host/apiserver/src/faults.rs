@@ -21,6 +21,11 @@ pub struct Match {
     pub subresource: Option<String>,
     /// The object's name.
     pub name: Option<String>,
+    /// Only requests whose `Content-Type` starts with this (a patch's
+    /// type: `application/apply-patch` for server-side apply).
+    pub content_type: Option<String>,
+    /// Not requests with this `User-Agent` (a test's own).
+    pub not_user_agent: Option<String>,
 }
 
 impl Match {
@@ -53,8 +58,29 @@ impl Match {
         self
     }
 
+    /// Only requests whose `Content-Type` starts with `prefix`.
+    pub fn content_type(mut self, prefix: &str) -> Self {
+        self.content_type = Some(prefix.to_owned());
+        self
+    }
+
+    /// Not the requests sent with `user_agent`.
+    pub fn not_user_agent(mut self, user_agent: &str) -> Self {
+        self.not_user_agent = Some(user_agent.to_owned());
+        self
+    }
+
     fn matches(&self, request: &RequestRecord) -> bool {
-        self.verb.as_ref().is_none_or(|v| *v == request.verb)
+        self.content_type.as_ref().is_none_or(|c| {
+            request
+                .content_type
+                .as_deref()
+                .is_some_and(|t| t.starts_with(c.as_str()))
+        }) && self
+            .not_user_agent
+            .as_ref()
+            .is_none_or(|u| request.user_agent.as_ref() != Some(u))
+            && self.verb.as_ref().is_none_or(|v| *v == request.verb)
             && self
                 .resource
                 .as_ref()

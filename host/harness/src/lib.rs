@@ -32,11 +32,19 @@
 //! - [`http`]: an HTTP server on loopback for plugins that make requests,
 //!   with faults.
 //!
-//! How it differs from the host: triggers come from listing the plugin's
-//! types after each step (what changed since the last step is what a
-//! watch would have delivered, coalesced), not from watches; so a cut
-//! watch cannot be injected here (the conformance suite pins the host's
-//! watches).
+//! How it differs from the host:
+//! - triggers come from listing the plugin's types after each step (what
+//!   changed since the last step is what a watch would have delivered,
+//!   coalesced), not from watches; so a cut watch cannot be injected here
+//!   (the conformance suite pins the host's watches);
+//! - reconciles run one at a time, the earliest due first (ties by
+//!   namespace and name); the grant's `concurrency` does not apply;
+//! - the clock is virtual for the queue only: the plugin's own clock
+//!   (`wasi:clocks`) is the real one, so a plugin comparing timestamps
+//!   sees seconds pass where the queue jumped an hour;
+//! - an explicit [`Harness::reconcile`] of an object nothing changed runs
+//!   with the reason the host would compute (`owned_object_changed`, as
+//!   for any trigger without a change of its own).
 
 pub mod calls;
 pub mod http;
@@ -156,6 +164,19 @@ fn api_error(what: impl std::fmt::Display) -> impl FnOnce(kube::Error) -> Error 
     move |e| Error::Api(format!("{what}: {e}"))
 }
 
+/// The plugin's requests (the host's too, as its finalizer patch) of
+/// `verb` on `resource`; never the test's own (listing, applying, `get`).
+fn fault_match(verb: Verb, resource: &str) -> Match {
+    let matcher = Match::any()
+        .verb(verb.api())
+        .resource(resource)
+        .not_user_agent(USER_AGENT);
+    match verb {
+        Verb::Apply => matcher.content_type("application/apply-patch"),
+        _ => matcher,
+    }
+}
+
 /// A namespaced Kubernetes type with static type information (a
 /// k8s-openapi type, or one from kube's `CustomResource` derive).
 pub trait Namespaced:
@@ -185,9 +206,9 @@ pub enum Verb {
     Create,
     /// Update (replace).
     Update,
-    /// Patch, server-side apply included.
+    /// Patch of any type: merge, JSON (the host's finalizer patch), apply.
     Patch,
-    /// Server-side apply (a patch to the API server).
+    /// Server-side apply only (a patch of type `application/apply-patch`).
     Apply,
     /// Delete.
     Delete,
@@ -243,6 +264,7 @@ pub struct Builder {
     http: Vec<String>,
     manifests: Vec<Value>,
     settings: ControllerSettings,
+    problems: Vec<String>,
 }
 
 impl Builder {
@@ -262,8 +284,12 @@ impl Builder {
 
     /// Install the CRD of `K` (from kube's `CustomResource` derive).
     pub fn crd<K: kube::CustomResourceExt>(mut self) -> Self {
-        if let Ok(crd) = serde_json::to_value(K::crd()) {
-            self.manifests.push(crd);
+        match serde_json::to_value(K::crd()) {
+            Ok(crd) => self.manifests.push(crd),
+            Err(e) => self.problems.push(format!(
+                "cannot serialize the CRD of {}: {e}",
+                K::crd_name()
+            )),
         }
         self
     }
@@ -361,10 +387,14 @@ impl Harness {
             http: Vec::new(),
             manifests: Vec::new(),
             settings: ControllerSettings::default(),
+            problems: Vec::new(),
         }
     }
 
     async fn start(b: Builder) -> Result<Harness> {
+        if let Some(problem) = b.problems.first() {
+            return Err(Error::Start(problem.clone()));
+        }
         reconcile_host::telemetry::install_crypto_provider();
         let wasm = match &b.source {
             PluginSource::Wasm(path) => path.clone(),
@@ -417,7 +447,7 @@ impl Harness {
             .map_err(|e| Error::Start(e.to_string()))?;
         let test_client = client(&server, Some(USER_AGENT))?;
         for manifest in crds_first(b.manifests) {
-            reconcile_conformance::apply(&test_client, &manifest)
+            reconcile_conformance::apply_as(&test_client, &manifest, USER_AGENT)
                 .await
                 .map_err(Error::Start)?;
         }
@@ -425,11 +455,32 @@ impl Harness {
         let mut feeds = Vec::new();
         let types = std::iter::once((metadata.primary.clone(), true))
             .chain(metadata.owns.iter().map(|t| (t.clone(), false)));
+        // Watched where the host would watch: where the grant allows list
+        // and watch; owned types only in the primary's namespaces.
+        let mut primary_namespaces = None;
         for (resource_type, primary) in types {
-            let namespaces = plugin
-                .grant()
-                .and_then(|g| g.watch_namespaces(&resource_type))
-                .unwrap_or(Namespaces::All);
+            let granted = match plugin.grant() {
+                Some(g) => g.watch_namespaces(&resource_type),
+                None => Some(Namespaces::All),
+            };
+            let namespaces = match (granted, &primary_namespaces) {
+                (None, _) if primary => {
+                    return Err(Error::Load(format!(
+                        "the grant does not allow list and watch on {} in any namespace: the host would not run the plugin",
+                        resource_type.gvk()
+                    )));
+                }
+                // The host does not watch it: its changes wake nobody.
+                (None, _) => continue,
+                (Some(n), Some(p)) if resource_type.namespaced => match n.intersect(p) {
+                    Some(both) => both,
+                    None => continue,
+                },
+                (Some(n), _) => n,
+            };
+            if primary {
+                primary_namespaces = Some(namespaces.clone());
+            }
             let resource = api_resource(&resource_type);
             let writer = reflector::store::Writer::new(resource.clone());
             feeds.push(Feed {
@@ -464,6 +515,16 @@ impl Harness {
             telemetry.tracer(),
             caches,
         ));
+        // As the host: a type served under another plural or scope stops
+        // the plugin (one not served yet may come with a CRD applied later).
+        let types = std::iter::once(&metadata.primary).chain(metadata.owns.iter());
+        for resource_type in types {
+            if let Err(e) = backend.check_type(resource_type).await
+                && e.kind == reconcile_host::caps::k8s::K8sErrorKind::Invalid
+            {
+                return Err(Error::Load(e.message));
+            }
+        }
         let store = feeds[0].writer.as_reader();
         let driver = Driver::new(&plugin, backend, store, b.settings);
         let mut harness = Harness {
@@ -534,7 +595,7 @@ impl Harness {
     }
 
     async fn apply_value(&mut self, value: &Value) -> Result<()> {
-        reconcile_conformance::apply(&self.client, value)
+        reconcile_conformance::apply_as(&self.client, value, USER_AGENT)
             .await
             .map_err(Error::Api)?;
         self.sync().await
@@ -657,11 +718,9 @@ impl Harness {
 
     /// The next `times` such requests fail with `status`.
     pub fn fail_times(&self, verb: Verb, resource: &str, status: u16, times: u32) {
-        self.server.faults().fail(
-            Match::any().verb(verb.api()).resource(resource),
-            times,
-            status,
-        );
+        self.server
+            .faults()
+            .fail(fault_match(verb, resource), times, status);
     }
 
     /// Such requests wait `delay` before they are answered (past the
@@ -669,7 +728,7 @@ impl Harness {
     pub fn delay(&self, verb: Verb, resource: &str, delay: Duration) {
         self.server
             .faults()
-            .delay(Match::any().verb(verb.api()).resource(resource), delay);
+            .delay(fault_match(verb, resource), delay);
     }
 
     /// No more faults.
@@ -680,7 +739,18 @@ impl Harness {
     /// Exactly one reconcile of `object` (a primary object; in `default`
     /// when it names no namespace), whatever is queued; what it changes is
     /// queued in turn.
-    pub async fn reconcile<K: Resource>(&mut self, object: &K) -> Result<Outcome> {
+    pub async fn reconcile<K: Resource<DynamicType = ()>>(
+        &mut self,
+        object: &K,
+    ) -> Result<Outcome> {
+        let (_, kind) = primary_type(&self.plugin);
+        if K::kind(&()) != kind {
+            return Err(Error::NotFound {
+                kind,
+                key: format!("(a {} was given)", K::kind(&())),
+                also: ": the plugin reconciles only its primary type".to_owned(),
+            });
+        }
         // As `apply` does: a namespaced object without one is in `default`.
         let namespace = match &object.meta().namespace {
             Some(ns) => ns.clone(),
@@ -702,19 +772,20 @@ impl Harness {
     /// Runs what is due now (and what that causes), without moving the
     /// clock; the outcomes in order.
     pub async fn settle(&mut self) -> Result<Vec<Outcome>> {
-        self.run_until(self.now).await
+        self.run_until(self.now, true).await
     }
 
     /// Runs everything queued, following requeues and retries on the
     /// virtual clock, until nothing is queued; the outcomes in order.
     pub async fn run_until_idle(&mut self) -> Result<Vec<Outcome>> {
-        self.run_until(Duration::MAX).await
+        self.run_until(Duration::MAX, true).await
     }
 
     /// Moves the clock by `by`, running what falls due on the way.
     pub async fn advance(&mut self, by: Duration) -> Result<Vec<Outcome>> {
         let until = self.now.saturating_add(by);
-        let outcomes = self.run_until(until).await?;
+        // The clock ends the run: no cap on the count.
+        let outcomes = self.run_until(until, false).await?;
         self.now = until;
         Ok(outcomes)
     }
@@ -727,7 +798,7 @@ impl Harness {
             .collect()
     }
 
-    async fn run_until(&mut self, until: Duration) -> Result<Vec<Outcome>> {
+    async fn run_until(&mut self, until: Duration, capped: bool) -> Result<Vec<Outcome>> {
         let mut outcomes = Vec::new();
         loop {
             self.sync().await?;
@@ -742,7 +813,7 @@ impl Harness {
             if due > until {
                 return Ok(outcomes);
             }
-            if outcomes.len() >= MAX_RECONCILES {
+            if capped && outcomes.len() >= MAX_RECONCILES {
                 return Err(Error::StillBusy {
                     now: self.now,
                     queued: format!("{:?}", self.queued()),
@@ -821,7 +892,7 @@ impl Harness {
             }
             feed.writer.apply_watcher_event(&watcher::Event::InitDone);
 
-            let owner_kind = self_primary_kind(&self.plugin);
+            let (owner_api_version, owner_kind) = primary_type(&self.plugin);
             let mut present = HashSet::new();
             for o in &objects {
                 let key = (i, o.namespace().unwrap_or_default(), o.name_any());
@@ -831,7 +902,7 @@ impl Harness {
                     owners: o
                         .owner_references()
                         .iter()
-                        .filter(|r| r.kind == owner_kind)
+                        .filter(|r| r.kind == owner_kind && r.api_version == owner_api_version)
                         .map(|r| r.name.clone())
                         .collect(),
                 };
@@ -951,8 +1022,8 @@ impl Harness {
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Map<String, Value>>(l).ok())
             .map(|fields| LogLine {
-                level: fields["level"].as_str().unwrap_or_default().to_owned(),
-                message: fields["message"].as_str().unwrap_or_default().to_owned(),
+                level: text(&fields, "level"),
+                message: text(&fields, "message"),
                 trace_id: fields
                     .get("trace_id")
                     .and_then(Value::as_str)
@@ -1000,8 +1071,15 @@ impl Harness {
     }
 }
 
-fn self_primary_kind(plugin: &Plugin) -> String {
-    plugin.metadata().primary.kind.clone()
+/// The primary type's apiVersion and kind, as owner references name it.
+fn primary_type(plugin: &Plugin) -> (String, String) {
+    let primary = &plugin.metadata().primary;
+    let api_version = if primary.group.is_empty() {
+        primary.version.clone()
+    } else {
+        format!("{}/{}", primary.group, primary.version)
+    };
+    (api_version, primary.kind.clone())
 }
 
 fn key_text(namespace: &str, name: &str) -> String {
@@ -1010,6 +1088,14 @@ fn key_text(namespace: &str, name: &str) -> String {
     } else {
         format!("{namespace}/{name}")
     }
+}
+
+fn text(fields: &serde_json::Map<String, Value>, key: &str) -> String {
+    fields
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// A readiness that is ready: the harness fills its caches itself.
@@ -1062,34 +1148,54 @@ fn build_crate(dir: &Path) -> Result<PathBuf> {
     })
 }
 
-/// The package name in `dir/Cargo.toml`.
+/// The package name of the crate in `dir`, by `cargo metadata`.
 fn crate_name(dir: &Path) -> Result<String> {
-    let manifest = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest)
-        .map_err(|e| Error::Build(format!("cannot read {}: {e}", manifest.display())))?;
-    let mut in_package = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('[') {
-            in_package = line == "[package]";
-        } else if in_package
-            && let Some(value) = line.strip_prefix("name")
-            && let Some(value) = value.trim_start().strip_prefix('=')
-        {
-            return Ok(value.trim().trim_matches('"').to_owned());
-        }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = std::process::Command::new(cargo)
+        .current_dir(dir)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .output()
+        .map_err(|e| Error::Build(format!("cannot run cargo metadata: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Build(format!(
+            "cargo metadata in {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
     }
-    Err(Error::Build(format!(
-        "no package name in {}",
-        manifest.display()
-    )))
+    let metadata: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::Build(format!("cargo metadata said something else: {e}")))?;
+    let manifest = dir.join("Cargo.toml");
+    let manifest = manifest.canonicalize().unwrap_or(manifest);
+    metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| {
+            p["manifest_path"].as_str().map(|m| {
+                Path::new(m)
+                    .canonicalize()
+                    .unwrap_or_else(|_| PathBuf::from(m))
+            }) == Some(manifest.clone())
+        })
+        .and_then(|p| p["name"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Build(format!("no package in {}", manifest.display())))
 }
 
 /// The target directory of the workspace `dir` is in: `CARGO_TARGET_DIR`,
 /// else `target/` next to the outermost `Cargo.toml` with `[workspace]`.
 fn workspace_target(dir: &Path) -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir);
+        // Relative to where the test runs, as cargo reads it.
+        let dir = PathBuf::from(dir);
+        return std::path::absolute(&dir).unwrap_or(dir);
     }
     let root = dir
         .ancestors()

@@ -192,3 +192,25 @@ verbs = ["get", "create", "patch", "delete"]
 [limits]
 deadline_ms = 1000
 "#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_reach_the_plugin_not_the_test() {
+    let mut h = started().await;
+    // The harness lists the plugin's types and the test reads objects:
+    // none of that takes the faults meant for the plugin.
+    h.fail_times(Verb::List, "demoapps", 500, 5);
+    h.fail_times(Verb::Get, "deployments", 500, 5);
+    h.apply_yaml(&example()).await.unwrap();
+    let outcomes = h.settle().await.unwrap();
+    assert!(outcomes.iter().all(|o| *o == Outcome::Done), "{outcomes:?}");
+    h.must_get::<k8s_openapi::api::apps::v1::Deployment>("default", "hello")
+        .await;
+    // A server-side apply fault on DemoApps is not taken by the status
+    // merge patch: demoapp never applies a DemoApp, so its reconcile is
+    // done.
+    h.fail_next(Verb::Apply, "demoapps", 409);
+    h.apply_yaml(&example().replace("replicas: 2", "replicas: 3"))
+        .await
+        .unwrap();
+    assert_eq!(h.settle().await.unwrap()[0], Outcome::Done);
+}

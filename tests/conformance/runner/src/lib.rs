@@ -271,12 +271,17 @@ fn key_of(object: &Value) -> Result<ObjectKey, String> {
 
 /// Server-side applies `object` (a full manifest) as the runner, with force.
 pub async fn apply(client: &kube::Client, object: &Value) -> Result<(), String> {
+    apply_as(client, object, "conformance").await
+}
+
+/// Server-side applies `object` with field manager `manager`, with force.
+pub async fn apply_as(client: &kube::Client, object: &Value, manager: &str) -> Result<(), String> {
     let key = key_of(object)?;
     api_of(client, &key)
         .await?
         .patch(
             &key.name,
-            &PatchParams::apply("conformance").force(),
+            &PatchParams::apply(manager).force(),
             &Patch::Apply(object),
         )
         .await
@@ -290,6 +295,7 @@ fn matcher(m: &RequestMatch) -> Match {
         resource: m.resource.clone(),
         subresource: m.subresource.clone(),
         name: m.name.clone(),
+        ..Match::default()
     }
 }
 
