@@ -994,6 +994,16 @@ impl Harness {
         }
     }
 
+    /// The requests of each reconcile so far, one list per reconcile in
+    /// the order they ran (as [`all_spans`](Self::all_spans)).
+    pub fn calls_per_reconcile(&self) -> Vec<Vec<Call>> {
+        let all = self.all_calls();
+        self.traces
+            .iter()
+            .map(|t| all.iter().filter(|c| &c.trace_id == t).cloned().collect())
+            .collect()
+    }
+
     /// The requests every reconcile so far sent, in order.
     pub fn all_calls(&self) -> Vec<Call> {
         self.calls_in(|t| self.traces.iter().any(|x| x == t))

@@ -22,6 +22,15 @@ fn app(image: &str, replicas: i32) -> DemoApp {
     app
 }
 
+/// Requests as `verb group/resource` (a status write is
+/// `patch demo.reconcile.dev/demoapps` too).
+fn shape(calls: &[reconcile_test::Call]) -> Vec<String> {
+    calls
+        .iter()
+        .map(|c| format!("{} {}", c.verb, c.group_resource()))
+        .collect()
+}
+
 /// The last reconcile's requests, without object names (an Event's name
 /// is generated).
 fn calls(h: &Harness) -> Vec<String> {
@@ -156,6 +165,24 @@ async fn a_demoapp_from_creation_to_deletion() {
         reasons.contains(&"owned_object_changed".to_owned()),
         "{reasons:?}"
     );
+    // That reconcile read the Deployment from the cache (no request) and
+    // wrote the new status.
+    let per = h.calls_per_reconcile();
+    let traces = h.all_spans();
+    let owned = (0..traces.len())
+        .rev()
+        .find(|&i| traces[i].root().attr("reconcile.reason") == "owned_object_changed")
+        .unwrap();
+    let woke = shape(&per[owned]);
+    assert!(
+        woke.contains(&"patch demo.reconcile.dev/demoapps".to_owned()),
+        "{woke:?}"
+    );
+    assert!(!woke.iter().any(|c| c.starts_with("get apps/")), "{woke:?}");
+    traces[owned]
+        .root()
+        .child("k8s.patch_status")
+        .assert_attr("http.response.status_code", 200);
     let status = h
         .must_get::<DemoApp>("default", "hello")
         .await
@@ -186,6 +213,22 @@ async fn a_demoapp_from_creation_to_deletion() {
     let apply = failed.root().child("k8s.apply");
     apply.assert_attr("http.response.status_code", 409);
     assert!(apply.is_error());
+    // The failed reconcile stopped at the refused apply; the retry applied
+    // the Deployment and the Service and wrote the status.
+    let per = h.calls_per_reconcile();
+    assert_eq!(
+        shape(&per[per.len() - outcomes.len()]),
+        ["apply apps/deployments"]
+    );
+    let retried = shape(&per[per.len() - outcomes.len() + 1]);
+    assert_eq!(
+        retried[..2],
+        ["apply apps/deployments", "apply core/services"]
+    );
+    assert!(
+        retried.contains(&"patch demo.reconcile.dev/demoapps".to_owned()),
+        "{retried:?}"
+    );
     let retry = &traces[traces.len() - outcomes.len() + 1];
     retry
         .root()

@@ -81,12 +81,26 @@ async fn checks_every_interval_and_reports_a_failing_endpoint() {
     let found = h.must_get::<UptimeCheck>("default", "web").await;
     assert_eq!(found.status.as_ref().unwrap().last_status_code, Some(503));
     assert_eq!(condition(&found).0, "False");
-    let failed = h
-        .all_spans()
-        .into_iter()
+    let traces = h.all_spans();
+    let checked = (0..traces.len())
         .rev()
-        .find(|t| !t.named("http.client").is_empty())
+        .find(|&i| !traces[i].named("http.client").is_empty())
         .unwrap();
+    // The requeued check wrote its status and, availability having
+    // changed, an Event (read first, then created).
+    let verbs: Vec<String> = h.calls_per_reconcile()[checked]
+        .iter()
+        .map(|c| format!("{} {}", c.verb, c.group_resource()))
+        .collect();
+    assert_eq!(
+        verbs,
+        [
+            "patch demo.reconcile.dev/uptimechecks",
+            "get events.k8s.io/events",
+            "create events.k8s.io/events"
+        ]
+    );
+    let failed = &traces[checked];
     failed
         .root()
         .assert_attr("reconcile.reason", "requeue")
