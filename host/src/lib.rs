@@ -20,6 +20,8 @@
 //! - [`files`]: bounded reads of regular files only (plugins, grants, manifests).
 //! - [`metadata`]: what a plugin says about itself, and its checks.
 //! - [`grants`]: what the operator allows a plugin, from grant files.
+//! - [`metrics`]: Prometheus metrics with controller-runtime's names, the
+//!   `/metrics` endpoint, the API client's request counts.
 //! - [`operator`]: one kube-runtime controller per plugin, the traced k8s
 //!   backend, watches limited to the granted namespaces, manifests for `dev`.
 //! - [`reload`]: the plugin directory watched; each change validated as at
@@ -28,7 +30,7 @@
 //!   run against one plugin.
 //! - [`reconcile`]: request, outcome and root-span vocabulary.
 //! - [`telemetry`]: tracer provider, structured logs, the tree view of
-//!   `dev` and `call`.
+//!   `dev` and `call`, the retention of failed and slow traces.
 
 pub mod caps;
 pub mod engine;
@@ -36,6 +38,7 @@ pub mod example_http;
 pub mod files;
 pub mod grants;
 pub mod metadata;
+pub mod metrics;
 pub mod operator;
 pub mod plugin_test;
 pub mod reconcile;

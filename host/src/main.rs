@@ -9,6 +9,8 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceFlags, TraceState};
 use reconcile_host::engine::{Engine, EngineConfig, Limits, Plugin};
+use reconcile_host::metrics::server::MetricsServer;
+use reconcile_host::metrics::{Metrics, MetricsConfig};
 use reconcile_host::reconcile::{ObjectRef, Outcome, Reason, ReconcileRequest};
 use reconcile_host::telemetry::logs::{Level, LogFormat, Logger};
 use reconcile_host::telemetry::{Telemetry, TelemetryConfig, TracesExporter};
@@ -173,6 +175,15 @@ struct OperatorArgs {
     /// in seconds.
     #[arg(long, default_value_t = 10.0)]
     rescan_s: f64,
+    /// Where to serve Prometheus metrics (/metrics): `:8080` is every
+    /// interface, `127.0.0.1:8080` one, `0` turns them off [default: `:8080`;
+    /// for `dev`, 127.0.0.1:8080, or a free port if it is taken].
+    #[arg(long, env = "RECONCILE_HOST_METRICS_BIND_ADDRESS")]
+    metrics_bind_address: Option<String>,
+    /// Also serve rest_client_request_duration_seconds{verb,host}, which
+    /// controller-runtime no longer registers by default.
+    #[arg(long)]
+    rest_client_latency_metrics: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -429,6 +440,7 @@ enum Target {
 async fn cluster_client(
     kubeconfig: Option<&Path>,
     context: Option<String>,
+    metrics: &Metrics,
 ) -> anyhow::Result<kube::Client> {
     use kube::config::{Config, KubeConfigOptions, Kubeconfig};
     let options = KubeConfigOptions {
@@ -450,16 +462,66 @@ async fn cluster_client(
             "cannot reach a cluster: pass --kubeconfig, set KUBECONFIG, or run inside a pod",
         )?,
     };
-    host_client(config)
+    host_client(config, metrics)
 }
 
 /// The host's client. kube's own retry layer is off: the k8s backend
 /// retries plugin calls itself (only what is safe to resend, within the
 /// reconcile's deadline, each retry an event on the call's span), and the
-/// watches have kube-runtime's backoff.
-fn host_client(mut config: kube::Config) -> anyhow::Result<kube::Client> {
+/// watches have kube-runtime's backoff. Every request is counted in
+/// `rest_client_requests_total`.
+fn host_client(mut config: kube::Config, metrics: &Metrics) -> anyhow::Result<kube::Client> {
     config.default_retry = false;
-    kube::Client::try_from(config).context("cannot create a Kubernetes client")
+    let host = config
+        .cluster_url
+        .authority()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let builder = kube::client::ClientBuilder::try_from(config)
+        .context("cannot create a Kubernetes client")?;
+    Ok(match metrics.rest() {
+        Some(rest) => builder.with_layer(&rest.layer(&host)).build(),
+        None => builder.build(),
+    })
+}
+
+/// Starts the metrics endpoint `args` asks for: none, or the one serving
+/// `metrics`. `dev` serves on loopback, on a free port if 8080 is taken.
+async fn metrics_server(
+    args: &OperatorArgs,
+    dev: bool,
+    telemetry: &Telemetry,
+) -> anyhow::Result<(Metrics, Option<MetricsServer>)> {
+    let default = if dev { "127.0.0.1:8080" } else { ":8080" };
+    let value = args.metrics_bind_address.as_deref().unwrap_or(default);
+    let addr = reconcile_host::metrics::server::parse_bind_address(value)
+        .map_err(|e| anyhow::anyhow!("--metrics-bind-address: {e}"))?;
+    let Some(addr) = addr else {
+        return Ok((Metrics::disabled(), None));
+    };
+    let metrics = Metrics::new(
+        &MetricsConfig {
+            rest_latency: args.rest_client_latency_metrics,
+        },
+        Some(telemetry.clone()),
+    );
+    let server = match MetricsServer::start(addr, metrics.clone()).await {
+        Ok(server) => server,
+        Err(e) if dev && args.metrics_bind_address.is_none() => {
+            let mut free = addr;
+            free.set_port(0);
+            let server = MetricsServer::start(free, metrics.clone())
+                .await
+                .with_context(|| format!("cannot serve metrics on {free}"))?;
+            tracing::warn!("cannot serve metrics on {addr} ({e}): serving them on {} instead", server.addr());
+            server
+        }
+        Err(e) => bail!(
+            "cannot serve metrics on {addr}: {e}; pass --metrics-bind-address with a free address, or 0 to turn metrics off"
+        ),
+    };
+    tracing::info!(url = %server.url(), "serving metrics at {}", server.url());
+    Ok((metrics, Some(server)))
 }
 
 async fn operate(
@@ -477,6 +539,8 @@ async fn operate(
         tracing::warn!("{warning}");
     }
     let result = async {
+        let (metrics, metrics_server) =
+            metrics_server(&args, matches!(target, Target::Dev { .. }), &telemetry).await?;
         let mut example_server = None;
         let (server, client, policy) = match target {
             Target::Dev { apply, listen, kubeconfig, example_http } => {
@@ -497,7 +561,7 @@ async fn operate(
                     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
                 }
                 std::fs::write(&kubeconfig, server.kubeconfig()).with_context(|| format!("cannot write {}", kubeconfig.display()))?;
-                let client = host_client(server.client_config()?)?;
+                let client = host_client(server.client_config()?, &metrics)?;
                 let manifests = operator::manifests::read(&apply)?;
                 for applied in operator::manifests::apply(&client, &manifests).await? {
                     tracing::info!(object = %applied, "applied");
@@ -506,11 +570,11 @@ async fn operate(
                 (Some(server), client, GrantPolicy::AsRequested { http })
             }
             Target::Cluster { grants, kubeconfig, context } => {
-                let client = cluster_client(kubeconfig.as_deref(), context).await?;
+                let client = cluster_client(kubeconfig.as_deref(), context, &metrics).await?;
                 (None, client, GrantPolicy::Files(grants))
             }
         };
-        let engine = Engine::new(EngineConfig { cache_dir, ..EngineConfig::default() }, telemetry.tracer(), logger)?;
+        let engine = Engine::new(EngineConfig { cache_dir, metrics, ..EngineConfig::default() }, telemetry.tracer(), logger)?;
         if !(0.001..=1_000_000.0).contains(&args.reload_rate) {
             bail!("--reload-rate takes a number of objects per second, from 0.001 to 1000000");
         }
@@ -584,6 +648,7 @@ async fn operate(
             server.shutdown().await;
         }
         drop(example_server);
+        drop(metrics_server);
         for (object, failure) in &failures {
             tracing::error!(object = %object, "latest reconcile failed: {failure}");
         }

@@ -4,7 +4,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use opentelemetry::trace::{SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer as _};
+use opentelemetry::trace::{
+    Link, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::SdkTracer;
 
@@ -114,7 +116,25 @@ pub struct ReconcileRequest {
     pub generation: Option<i64>,
     /// A parent context for the root span (a propagated trace), if any.
     pub parent: Option<opentelemetry::Context>,
+    /// The previous reconcile of the same object, which the root span
+    /// links to.
+    pub previous: Option<Previous>,
 }
+
+/// The root span of an object's previous reconcile, and how it ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Previous {
+    /// Its root span.
+    pub span: SpanContext,
+    /// Its `reconcile.result`.
+    pub result: &'static str,
+    /// Its `error.type`, when it failed.
+    pub error_type: Option<&'static str>,
+}
+
+/// The attribute value of a link to the previous reconcile of an object
+/// (`link.reason`).
+pub const PREVIOUS_RECONCILE: &str = "previous_reconcile";
 
 impl ReconcileRequest {
     /// A first attempt on `object`, triggered by a change.
@@ -130,6 +150,7 @@ impl ReconcileRequest {
             attempt: 1,
             generation,
             parent: None,
+            previous: None,
         }
     }
 
@@ -238,6 +259,8 @@ pub struct Reconciled {
     pub span_id: SpanId,
     /// Whether the root span was sampled.
     pub sampled: bool,
+    /// The root span's context (for links from the next reconcile).
+    pub span: SpanContext,
     /// Wall-clock time of the whole call.
     pub duration: Duration,
 }
@@ -298,11 +321,23 @@ impl RootSpan {
             i64::from(request.attempt),
         ));
         let parent = request.parent.clone().unwrap_or_default();
-        let span = tracer
+        let mut builder = tracer
             .span_builder("reconcile")
             .with_kind(SpanKind::Internal)
-            .with_attributes(attributes)
-            .start_with_context(tracer, &parent);
+            .with_attributes(attributes);
+        // The object's history: why this one runs after that one.
+        if let Some(previous) = &request.previous {
+            let mut attributes = vec![
+                KeyValue::new("link.reason", PREVIOUS_RECONCILE),
+                KeyValue::new("reconcile.reason", request.reason.as_str()),
+                KeyValue::new("reconcile.previous.result", previous.result),
+            ];
+            if let Some(error_type) = previous.error_type {
+                attributes.push(KeyValue::new("reconcile.previous.error.type", error_type));
+            }
+            builder = builder.with_links(vec![Link::new(previous.span.clone(), attributes, 0)]);
+        }
+        let span = builder.start_with_context(tracer, &parent);
         RootSpan {
             cx: parent.with_span(span),
         }
@@ -315,7 +350,7 @@ impl RootSpan {
 
     /// Records the outcome (result, cache reads, and on failure status
     /// Error, an `exception` event and `error.type`) and ends the span.
-    pub fn finish(self, outcome: &Outcome, stats: &CallStats) -> (TraceId, SpanId, bool) {
+    pub fn finish(self, outcome: &Outcome, stats: &CallStats) -> SpanContext {
         let telemetry_dropped = stats.telemetry_dropped;
         let span = self.cx.span();
         span.set_attribute(KeyValue::new("reconcile.result", outcome.result()));
@@ -346,6 +381,6 @@ impl RootSpan {
         }
         let sc = span.span_context().clone();
         span.end();
-        (sc.trace_id(), sc.span_id(), sc.is_sampled())
+        sc
     }
 }

@@ -441,6 +441,13 @@ impl Reloader {
             report.removed.push(prev);
         }
         let change = self.operator.upsert(plugin.clone()).await;
+        let metrics = self.engine.metrics();
+        metrics.plugin_load(true);
+        match change {
+            Change::Swapped => metrics.plugin_reload("swapped"),
+            Change::Replaced => metrics.plugin_reload("replaced"),
+            Change::Started | Change::Unchanged => {}
+        }
         let result = match change {
             Change::Started => "loaded",
             Change::Swapped | Change::Replaced => "replaced",
@@ -525,6 +532,11 @@ impl Reloader {
             .as_ref()
             .filter(|n| self.loaded.values().any(|s| s.name.as_ref() == Some(n)))
             .cloned();
+        let metrics = self.engine.metrics();
+        metrics.plugin_load(false);
+        if serving.is_some() {
+            metrics.plugin_reload("failure");
+        }
         let cx = opentelemetry::Context::current_with_span(span);
         {
             let _in_span = cx.clone().attach();

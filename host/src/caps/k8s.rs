@@ -417,6 +417,12 @@ impl HostState {
         if let Some(grant) = &self.grant
             && !grant.allows(&call.resource, call.rbac_verb(), call.namespace.as_deref())
         {
+            self.metrics.host_call(
+                &self.log.plugin,
+                "k8s",
+                call.op.verb(),
+                crate::metrics::CallOutcome::AccessDenied,
+            );
             let verb = call.rbac_verb();
             let namespace = call.namespace.clone().unwrap_or_default();
             self.trace.access_denied(
@@ -447,7 +453,16 @@ impl HostState {
             deadline: self.deadline,
         };
         let backend = self.k8s.clone();
-        match backend.call(call, &cx).await {
+        let verb = call.op.verb();
+        let result = backend.call(call, &cx).await;
+        let outcome = match &result {
+            Ok(_) => crate::metrics::CallOutcome::Ok,
+            Err(e) if e.kind == K8sErrorKind::Forbidden => crate::metrics::CallOutcome::AccessDenied,
+            Err(_) => crate::metrics::CallOutcome::Error,
+        };
+        self.metrics
+            .host_call(&self.log.plugin, "k8s", verb, outcome);
+        match result {
             Ok(response) => {
                 if response.from_cache {
                     self.cache_reads += 1;

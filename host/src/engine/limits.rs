@@ -55,6 +55,8 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 pub(crate) struct CallLimiter {
     memory: usize,
     pub(crate) memory_exceeded: bool,
+    /// The largest linear memory the call was given.
+    pub(crate) peak: usize,
 }
 
 impl CallLimiter {
@@ -62,6 +64,7 @@ impl CallLimiter {
         CallLimiter {
             memory,
             memory_exceeded: false,
+            peak: 0,
         }
     }
 }
@@ -82,6 +85,7 @@ impl ResourceLimiter for CallLimiter {
                 limit: self.memory,
             }));
         }
+        self.peak = self.peak.max(desired);
         Ok(true)
     }
 

@@ -94,6 +94,8 @@ pub struct EngineConfig {
     /// then rewrites only the pages the call dirtied, and the next call takes
     /// no page faults on them. Elsewhere memory is released with `madvise`.
     pub keep_resident: usize,
+    /// Where the engine and its plugins count what they do.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Default for EngineConfig {
@@ -106,6 +108,7 @@ impl Default for EngineConfig {
             epoch_tick: Duration::from_millis(10),
             // A Rust guest's stack is its first MiB; its data and heap follow.
             keep_resident: 2 * 1024 * 1024,
+            metrics: crate::metrics::Metrics::disabled(),
         }
     }
 }
@@ -369,6 +372,11 @@ impl Engine {
         &self.inner.logger
     }
 
+    /// Where the engine counts what it does.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.config.metrics
+    }
+
     /// Load a plugin from a file.
     pub async fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
         let source_name = path.display().to_string();
@@ -476,7 +484,10 @@ impl Engine {
         })
         .await;
         match compiled {
-            Ok(Ok(compiled)) => Ok(compiled),
+            Ok(Ok(compiled)) => {
+                self.inner.config.metrics.compiled(compiled.1.cached);
+                Ok(compiled)
+            }
             Ok(Err(message)) => Err(LoadError::Compile {
                 source_name,
                 message,
@@ -566,6 +577,7 @@ impl Engine {
             backend,
             grant,
             http,
+            metrics: self.inner.config.metrics.clone(),
         };
         let mut store = Store::new(&self.inner.wasmtime, HostState::new(setup, trace, log));
         store.limiter(|s| &mut s.limiter);
@@ -790,6 +802,11 @@ impl Plugin {
         }
     }
 
+    /// Where this plugin's reconciles are counted.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        self.inner.engine.metrics()
+    }
+
     /// The grant, if one is enforced.
     pub fn grant(&self) -> Option<&Arc<Grant>> {
         self.inner.grant.as_ref()
@@ -845,12 +862,13 @@ impl Plugin {
                 }
             }
         }
-        let (trace_id, span_id, sampled) = root.finish(&outcome, &stats);
+        let span = root.finish(&outcome, &stats);
         Reconciled {
             outcome,
-            trace_id,
-            span_id,
-            sampled,
+            trace_id: span.trace_id(),
+            span_id: span.span_id(),
+            sampled: span.is_sampled(),
+            span,
             duration: started.elapsed(),
         }
     }
@@ -874,6 +892,7 @@ impl Plugin {
             log,
         );
         let wit_request = request.to_wit();
+        let started = Instant::now();
         let result = tokio::time::timeout(limits.deadline, async {
             match &self.inner.pre {
                 Pre::V0_1(pre) => {
@@ -896,6 +915,9 @@ impl Plugin {
         })
         .await;
         store.data_mut().trace.finish();
+        engine
+            .metrics()
+            .plugin_call(&self.inner.name, store.data().limiter.peak, started.elapsed());
         let stats = CallStats {
             telemetry_dropped: store.data().trace.dropped(),
             cache_reads: store.data().cache_reads,

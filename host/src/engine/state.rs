@@ -27,6 +27,7 @@ pub struct HostState {
     pub(crate) grant: Option<Arc<Grant>>,
     pub(crate) deadline: Instant,
     pub(crate) cache_reads: u32,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl HostState {
@@ -37,9 +38,20 @@ impl HostState {
             backend: k8s,
             grant,
             http,
+            metrics,
         } = call;
+        let meter = crate::caps::http::Meter {
+            metrics: metrics.clone(),
+            plugin: log.plugin.clone(),
+        };
         let http = http.zip(trace.tracer().cloned()).map(|(policy, tracer)| {
-            crate::caps::http::CallHttp::new(policy, tracer, trace.current_span().clone(), deadline)
+            crate::caps::http::CallHttp::new(
+                policy,
+                tracer,
+                trace.current_span().clone(),
+                deadline,
+                meter,
+            )
         });
         let written = Arc::new(Mutex::new(0));
         let current = trace.current_span().clone();
@@ -75,6 +87,7 @@ impl HostState {
             grant,
             deadline,
             cache_reads: 0,
+            metrics,
         }
     }
 }
@@ -91,6 +104,8 @@ pub(crate) struct CallSetup {
     pub(crate) grant: Option<Arc<Grant>>,
     /// What `wasi:http` requests may reach; none refuses them all.
     pub(crate) http: Option<Arc<crate::caps::http::HttpPolicy>>,
+    /// Counts the plugin's calls.
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl HostState {

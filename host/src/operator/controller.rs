@@ -27,7 +27,7 @@ use super::watch::{Namespaces, watch_in};
 use crate::caps::k8s::{CallContext, K8sBackend, K8sCall, K8sErrorKind, K8sOp, ResourceType};
 use crate::engine::Plugin;
 use crate::reconcile::{
-    Failure, FailureKind, ObjectRef, Outcome, Reason, ReconcileRequest, Reconciled,
+    Failure, FailureKind, ObjectRef, Outcome, Previous, Reason, ReconcileRequest, Reconciled,
 };
 
 /// Settings of the controllers.
@@ -270,6 +270,8 @@ struct ObjectState {
     /// The plugin version of the reconcile that started last (it may be
     /// running).
     started_generation: u64,
+    /// The root span of its latest reconcile, linked from the next one.
+    previous: Option<Previous>,
 }
 
 /// What a controller knows of its objects, handed to the controller that
@@ -348,6 +350,11 @@ impl Context {
     fn sweep(&self) {
         let present: HashSet<(String, String)> =
             self.store.state().iter().map(|o| key_of(o)).collect();
+        // What it knew of them too (their previous reconcile, say).
+        self.objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, _| present.contains(key));
         for (_, namespace, name) in self.activity.keys_of(&self.name) {
             if !present.contains(&(namespace.clone(), name.clone())) {
                 self.forget(&namespace, &name);
@@ -538,6 +545,8 @@ async fn reconcile_step(obj: Arc<DynamicObject>, ctx: &Context) -> Step {
     let version = ctx.current.load_full();
     let plugin = &version.plugin;
     ctx.activity.begin(&ctx.name);
+    let metrics = plugin.metrics();
+    let work = metrics.reconcile_started(&ctx.name);
     let started = Instant::now();
     let state = ctx.state(&key);
     let (reason, attempt) = ctx.reason(&obj, &state, deleting, version.generation);
@@ -556,6 +565,7 @@ async fn reconcile_step(obj: Arc<DynamicObject>, ctx: &Context) -> Step {
         attempt,
         generation: obj.metadata.generation,
         parent: None,
+        previous: state.previous.clone(),
     };
     let root = plugin.start_span(&request);
     let root_cx = root.context().clone();
@@ -610,6 +620,16 @@ async fn reconcile_step(obj: Arc<DynamicObject>, ctx: &Context) -> Step {
     };
     let failure = reconciled.outcome.failure().cloned();
     ctx.activity.end(activity_key, failure.as_ref());
+    let retried = failure.as_ref().is_some_and(|f| f.retry);
+    metrics.reconcile_finished(&ctx.name, work, &reconciled, retried);
+    if retried || matches!(reconciled.outcome, Outcome::RequeueAfter(_)) {
+        metrics.queue_add(&ctx.name);
+    }
+    let previous = Some(Previous {
+        span: reconciled.span.clone(),
+        result: reconciled.outcome.result(),
+        error_type: failure.as_ref().map(|f| f.kind.as_str()),
+    });
     let generation = version.generation;
     let version = obj.resource_version();
     ctx.prune();
@@ -623,6 +643,7 @@ async fn reconcile_step(obj: Arc<DynamicObject>, ctx: &Context) -> Step {
                     requeued: false,
                     generation,
                     started_generation: generation,
+                    previous,
                 }
             });
             step(None, Next::AwaitChange)
@@ -636,6 +657,7 @@ async fn reconcile_step(obj: Arc<DynamicObject>, ctx: &Context) -> Step {
                     requeued: true,
                     generation,
                     started_generation: generation,
+                    previous,
                 }
             });
             step(None, Next::After(*after))
@@ -647,6 +669,7 @@ async fn reconcile_step(obj: Arc<DynamicObject>, ctx: &Context) -> Step {
                 s.retrying = retrying;
                 s.last_version = version;
                 s.generation = generation;
+                s.previous = previous;
             });
             step(
                 Some(failure.clone()),
@@ -832,8 +855,18 @@ pub async fn run(
     }
     // Objects requeued after a reload come through here.
     let (requeue, requeued) = tokio::sync::mpsc::channel::<KubeRef<DynamicObject>>(16);
+    let metrics = plugin.metrics().clone();
+    let counted = |stream: futures::stream::BoxStream<'static, _>| {
+        let metrics = metrics.clone();
+        let name = name.clone();
+        stream.inspect(move |event: &Result<DynamicObject, watcher::Error>| {
+            if event.is_ok() {
+                metrics.queue_add(&name);
+            }
+        })
+    };
     let mut controller = Controller::for_stream_with(
-        primary_stream.applied_objects(),
+        counted(primary_stream.applied_objects().boxed()),
         primary_cache.store.clone(),
         primary.clone(),
     )
@@ -858,7 +891,7 @@ pub async fn run(
         let resource = api_resource(owned);
         let (cache, stream) = reflect(&client, &resource, &owned_namespaces, None);
         caches.push(cache);
-        controller = controller.owns_stream_with(stream.touched_objects(), resource);
+        controller = controller.owns_stream_with(counted(stream.touched_objects().boxed()), resource);
     }
     let store = controller.store();
     let stores: Vec<(String, Ready)> = caches
@@ -879,6 +912,7 @@ pub async fn run(
         .unwrap_or(settings.concurrency)
         .max(1);
     let grace = settings.shutdown_grace;
+    metrics.controller_started(&name, concurrency);
     // A version swapped in while the controller was starting is the one
     // that runs first.
     let plugin = versions.borrow_and_update().with_backend(backend.clone());
@@ -1006,6 +1040,7 @@ pub async fn run(
         .await;
     background.abort();
     swaps.abort();
+    metrics.controller_stopped(&name);
     let states = std::mem::take(&mut *ctx.objects.lock().unwrap_or_else(|e| e.into_inner()));
     Objects {
         states,
@@ -1094,6 +1129,7 @@ async fn requeue_all(
         {
             return;
         }
+        ctx.current.load().plugin.metrics().queue_add(&ctx.name);
         count += 1;
     }
     if count > 0 {

@@ -307,6 +307,7 @@ impl Operator {
         if *self.stopping.borrow() {
             return Change::Unchanged;
         }
+        plugin.metrics().plugin_current(&name, Some(&plugin));
         let Some(running) = controllers.remove(&name) else {
             controllers.insert(name, self.spawn(plugin, controller::Objects::default()));
             return Change::Started;
@@ -351,6 +352,8 @@ impl Operator {
         let mut controllers = self.controllers.lock().await;
         match controllers.remove(name) {
             Some(running) => {
+                let metrics = running.versions.borrow().metrics().clone();
+                metrics.plugin_current(name, None);
                 running.drain().await;
                 self.activity.forget_plugin(name);
                 true

@@ -19,6 +19,7 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub struct Drops {
     spans: AtomicU64,
+    exported: AtomicU64,
     warned: Mutex<HashMap<String, Instant>>,
 }
 
@@ -26,6 +27,11 @@ impl Drops {
     /// Spans dropped so far.
     pub fn spans(&self) -> u64 {
         self.spans.load(Ordering::Relaxed)
+    }
+
+    /// Spans the exporter delivered so far.
+    pub fn exported(&self) -> u64 {
+        self.exported.load(Ordering::Relaxed)
     }
 
     /// Counts `n` dropped spans; true if `cause` should be logged now.
@@ -77,6 +83,9 @@ impl<E: SpanExporter> SpanExporter for Observed<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len();
         let result = self.inner.export(batch).await;
+        if result.is_ok() {
+            self.drops.exported.fetch_add(n as u64, Ordering::Relaxed);
+        }
         if let Err(error) = &result {
             let text = error.to_string();
             let cause = cause_of(&text);

@@ -7,6 +7,7 @@
 
 pub mod export;
 pub mod logs;
+pub mod retain;
 pub mod tree;
 
 use std::collections::HashMap;
@@ -102,6 +103,8 @@ pub struct TelemetryConfig {
     pub exporter_from_env: bool,
     /// The head sampler.
     pub sampler: SamplerConfig,
+    /// Traces kept beyond the head sampler's (failed and slow reconciles).
+    pub retention: retain::RetentionConfig,
     /// How long shutdown waits for pending spans.
     pub shutdown_timeout: Duration,
     /// The batch processor's queue, when `OTEL_BSP_MAX_QUEUE_SIZE` was
@@ -222,12 +225,14 @@ impl TelemetryConfig {
             &mut warnings,
         );
 
+        let retention = retention_config(&var, &sampler, &mut warnings);
         TelemetryConfig {
             service_name,
             resource,
             exporter,
             exporter_from_env,
             sampler,
+            retention,
             shutdown_timeout: Duration::from_secs(5),
             queue_size,
             batch_size,
@@ -242,6 +247,77 @@ impl TelemetryConfig {
             self.exporter = exporter;
         }
         self
+    }
+}
+
+impl SamplerConfig {
+    /// The fraction of root spans sampled, for ratio samplers.
+    fn root_ratio(&self) -> Option<f64> {
+        match self {
+            SamplerConfig::TraceIdRatio(r) => Some(*r),
+            SamplerConfig::ParentBased(root) => root.root_ratio(),
+            SamplerConfig::AlwaysOn | SamplerConfig::AlwaysOff => None,
+        }
+    }
+}
+
+/// Retention from `RECONCILE_HOST_TRACES_*`: on by default (errors, and
+/// reconciles slower than 2 s) when a ratio sampler samples under 1.0.
+fn retention_config(
+    var: &dyn Fn(&str) -> Option<String>,
+    sampler: &SamplerConfig,
+    warnings: &mut Vec<String>,
+) -> retain::RetentionConfig {
+    let default_on = sampler.root_ratio().is_some_and(|r| r < 1.0);
+    let keep_errors = match var("RECONCILE_HOST_TRACES_KEEP_ERRORS") {
+        None => default_on,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(other) => {
+            warnings.push(format!(
+                "RECONCILE_HOST_TRACES_KEEP_ERRORS={other} is not true or false; using {default_on}"
+            ));
+            default_on
+        }
+    };
+    let default_slow = default_on.then_some(retain::DEFAULT_KEEP_SLOWER_THAN);
+    let keep_slower_than = match var("RECONCILE_HOST_TRACES_KEEP_SLOWER_THAN_MS") {
+        None => default_slow,
+        Some(v) => match v.parse::<u64>() {
+            Ok(0) => None,
+            Ok(ms) => Some(Duration::from_millis(ms)),
+            Err(_) => {
+                warnings.push(format!(
+                    "RECONCILE_HOST_TRACES_KEEP_SLOWER_THAN_MS={v} is not a number of milliseconds (0 turns it off); using {}",
+                    default_slow.map_or(0, |d| d.as_millis())
+                ));
+                default_slow
+            }
+        },
+    };
+    let mut cap = |variable: &str, default: usize| match var(variable) {
+        None => default,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                warnings.push(format!(
+                    "{variable}={v} is not a positive number; using {default}"
+                ));
+                default
+            }
+        },
+    };
+    retain::RetentionConfig {
+        keep_errors,
+        keep_slower_than,
+        max_spans_per_trace: cap(
+            "RECONCILE_HOST_TRACES_MAX_SPANS_PER_TRACE",
+            retain::DEFAULT_MAX_SPANS_PER_TRACE,
+        ),
+        max_spans: cap(
+            "RECONCILE_HOST_TRACES_MAX_BUFFERED_SPANS",
+            retain::DEFAULT_MAX_SPANS,
+        ),
     }
 }
 
@@ -484,12 +560,29 @@ fn otlp_exporter(otlp: &OtlpConfig) -> Result<opentelemetry_otlp::SpanExporter, 
     }
 }
 
+/// Adds the exporting `processor`, behind retention when it is on.
+fn add_processor<P: opentelemetry_sdk::trace::SpanProcessor + 'static>(
+    builder: opentelemetry_sdk::trace::TracerProviderBuilder,
+    processor: P,
+    retain: Option<(&retain::RetentionConfig, &Arc<retain::RetentionStats>)>,
+) -> opentelemetry_sdk::trace::TracerProviderBuilder {
+    match retain {
+        Some((config, stats)) => builder.with_span_processor(retain::Retaining::new(
+            processor,
+            config.clone(),
+            stats.clone(),
+        )),
+        None => builder.with_span_processor(processor),
+    }
+}
+
 /// The running tracer provider. Shut it down before exit to flush spans.
 #[derive(Clone)]
 pub struct Telemetry {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     drops: Arc<export::Drops>,
+    retention: Arc<retain::RetentionStats>,
 }
 
 impl fmt::Debug for Telemetry {
@@ -515,15 +608,30 @@ impl Telemetry {
             )
             .build();
         let drops = Arc::new(export::Drops::default());
-        let builder = SdkTracerProvider::builder()
-            .with_resource(resource)
-            .with_sampler(config.sampler.build());
+        let retention = Arc::new(retain::RetentionStats::default());
+        // Nothing to retain for when nothing is exported.
+        let retain = config.retention.enabled() && config.exporter != TracesExporter::None;
+        let builder = SdkTracerProvider::builder().with_resource(resource);
+        let builder = if retain {
+            builder.with_sampler(retain::RetainingSampler::new(config.sampler.build()))
+        } else {
+            builder.with_sampler(config.sampler.build())
+        };
         let builder = match &config.exporter {
             TracesExporter::None => builder,
-            TracesExporter::Console => {
-                builder.with_batch_exporter(opentelemetry_stdout::SpanExporter::default())
-            }
-            TracesExporter::Tree(view) => builder.with_span_processor(view.processor()),
+            TracesExporter::Console => add_processor(
+                builder,
+                opentelemetry_sdk::trace::BatchSpanProcessor::builder(
+                    opentelemetry_stdout::SpanExporter::default(),
+                )
+                .build(),
+                retain.then_some((&config.retention, &retention)),
+            ),
+            TracesExporter::Tree(view) => add_processor(
+                builder,
+                view.processor(),
+                retain.then_some((&config.retention, &retention)),
+            ),
             TracesExporter::Otlp(otlp) => match otlp_exporter(otlp) {
                 Ok(exporter) => {
                     let exporter = export::Observed::new(
@@ -542,7 +650,11 @@ impl Telemetry {
                     let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
                         .with_batch_config(batch.build())
                         .build();
-                    builder.with_span_processor(processor)
+                    add_processor(
+                        builder,
+                        processor,
+                        retain.then_some((&config.retention, &retention)),
+                    )
                 }
                 // Telemetry never stops the host: say so and run without it.
                 Err(e) => {
@@ -557,6 +669,7 @@ impl Telemetry {
             provider,
             tracer,
             drops,
+            retention,
         })
     }
 
@@ -567,12 +680,23 @@ impl Telemetry {
             provider,
             tracer,
             drops: Arc::default(),
+            retention: Arc::default(),
         }
     }
 
     /// Spans the exporter could not deliver so far.
     pub fn dropped_spans(&self) -> u64 {
         self.drops.spans()
+    }
+
+    /// Spans the exporter delivered so far.
+    pub fn exported_spans(&self) -> u64 {
+        self.drops.exported()
+    }
+
+    /// What retention kept, dropped and holds.
+    pub fn retention(&self) -> &Arc<retain::RetentionStats> {
+        &self.retention
     }
 
     /// The host's tracer.

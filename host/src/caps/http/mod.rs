@@ -137,6 +137,28 @@ pub(crate) struct CallHttp {
     deadline: Instant,
     requests: AtomicU32,
     in_flight: Arc<AtomicUsize>,
+    meter: Meter,
+}
+
+/// Counts one plugin's HTTP requests in the metrics.
+#[derive(Clone, Debug)]
+pub(crate) struct Meter {
+    pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) plugin: Arc<str>,
+}
+
+/// The `verb` label of a request: its method, one of a bounded set.
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
 }
 
 impl CallHttp {
@@ -147,6 +169,7 @@ impl CallHttp {
         tracer: SdkTracer,
         current: CurrentSpan,
         deadline: Instant,
+        meter: Meter,
     ) -> Self {
         CallHttp {
             policy,
@@ -155,6 +178,7 @@ impl CallHttp {
             deadline,
             requests: AtomicU32::new(0),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            meter,
         }
     }
 }
@@ -223,10 +247,13 @@ pub(crate) struct ClientSpan {
     cx: Context,
     slot: Option<Arc<AtomicUsize>>,
     ended: bool,
+    meter: Meter,
+    method: &'static str,
+    outcome: crate::metrics::CallOutcome,
 }
 
 impl ClientSpan {
-    fn set_status_code(&self, status: http::StatusCode) {
+    fn set_status_code(&mut self, status: http::StatusCode) {
         let span = self.cx.span();
         span.set_attribute(KeyValue::new(
             "http.response.status_code",
@@ -238,6 +265,7 @@ impl ClientSpan {
             _ => None,
         };
         if let Some(class) = class {
+            self.outcome = crate::metrics::CallOutcome::Error;
             span.set_attribute(KeyValue::new("error.type", class));
             span.set_status(Status::error(class));
         }
@@ -250,6 +278,11 @@ impl ClientSpan {
         }
         let span = self.cx.span();
         let kind = error_type(error);
+        self.outcome = if kind == "denied" {
+            crate::metrics::CallOutcome::AccessDenied
+        } else {
+            crate::metrics::CallOutcome::Error
+        };
         span.set_attribute(KeyValue::new("error.type", kind));
         span.set_status(Status::error(format!("{kind}: {error}")));
         self.end();
@@ -260,6 +293,9 @@ impl ClientSpan {
         if !self.ended {
             self.ended = true;
             self.cx.span().end();
+            self.meter
+                .metrics
+                .host_call(&self.meter.plugin, "http", self.method, self.outcome);
         }
         if let Some(slot) = self.slot.take() {
             slot.fetch_sub(1, Ordering::AcqRel);
@@ -346,6 +382,9 @@ impl CallHttp {
             cx: parent.with_span(span),
             slot: None,
             ended: false,
+            meter: self.meter.clone(),
+            method: method_label(request.method()),
+            outcome: crate::metrics::CallOutcome::Ok,
         };
         if over {
             client.fail(&Error::ConnectionLimitReached);
