@@ -10,22 +10,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 use reconcile_host::engine::{Engine, EngineConfig};
 use reconcile_host::reconcile::Outcome;
 use reconcile_host::telemetry::{Telemetry, TelemetryConfig};
+use support::otlp::{Received, Receiver, string_attr};
 use support::{Captured, demoapp_request, guest};
-
-type Received = Arc<Mutex<Vec<ExportTraceServiceRequest>>>;
 
 fn config(vars: &[(&str, String)]) -> TelemetryConfig {
     let map: HashMap<String, String> = vars
@@ -71,16 +65,6 @@ async fn reconcile_and_flush(telemetry: Telemetry, n: usize) {
         .await
         .unwrap()
         .unwrap();
-}
-
-fn string_attr(attributes: &[KeyValue], key: &str) -> Option<String> {
-    attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
-        match kv.value.as_ref()?.value.as_ref()? {
-            AnyValue::StringValue(s) => Some(s.clone()),
-            AnyValue::IntValue(i) => Some(i.to_string()),
-            other => Some(format!("{other:?}")),
-        }
-    })
 }
 
 /// Decodes what the receiver got and checks resource, scope, spans and tree.
@@ -162,38 +146,12 @@ fn vars(protocol: &str, endpoint: String) -> Vec<(&'static str, String)> {
     ]
 }
 
-#[derive(Clone, Default)]
-struct Receiver(Received);
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0.lock().unwrap().push(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_an_otlp_grpc_receiver() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let receiver = Receiver::default();
-    let service = TraceServiceServer::new(receiver.clone());
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
+    let (addr, received) = Receiver::start().await;
     let telemetry = Telemetry::init(&config(&vars("grpc", format!("http://{addr}")))).unwrap();
     reconcile_and_flush(telemetry, 3).await;
-    assert_received(&receiver.0, 3);
+    assert_received(&received, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,12 @@
 //! the `demo.reconcile.dev/cleanup` finalizer: on deletion the plugin is
 //! called with reason `deleting`, and garbage collection removes the
 //! children through their owner references.
+//!
+//! To see how the host handles a failing plugin (its metrics, its retained
+//! traces, its backoff), annotate a DemoApp with
+//! `demo.reconcile.dev/simulate`: `error` fails each reconcile (retried
+//! with backoff), `panic` traps the instance, `requeue` asks to be
+//! reconciled again in 30 s after its usual work.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
@@ -66,6 +72,9 @@ pub struct DemoAppStatus {
 
 const NAME: &str = "demoapp";
 
+/// The annotation that makes a reconcile fail, trap or requeue on purpose.
+pub const SIMULATE: &str = "demo.reconcile.dev/simulate";
+
 /// The reconciler.
 pub struct DemoAppReconciler;
 
@@ -93,6 +102,17 @@ impl Reconciler for DemoAppReconciler {
             // collection); nothing else to clean up.
             info!("DemoApp deleted; its Deployment and Service follow through owner references");
             return Ok(Action::Done);
+        }
+        let simulate = app.annotations().get(SIMULATE).cloned();
+        match simulate.as_deref() {
+            Some("error") => {
+                return Err(Error::new(format!(
+                    "simulated failure ({SIMULATE}=error): remove the annotation to stop it"
+                )));
+            }
+            #[allow(clippy::panic, reason = "the annotation asks for a trap")]
+            Some("panic") => panic!("simulated panic ({SIMULATE}=panic)"),
+            _ => {}
         }
         if app.spec.image.trim().is_empty() {
             return Err(Error::permanent(
@@ -170,6 +190,9 @@ impl Reconciler for DemoAppReconciler {
             event("ready changed", &[("ready", is_ready.into())]);
         }
         info!(image = app.spec.image, replicas = app.spec.replicas, ready = ready; "reconciled DemoApp");
+        if simulate.as_deref() == Some("requeue") {
+            return Ok(Action::RequeueAfter(std::time::Duration::from_secs(30)));
+        }
         Ok(Action::Done)
     }
 }
