@@ -248,8 +248,10 @@ async fn dev_serves_controller_runtime_metrics_with_exemplars_of_exported_traces
     let close = |a: f64, b: f64, what: &str| assert!((a - b).abs() <= 4.0, "{what}: {a} against {b}");
     let errors = counter(&m, "controller_runtime_reconcile_errors", &demoapp);
     close(errors, result("error"), "errors_total against reconcile_total{result=error}");
-    // Only app-bad's empty image is terminal: it is not retried.
-    assert_eq!(counter(&m, "controller_runtime_terminal_reconcile_errors", &demoapp), 1.0);
+    // Only app-bad's empty image is terminal: it is not retried (it runs
+    // again once, woken by its own finalizer being added).
+    let terminal = counter(&m, "controller_runtime_terminal_reconcile_errors", &demoapp);
+    assert!((1.0..=2.0).contains(&terminal), "{terminal}");
     let panics = counter(&m, "controller_runtime_reconcile_panics", &demoapp);
     assert!(panics >= 2.0, "the trap, and its retry");
     close(counter(&m, "controller_runtime_reconcile_time_seconds", &demoapp), total, "reconcile_time_seconds_count");
@@ -270,7 +272,7 @@ async fn dev_serves_controller_runtime_metrics_with_exemplars_of_exported_traces
     assert!(counter(&m, "workqueue_adds", &queue) >= 5.0);
     // Every retried failure and every requeue is retried through the queue.
     let retries = counter(&m, "workqueue_retries", &queue);
-    close(retries, errors - 1.0, "every failure but the terminal one is retried");
+    close(retries, errors - terminal, "every failure but the terminal ones is retried");
     close(counter(&m, "workqueue_work_duration_seconds", &queue), total, "work_duration_seconds_count");
     assert!(value(&m, "workqueue_unfinished_work_seconds", &queue).is_some());
     assert!(value(&m, "workqueue_longest_running_processor_seconds", &queue).is_some());

@@ -13,8 +13,10 @@
 //!
 //! Memory is bounded: at most `max_spans_per_trace` spans are buffered per
 //! trace and `max_spans` in all; what goes over is dropped and counted
-//! ([`RetentionStats::spans_dropped`]). The root always counts, so a kept
-//! trace always has its root.
+//! ([`RetentionStats::spans_dropped`], and `reconcile.retained.dropped_spans`
+//! on the root of a trace that lost some). The root is never dropped, so a
+//! kept trace always has its root; the spans kept are the first to end,
+//! so under a cap a kept span's parent may be among the dropped.
 //!
 //! This is the Collector's tail sampling (`tail_sampling` with
 //! `status_code` and `latency` policies) done in the process, for one
@@ -39,6 +41,9 @@ use opentelemetry_sdk::trace::{
 
 /// The attribute of a retained span: why its trace was kept.
 pub const RETAINED_ATTRIBUTE: &str = "reconcile.retained";
+
+/// The attribute of a retained root whose trace lost spans to the caps.
+pub const DROPPED_ATTRIBUTE: &str = "reconcile.retained.dropped_spans";
 
 /// What retention keeps, and its memory bounds.
 #[derive(Clone, Debug, PartialEq)]
@@ -251,6 +256,8 @@ impl ShouldSample for RetainingSampler {
 struct Buffered {
     spans: Vec<SpanData>,
     since: Instant,
+    /// Spans of the trace dropped over the caps.
+    dropped: u32,
 }
 
 #[derive(Debug, Default)]
@@ -323,16 +330,15 @@ impl<P: SpanProcessor> Retaining<P> {
         if buffers.total >= self.config.max_spans {
             evict_stale(&mut buffers, &self.stats);
         }
-        if buffers.total >= self.config.max_spans {
-            drop(buffers);
-            return self.drop_span();
-        }
+        let full = buffers.total >= self.config.max_spans;
         let per_trace = self.config.max_spans_per_trace;
         let entry = buffers.traces.entry(trace).or_insert_with(|| Buffered {
             spans: Vec::new(),
             since: Instant::now(),
+            dropped: 0,
         });
-        if entry.spans.len() >= per_trace {
+        if full || entry.spans.len() >= per_trace {
+            entry.dropped = entry.dropped.saturating_add(1);
             drop(buffers);
             return self.drop_span();
         }
@@ -345,21 +351,29 @@ impl<P: SpanProcessor> Retaining<P> {
     fn finish(&self, root: SpanData) {
         let trace = root.span_context.trace_id();
         let kept = self.keeps(&root);
-        let spans = {
+        let (spans, dropped) = {
             let mut buffers = self.lock();
-            let spans = buffers
+            let (spans, dropped) = buffers
                 .traces
                 .remove(&trace)
-                .map(|b| b.spans)
+                .map(|b| (b.spans, b.dropped))
                 .unwrap_or_default();
             buffers.total = buffers.total.saturating_sub(spans.len());
             self.stats.buffered.store(buffers.total as u64, Ordering::Relaxed);
-            spans
+            (spans, dropped)
         };
         self.stats.decide(trace, kept);
         if let Some(kept) = kept {
             for span in spans {
                 self.export(span, kept);
+            }
+            let mut root = root;
+            // The trace is not whole: say how much is missing.
+            if dropped > 0 {
+                root.attributes.push(KeyValue::new(
+                    DROPPED_ATTRIBUTE,
+                    i64::from(dropped),
+                ));
             }
             self.export(root, kept);
         }
