@@ -37,7 +37,7 @@ async fn an_objects_reconciles_are_linked_in_a_chain_and_other_objects_never_lin
     // between them.
     assert_eq!(h.reconcile_named("default", "hello").await.unwrap(), Outcome::Done);
     assert_eq!(h.reconcile_named("default", "other").await.unwrap(), Outcome::Done);
-    h.fail_next(Verb::Apply, "deployments", 500);
+    h.fail_next(Verb::Apply, "deployments", 422);
     assert!(matches!(
         h.reconcile_named("default", "hello").await.unwrap(),
         Outcome::Failed(_)
