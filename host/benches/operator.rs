@@ -7,6 +7,8 @@
 //! Run: `cargo bench -p reconcile-host --bench operator`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -15,32 +17,17 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{
     Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use reconcile_apiserver::ApiServer;
 use reconcile_host::engine::{Engine, EngineConfig};
 use reconcile_host::operator::{self, ControllerSettings, GrantPolicy, Operator};
 use reconcile_host::telemetry::Telemetry;
 use reconcile_host::telemetry::logs::{Level, LogFormat, Logger};
 use serde_json::json;
+use support::{Discard, percentile};
 
 const APPS: usize = 100;
 const CONFIGMAPS: usize = 10_000;
-
-#[derive(Debug)]
-struct Discard;
-
-impl SpanExporter for Discard {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        std::hint::black_box(batch);
-        Ok(())
-    }
-}
-
-fn percentile(mut samples: Vec<Duration>, q: f64) -> Duration {
-    samples.sort_unstable();
-    samples[((samples.len() as f64 - 1.0) * q).round() as usize]
-}
 
 /// Marks every Deployment ready as soon as it appears or changes.
 async fn fake_deployment_controller(client: kube::Client) {

@@ -7,13 +7,11 @@
 //! after 10 s (longer than a check's default timeout). Each request is
 //! logged with its `traceparent`, which is the plugin's `http.client` span.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 
 /// The running server; stops when dropped.
 #[derive(Debug)]
@@ -41,25 +39,7 @@ impl ExampleHttp {
         }
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    // Out of file descriptors, say: wait rather than spin.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|request| async move {
-                        Ok::<_, Infallible>(answer(&request).await)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let task = crate::serve::spawn(listener, |request| async move { answer(&request).await });
         Ok(ExampleHttp { addr, task })
     }
 

@@ -29,6 +29,7 @@
 //! - [`plugin_test`]: `reconcile-host test`, the conformance case format
 //!   run against one plugin.
 //! - [`reconcile`]: request, outcome and root-span vocabulary.
+//! - `serve`: the accept loop of the host's small HTTP endpoints.
 //! - [`telemetry`]: tracer provider, structured logs, the tree view of
 //!   `dev` and `call`, the retention of failed and slow traces.
 
@@ -43,4 +44,5 @@ pub mod operator;
 pub mod plugin_test;
 pub mod reconcile;
 pub mod reload;
+mod serve;
 pub mod telemetry;

@@ -18,6 +18,13 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
+/// mimalloc: reconciles allocate on one worker thread and free on another
+/// (a task moves between them, a span ends on the exporter's thread);
+/// glibc's arenas serialise those frees on a lock, mimalloc's thread-local
+/// heaps do not (see BENCHMARKS.md, "Tracing, retention and metrics").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A Kubernetes operator host that runs reconcile logic shipped as
 /// WebAssembly components.
 #[derive(Parser, Debug)]
@@ -462,27 +469,8 @@ async fn cluster_client(
             "cannot reach a cluster: pass --kubeconfig, set KUBECONFIG, or run inside a pod",
         )?,
     };
-    host_client(config, metrics)
-}
-
-/// The host's client. kube's own retry layer is off: the k8s backend
-/// retries plugin calls itself (only what is safe to resend, within the
-/// reconcile's deadline, each retry an event on the call's span), and the
-/// watches have kube-runtime's backoff. Every request is counted in
-/// `rest_client_requests_total`.
-fn host_client(mut config: kube::Config, metrics: &Metrics) -> anyhow::Result<kube::Client> {
-    config.default_retry = false;
-    let host = config
-        .cluster_url
-        .authority()
-        .map(ToString::to_string)
-        .unwrap_or_default();
-    let builder = kube::client::ClientBuilder::try_from(config)
-        .context("cannot create a Kubernetes client")?;
-    Ok(match metrics.rest() {
-        Some(rest) => builder.with_layer(&rest.layer(&host)).build(),
-        None => builder.build(),
-    })
+    reconcile_host::operator::host_client(config, metrics)
+        .context("cannot create a Kubernetes client")
 }
 
 /// Starts the metrics endpoint `args` asks for: none, or the one serving
@@ -513,7 +501,10 @@ async fn metrics_server(
             let server = MetricsServer::start(free, metrics.clone())
                 .await
                 .with_context(|| format!("cannot serve metrics on {free}"))?;
-            tracing::warn!("cannot serve metrics on {addr} ({e}): serving them on {} instead", server.addr());
+            tracing::warn!(
+                "cannot serve metrics on {addr} ({e}): serving them on {} instead",
+                server.addr()
+            );
             server
         }
         Err(e) => bail!(
@@ -561,7 +552,7 @@ async fn operate(
                     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
                 }
                 std::fs::write(&kubeconfig, server.kubeconfig()).with_context(|| format!("cannot write {}", kubeconfig.display()))?;
-                let client = host_client(server.client_config()?, &metrics)?;
+                let client = reconcile_host::operator::host_client(server.client_config()?, &metrics).context("cannot create a Kubernetes client")?;
                 let manifests = operator::manifests::read(&apply)?;
                 for applied in operator::manifests::apply(&client, &manifests).await? {
                     tracing::info!(object = %applied, "applied");

@@ -65,7 +65,10 @@ fn telemetry(otlp: std::net::SocketAddr, extra: &[(&str, &str)]) -> Telemetry {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
         ("OTEL_TRACES_SAMPLER", "traceidratio".to_owned()),
         ("OTEL_TRACES_SAMPLER_ARG", "0.01".to_owned()),
-        ("RECONCILE_HOST_TRACES_KEEP_SLOWER_THAN_MS", "200".to_owned()),
+        (
+            "RECONCILE_HOST_TRACES_KEEP_SLOWER_THAN_MS",
+            "200".to_owned(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -205,12 +208,18 @@ async fn at_one_percent_every_failed_and_slow_trace_is_exported_whole_and_no_oth
         .cloned()
         .collect();
     let exported: BTreeSet<String> = traces.keys().cloned().collect();
-    assert_eq!(exported, expected, "exactly the failed, slow and head-sampled traces");
+    assert_eq!(
+        exported, expected,
+        "exactly the failed, slow and head-sampled traces"
+    );
 
     for (trace, spans) in &traces {
         // Whole: the root and its child, the child's parent intact.
         let root = spans.iter().find(|s| s.name == "reconcile").unwrap();
-        assert!(root.parent_span_id.is_empty(), "{trace}: the root has no parent");
+        assert!(
+            root.parent_span_id.is_empty(),
+            "{trace}: the root has no parent"
+        );
         let render = spans.iter().find(|s| s.name == "render").unwrap();
         assert_eq!(render.parent_span_id, root.span_id, "{trace}");
         assert_eq!(spans.len(), 2, "{trace}: {spans:#?}");
@@ -243,7 +252,10 @@ async fn at_one_percent_every_failed_and_slow_trace_is_exported_whole_and_no_oth
     let (kept_errors, kept_slow, discarded) = run.telemetry_stats;
     assert_eq!(kept_errors, 20 - sampled_failed);
     assert_eq!(kept_slow, 5 - sampled_slow);
-    assert_eq!(discarded, 1000 - run.sampled.len() as u64 - kept_errors - kept_slow);
+    assert_eq!(
+        discarded,
+        1000 - run.sampled.len() as u64 - kept_errors - kept_slow
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +289,9 @@ async fn the_buffer_caps_hold_against_a_plugin_that_floods_spans() {
     );
     let retention = telemetry.retention().clone();
     // The conformance suite's flooding plugin, built from source.
-    let flood = xtask::build(&xtask::project_root(), xtask::CONFORMANCE_PLUGINS).unwrap()["cf-flood"].clone();
+    let flood =
+        xtask::build(&xtask::project_root(), xtask::CONFORMANCE_PLUGINS).unwrap()["cf-flood"]
+            .clone();
     let plugin = engine(&telemetry).load_file(&flood).await.unwrap();
 
     // One reconcile: its 128 guest spans (the host's own cap) meet the
@@ -324,7 +338,9 @@ async fn the_buffer_caps_hold_against_a_plugin_that_floods_spans() {
     // Every failed trace is exported with its root, within the cap.
     let traces = traces(&received);
     for trace in &trace_ids {
-        let spans = traces.get(trace).unwrap_or_else(|| panic!("{trace} not exported"));
+        let spans = traces
+            .get(trace)
+            .unwrap_or_else(|| panic!("{trace} not exported"));
         assert!(spans.len() <= 51, "{trace}: {} spans", spans.len());
         let root = spans.iter().find(|s| s.name == "reconcile").unwrap();
         for span in spans {

@@ -35,15 +35,27 @@ async fn an_objects_reconciles_are_linked_in_a_chain_and_other_objects_never_lin
 
     // Three reconciles of hello, the second failing, with one of other's
     // between them.
-    assert_eq!(h.reconcile_named("default", "hello").await.unwrap(), Outcome::Done);
-    assert_eq!(h.reconcile_named("default", "other").await.unwrap(), Outcome::Done);
+    assert_eq!(
+        h.reconcile_named("default", "hello").await.unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(
+        h.reconcile_named("default", "other").await.unwrap(),
+        Outcome::Done
+    );
     h.fail_next(Verb::Apply, "deployments", 422);
     assert!(matches!(
         h.reconcile_named("default", "hello").await.unwrap(),
         Outcome::Failed(_)
     ));
-    assert_eq!(h.reconcile_named("default", "hello").await.unwrap(), Outcome::Done);
-    assert_eq!(h.reconcile_named("default", "other").await.unwrap(), Outcome::Done);
+    assert_eq!(
+        h.reconcile_named("default", "hello").await.unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(
+        h.reconcile_named("default", "other").await.unwrap(),
+        Outcome::Done
+    );
     // Deleted (its `deleting` reconcile is the fourth of the chain) and
     // made again: the new hello starts a history of its own.
     let resource = kube::api::ApiResource {
@@ -62,7 +74,10 @@ async fn an_objects_reconciles_are_linked_in_a_chain_and_other_objects_never_lin
         "the finalizer was released"
     );
     h.apply_yaml(&demoapp("hello")).await.unwrap();
-    assert_eq!(h.reconcile_named("default", "hello").await.unwrap(), Outcome::Done);
+    assert_eq!(
+        h.reconcile_named("default", "hello").await.unwrap(),
+        Outcome::Done
+    );
 
     let roots: Vec<(String, SpanContext, Vec<opentelemetry::trace::Link>)> = h
         .all_spans()
@@ -81,7 +96,11 @@ async fn an_objects_reconciles_are_linked_in_a_chain_and_other_objects_never_lin
         roots.iter().filter(|(n, _, _)| n == name).collect()
     };
     let all_hello = of("hello");
-    assert_eq!(all_hello.len(), 5, "four reconciles of hello, one of the new hello");
+    assert_eq!(
+        all_hello.len(),
+        5,
+        "four reconciles of hello, one of the new hello"
+    );
     let (hello, new_hello) = all_hello.split_at(4);
     assert!(
         new_hello[0].2.is_empty(),

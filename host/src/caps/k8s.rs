@@ -457,7 +457,9 @@ impl HostState {
         let result = backend.call(call, &cx).await;
         let outcome = match &result {
             Ok(_) => crate::metrics::CallOutcome::Ok,
-            Err(e) if e.kind == K8sErrorKind::Forbidden => crate::metrics::CallOutcome::AccessDenied,
+            Err(e) if e.kind == K8sErrorKind::Forbidden => {
+                crate::metrics::CallOutcome::AccessDenied
+            }
             Err(_) => crate::metrics::CallOutcome::Error,
         };
         self.metrics

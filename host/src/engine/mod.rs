@@ -435,6 +435,7 @@ impl Engine {
         let attributes = RootSpan::plugin_attributes(&metadata.name, &metadata.version, &digest);
         // Without a grant, HTTP reaches what the plugin asks for.
         let http = Arc::new(Grant::from_request(&metadata).http_policy());
+        let meter = self.inner.config.metrics.plugin(&metadata.name);
         Ok(Plugin {
             inner: Arc::new(PluginInner {
                 engine: self.clone(),
@@ -450,6 +451,7 @@ impl Engine {
                 grant: None,
                 http,
                 load,
+                meter,
             }),
         })
     }
@@ -713,6 +715,7 @@ struct PluginInner {
     grant: Option<Arc<Grant>>,
     http: Arc<HttpPolicy>,
     load: LoadStats,
+    meter: crate::metrics::PluginMetrics,
 }
 
 /// How a plugin's compiled code was obtained.
@@ -915,9 +918,9 @@ impl Plugin {
         })
         .await;
         store.data_mut().trace.finish();
-        engine
-            .metrics()
-            .plugin_call(&self.inner.name, store.data().limiter.peak, started.elapsed());
+        self.inner
+            .meter
+            .call(store.data().limiter.peak, started.elapsed());
         let stats = CallStats {
             telemetry_dropped: store.data().trace.dropped(),
             cache_reads: store.data().cache_reads,

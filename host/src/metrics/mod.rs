@@ -179,6 +179,8 @@ struct Inner {
     retries: Family<QueueLabels, Counter>,
     work_duration: HistogramFamily<QueueLabels>,
     running: Arc<Running>,
+    controllers: Mutex<HashMap<String, ControllerMetrics>>,
+    plugins: Mutex<HashMap<String, PluginMetrics>>,
     rest: rest::RestMetrics,
     plugin_info: Family<InfoLabels, Gauge>,
     current_info: Mutex<HashMap<String, InfoLabels>>,
@@ -192,31 +194,135 @@ struct Inner {
     cache_misses: Counter,
 }
 
+/// When each running reconcile of one controller started, by id.
+type Starts = Arc<Mutex<HashMap<u64, Instant>>>;
+
 /// Reconciles running now, per controller, for the workqueue gauges.
 #[derive(Debug, Default)]
 struct Running {
     next: AtomicU64,
-    started: Mutex<HashMap<String, HashMap<u64, Instant>>>,
+    started: Mutex<HashMap<String, Starts>>,
 }
 
-/// A reconcile counted as running until [`Metrics::reconcile_finished`]
+/// A reconcile counted as running until [`ControllerMetrics::finished`]
 /// (or until dropped, if it is cut).
 #[derive(Debug)]
 pub struct Work {
-    running: Option<(Arc<Running>, String, u64)>,
+    running: Option<(Starts, u64)>,
     active: Option<Gauge>,
 }
 
 impl Drop for Work {
     fn drop(&mut self) {
-        if let Some((running, controller, id)) = self.running.take() {
-            let mut started = running.started.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(ids) = started.get_mut(&controller) {
-                ids.remove(&id);
-            }
+        if let Some((running, id)) = self.running.take() {
+            running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
         }
         if let Some(active) = self.active.take() {
             active.dec();
+        }
+    }
+}
+
+/// The series of one controller, resolved once: a reconcile only touches
+/// atomics and its histograms' locks. Cheap to clone; from
+/// [`Metrics::controller`].
+#[derive(Clone, Debug, Default)]
+pub struct ControllerMetrics {
+    inner: Option<Arc<ControllerInner>>,
+}
+
+#[derive(Debug)]
+struct ControllerInner {
+    name: String,
+    metrics: Metrics,
+    success: Counter,
+    error: Counter,
+    requeue_after: Counter,
+    errors: CounterWithExemplar<TraceLabel>,
+    terminal: Counter,
+    panics: Counter,
+    time: HistogramWithExemplars<TraceLabel>,
+    max_concurrent: Gauge,
+    active: Gauge,
+    adds: Counter,
+    retries: Counter,
+    work_duration: Histogram,
+    running: Starts,
+    next: Arc<Running>,
+}
+
+impl ControllerMetrics {
+    /// The controller runs with `concurrency` workers.
+    pub fn started(&self, concurrency: u16) {
+        if let Some(c) = &self.inner {
+            c.max_concurrent.set(i64::from(concurrency));
+        }
+    }
+
+    /// A trigger was handed to the controller's scheduler.
+    pub fn queue_add(&self) {
+        if let Some(c) = &self.inner {
+            c.adds.inc();
+        }
+    }
+
+    /// A reconcile starts.
+    pub fn reconcile_started(&self) -> Work {
+        let Some(c) = &self.inner else {
+            return Work {
+                running: None,
+                active: None,
+            };
+        };
+        c.active.inc();
+        let id = c.next.next.fetch_add(1, Ordering::Relaxed);
+        c.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Instant::now());
+        Work {
+            running: Some((c.running.clone(), id)),
+            active: Some(c.active.clone()),
+        }
+    }
+
+    /// A reconcile finished as `reconciled`; `retried` when the host
+    /// retries it with backoff.
+    pub fn reconcile_finished(&self, work: Work, reconciled: &Reconciled, retried: bool) {
+        drop(work);
+        let Some(c) = &self.inner else { return };
+        let exemplar = c.metrics.exemplar(reconciled);
+        let seconds = reconciled.duration.as_secs_f64();
+        c.time.observe(seconds, exemplar.clone(), None);
+        c.work_duration.observe(seconds);
+        match &reconciled.outcome {
+            Outcome::Done => c.success.inc(),
+            Outcome::RequeueAfter(_) => c.requeue_after.inc(),
+            Outcome::Failed(_) => c.error.inc(),
+        };
+        if let Outcome::Failed(failure) = &reconciled.outcome {
+            c.errors.inc_by(1, exemplar, None);
+            if !failure.retry {
+                c.terminal.inc();
+            }
+            if failure.kind == FailureKind::Trap {
+                c.panics.inc();
+            }
+            if let Some(inner) = &c.metrics.inner {
+                inner
+                    .failures
+                    .get_or_create(&FailureLabels {
+                        controller: c.name.clone(),
+                        error_type: failure.kind.as_str(),
+                    })
+                    .inc();
+            }
+        }
+        if retried {
+            c.retries.inc();
         }
     }
 }
@@ -237,7 +343,8 @@ impl Metrics {
             "Total number of reconciliations per controller",
             reconcile_total.clone(),
         );
-        let reconcile_errors = Family::<ControllerLabel, CounterWithExemplar<TraceLabel>>::default();
+        let reconcile_errors =
+            Family::<ControllerLabel, CounterWithExemplar<TraceLabel>>::default();
         registry.register(
             "controller_runtime_reconcile_errors",
             "Total number of reconciliation errors per controller",
@@ -374,6 +481,8 @@ impl Metrics {
                 retries,
                 work_duration,
                 running,
+                controllers: Mutex::default(),
+                plugins: Mutex::default(),
                 rest,
                 plugin_info,
                 current_info: Mutex::default(),
@@ -412,129 +521,60 @@ impl Metrics {
         self.inner.as_ref().map(|i| i.rest.clone())
     }
 
-    /// A controller started with `concurrency` workers: its series exist
-    /// from now on, at zero, as controller-runtime's do.
-    pub fn controller_started(&self, controller: &str, concurrency: u16) {
-        let Some(inner) = &self.inner else { return };
+    /// The series of `controller`, created (at zero, as controller-runtime's
+    /// are) on first use.
+    pub fn controller(&self, controller: &str) -> ControllerMetrics {
+        let Some(inner) = &self.inner else {
+            return ControllerMetrics::default();
+        };
+        let mut cache = inner.controllers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = cache.get(controller) {
+            return found.clone();
+        }
         let label = ControllerLabel {
             controller: controller.to_owned(),
         };
-        inner
-            .max_concurrent
-            .get_or_create(&label)
-            .set(i64::from(concurrency));
-        let _ = inner.active_workers.get_or_create(&label);
-        for result in ["success", "error", "requeue", "requeue_after"] {
-            let _ = inner.reconcile_total.get_or_create(&ResultLabels {
-                controller: controller.to_owned(),
-                result,
-            });
-        }
-        let _ = inner.reconcile_errors.get_or_create(&label);
-        let _ = inner.terminal_errors.get_or_create(&label);
-        let _ = inner.panics.get_or_create(&label);
-        let _ = inner.reconcile_time.get_or_create(&label);
-        let queue = queue_labels(controller);
-        let _ = inner.adds.get_or_create(&queue);
-        let _ = inner.retries.get_or_create(&queue);
-        let _ = inner.work_duration.get_or_create(&queue);
-    }
-
-    /// A trigger was handed to the controller's scheduler.
-    pub fn queue_add(&self, controller: &str) {
-        if let Some(inner) = &self.inner {
-            inner.adds.get_or_create(&queue_labels(controller)).inc();
-        }
-    }
-
-    /// A reconcile of `controller` starts.
-    pub fn reconcile_started(&self, controller: &str) -> Work {
-        let Some(inner) = &self.inner else {
-            return Work {
-                running: None,
-                active: None,
-            };
+        let result = |result| {
+            inner
+                .reconcile_total
+                .get_or_create(&ResultLabels {
+                    controller: controller.to_owned(),
+                    result,
+                })
+                .clone()
         };
-        let active = inner
-            .active_workers
-            .get_or_create(&ControllerLabel {
-                controller: controller.to_owned(),
-            })
-            .clone();
-        active.inc();
-        let id = inner.running.next.fetch_add(1, Ordering::Relaxed);
-        inner
+        let _ = result("requeue");
+        let queue = queue_labels(controller);
+        let running = inner
             .running
             .started
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(controller.to_owned())
             .or_default()
-            .insert(id, Instant::now());
-        Work {
-            running: Some((inner.running.clone(), controller.to_owned(), id)),
-            active: Some(active),
-        }
-    }
-
-    /// A reconcile of `controller` finished as `reconciled`; `retried` when
-    /// the host retries it with backoff.
-    pub fn reconcile_finished(
-        &self,
-        controller: &str,
-        work: Work,
-        reconciled: &Reconciled,
-        retried: bool,
-    ) {
-        drop(work);
-        let Some(inner) = &self.inner else { return };
-        let label = ControllerLabel {
-            controller: controller.to_owned(),
+            .clone();
+        let metrics = ControllerMetrics {
+            inner: Some(Arc::new(ControllerInner {
+                name: controller.to_owned(),
+                metrics: self.clone(),
+                success: result("success"),
+                error: result("error"),
+                requeue_after: result("requeue_after"),
+                errors: inner.reconcile_errors.get_or_create(&label).clone(),
+                terminal: inner.terminal_errors.get_or_create(&label).clone(),
+                panics: inner.panics.get_or_create(&label).clone(),
+                time: inner.reconcile_time.get_or_create(&label).clone(),
+                max_concurrent: inner.max_concurrent.get_or_create(&label).clone(),
+                active: inner.active_workers.get_or_create(&label).clone(),
+                adds: inner.adds.get_or_create(&queue).clone(),
+                retries: inner.retries.get_or_create(&queue).clone(),
+                work_duration: inner.work_duration.get_or_create(&queue).clone(),
+                running,
+                next: inner.running.clone(),
+            })),
         };
-        let exemplar = self.exemplar(reconciled);
-        let seconds = reconciled.duration.as_secs_f64();
-        inner
-            .reconcile_time
-            .get_or_create(&label)
-            .observe(seconds, exemplar.clone(), None);
-        inner
-            .work_duration
-            .get_or_create(&queue_labels(controller))
-            .observe(seconds);
-        let result = match &reconciled.outcome {
-            Outcome::Done => "success",
-            Outcome::RequeueAfter(_) => "requeue_after",
-            Outcome::Failed(_) => "error",
-        };
-        inner
-            .reconcile_total
-            .get_or_create(&ResultLabels {
-                controller: controller.to_owned(),
-                result,
-            })
-            .inc();
-        if let Outcome::Failed(failure) = &reconciled.outcome {
-            inner
-                .reconcile_errors
-                .get_or_create(&label)
-                .inc_by(1, exemplar, None);
-            if !failure.retry {
-                inner.terminal_errors.get_or_create(&label).inc();
-            }
-            if failure.kind == FailureKind::Trap {
-                inner.panics.get_or_create(&label).inc();
-            }
-            inner
-                .failures
-                .get_or_create(&FailureLabels {
-                    controller: controller.to_owned(),
-                    error_type: failure.kind.as_str(),
-                })
-                .inc();
-        }
-        if retried {
-            inner.retries.get_or_create(&queue_labels(controller)).inc();
-        }
+        cache.insert(controller.to_owned(), metrics.clone());
+        metrics
     }
 
     /// The exemplar of a reconcile: its trace id, when the trace is
@@ -551,17 +591,26 @@ impl Metrics {
         })
     }
 
-    /// One plugin call: `peak` bytes of linear memory, `took` in all.
-    pub fn plugin_call(&self, plugin: &str, peak: usize, took: Duration) {
-        let Some(inner) = &self.inner else { return };
-        let label = PluginLabel {
-            plugin: plugin.to_owned(),
+    /// The call histograms of `plugin`, resolved once.
+    pub fn plugin(&self, plugin: &str) -> PluginMetrics {
+        let Some(inner) = &self.inner else {
+            return PluginMetrics::default();
         };
-        inner.memory_peak.get_or_create(&label).observe(peak as f64);
-        inner
-            .plugin_duration
-            .get_or_create(&label)
-            .observe(took.as_secs_f64());
+        let mut cache = inner.plugins.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(plugin.to_owned())
+            .or_insert_with(|| {
+                let label = PluginLabel {
+                    plugin: plugin.to_owned(),
+                };
+                PluginMetrics {
+                    inner: Some((
+                        inner.memory_peak.get_or_create(&label).clone(),
+                        inner.plugin_duration.get_or_create(&label).clone(),
+                    )),
+                }
+            })
+            .clone()
     }
 
     /// A call the plugin made to the host API.
@@ -616,10 +665,7 @@ impl Metrics {
     /// running version.
     pub fn plugin_current(&self, name: &str, plugin: Option<&crate::engine::Plugin>) {
         let Some(inner) = &self.inner else { return };
-        let mut current = inner
-            .current_info
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut current = inner.current_info.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = current.remove(name) {
             inner.plugin_info.remove(&old);
         }
@@ -644,6 +690,27 @@ impl Metrics {
             };
             inner.max_concurrent.remove(&label);
             inner.active_workers.remove(&label);
+            inner
+                .controllers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(controller);
+        }
+    }
+}
+
+/// `plugin_memory_peak_bytes` and `plugin_duration_seconds` of one plugin.
+#[derive(Clone, Debug, Default)]
+pub struct PluginMetrics {
+    inner: Option<(Histogram, Histogram)>,
+}
+
+impl PluginMetrics {
+    /// One call: `peak` bytes of linear memory, `took` in all.
+    pub fn call(&self, peak: usize, took: Duration) {
+        if let Some((memory, duration)) = &self.inner {
+            memory.observe(peak as f64);
+            duration.observe(took.as_secs_f64());
         }
     }
 }
@@ -669,6 +736,7 @@ impl Collector for RunningCollector {
             let mut figures: Vec<(String, f64, f64)> = started
                 .iter()
                 .map(|(controller, ids)| {
+                    let ids = ids.lock().unwrap_or_else(|e| e.into_inner());
                     let ages = ids.values().map(|at| now.duration_since(*at).as_secs_f64());
                     let (sum, max) = ages.fold((0.0, 0.0f64), |(s, m), a| (s + a, m.max(a)));
                     (controller.clone(), sum, max)

@@ -27,11 +27,13 @@ struct DurationLabels {
     host: String,
 }
 
+type DurationFamily = Family<DurationLabels, Histogram, fn() -> Histogram>;
+
 /// The client's request metrics.
 #[derive(Clone, Debug)]
 pub struct RestMetrics {
     requests: Family<RequestLabels, Counter>,
-    duration: Option<Family<DurationLabels, Histogram, fn() -> Histogram>>,
+    duration: Option<DurationFamily>,
 }
 
 impl RestMetrics {
@@ -43,8 +45,9 @@ impl RestMetrics {
             requests.clone(),
         );
         let duration = latency.then(|| {
-            let family: Family<DurationLabels, Histogram, fn() -> Histogram> =
-                Family::new_with_constructor(|| Histogram::new(super::REST_BUCKETS.iter().copied()));
+            let family: DurationFamily = Family::new_with_constructor(|| {
+                Histogram::new(super::REST_BUCKETS.iter().copied())
+            });
             registry.register(
                 "rest_client_request_duration_seconds",
                 "Request latency in seconds, by verb and host",

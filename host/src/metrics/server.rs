@@ -4,13 +4,10 @@
 //! gets OpenMetrics 1.0 with exemplars; any other gets Prometheus text
 //! 0.0.4, which has no exemplars.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 
 use super::Metrics;
 
@@ -50,26 +47,9 @@ impl MetricsServer {
     pub async fn start(addr: SocketAddr, metrics: Metrics) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    // Out of file descriptors, say: wait rather than spin.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
-                let metrics = metrics.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let metrics = metrics.clone();
-                        async move { Ok::<_, Infallible>(answer(&request, &metrics)) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let task = crate::serve::spawn(listener, move |request| {
+            let response = answer(&request, &metrics);
+            async move { response }
         });
         Ok(MetricsServer { addr, task })
     }
@@ -118,7 +98,11 @@ fn answer<B>(request: &http::Request<B>, metrics: &Metrics) -> http::Response<Fu
             prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
             text,
         ),
-        Some(Err(e)) => respond(500, "text/plain", format!("cannot encode the metrics: {e}\n")),
+        Some(Err(e)) => respond(
+            500,
+            "text/plain",
+            format!("cannot encode the metrics: {e}\n"),
+        ),
         None => respond(404, "text/plain", "metrics are off\n".into()),
     }
 }

@@ -314,6 +314,7 @@ struct Context {
     objects: Mutex<HashMap<(String, String), ObjectState>>,
     activity: Arc<Activity>,
     store: reflector::Store<DynamicObject>,
+    metrics: crate::metrics::ControllerMetrics,
 }
 
 fn key_of(obj: &DynamicObject) -> (String, String) {
@@ -506,6 +507,7 @@ impl Driver {
                 objects: Mutex::default(),
                 activity: Arc::default(),
                 store,
+                metrics: plugin.metrics().controller(&metadata.name),
             }),
         }
     }
@@ -545,8 +547,8 @@ async fn reconcile_step(obj: Arc<DynamicObject>, ctx: &Context) -> Step {
     let version = ctx.current.load_full();
     let plugin = &version.plugin;
     ctx.activity.begin(&ctx.name);
-    let metrics = plugin.metrics();
-    let work = metrics.reconcile_started(&ctx.name);
+    let metrics = &ctx.metrics;
+    let work = metrics.reconcile_started();
     let started = Instant::now();
     let state = ctx.state(&key);
     let (reason, attempt) = ctx.reason(&obj, &state, deleting, version.generation);
@@ -621,9 +623,9 @@ async fn reconcile_step(obj: Arc<DynamicObject>, ctx: &Context) -> Step {
     let failure = reconciled.outcome.failure().cloned();
     ctx.activity.end(activity_key, failure.as_ref());
     let retried = failure.as_ref().is_some_and(|f| f.retry);
-    metrics.reconcile_finished(&ctx.name, work, &reconciled, retried);
+    metrics.reconcile_finished(work, &reconciled, retried);
     if retried || matches!(reconciled.outcome, Outcome::RequeueAfter(_)) {
-        metrics.queue_add(&ctx.name);
+        metrics.queue_add();
     }
     let previous = Some(Previous {
         span: reconciled.span.clone(),
@@ -855,13 +857,12 @@ pub async fn run(
     }
     // Objects requeued after a reload come through here.
     let (requeue, requeued) = tokio::sync::mpsc::channel::<KubeRef<DynamicObject>>(16);
-    let metrics = plugin.metrics().clone();
+    let metrics = plugin.metrics().controller(&name);
     let counted = |stream: futures::stream::BoxStream<'static, _>| {
         let metrics = metrics.clone();
-        let name = name.clone();
         stream.inspect(move |event: &Result<DynamicObject, watcher::Error>| {
             if event.is_ok() {
-                metrics.queue_add(&name);
+                metrics.queue_add();
             }
         })
     };
@@ -891,7 +892,8 @@ pub async fn run(
         let resource = api_resource(owned);
         let (cache, stream) = reflect(&client, &resource, &owned_namespaces, None);
         caches.push(cache);
-        controller = controller.owns_stream_with(counted(stream.touched_objects().boxed()), resource);
+        controller =
+            controller.owns_stream_with(counted(stream.touched_objects().boxed()), resource);
     }
     let store = controller.store();
     let stores: Vec<(String, Ready)> = caches
@@ -912,7 +914,7 @@ pub async fn run(
         .unwrap_or(settings.concurrency)
         .max(1);
     let grace = settings.shutdown_grace;
-    metrics.controller_started(&name, concurrency);
+    metrics.started(concurrency);
     // A version swapped in while the controller was starting is the one
     // that runs first.
     let plugin = versions.borrow_and_update().with_backend(backend.clone());
@@ -927,6 +929,7 @@ pub async fn run(
         objects: Mutex::new(objects.states),
         activity: activity.clone(),
         store,
+        metrics,
     });
     let swaps = tokio::spawn(swap_versions(
         ctx.clone(),
@@ -1040,7 +1043,11 @@ pub async fn run(
         .await;
     background.abort();
     swaps.abort();
-    metrics.controller_stopped(&name);
+    ctx.current
+        .load()
+        .plugin
+        .metrics()
+        .controller_stopped(&name);
     let states = std::mem::take(&mut *ctx.objects.lock().unwrap_or_else(|e| e.into_inner()));
     Objects {
         states,
@@ -1129,7 +1136,7 @@ async fn requeue_all(
         {
             return;
         }
-        ctx.current.load().plugin.metrics().queue_add(&ctx.name);
+        ctx.metrics.queue_add();
         count += 1;
     }
     if count > 0 {

@@ -81,6 +81,28 @@ pub enum OperatorError {
     },
 }
 
+/// The host's client. kube's own retry layer is off: the k8s backend
+/// retries plugin calls itself (only what is safe to resend, within the
+/// reconcile's deadline, each retry an event on the call's span), and the
+/// watches have kube-runtime's backoff. Every request is counted in
+/// `rest_client_requests_total`.
+pub fn host_client(
+    mut config: kube::Config,
+    metrics: &crate::metrics::Metrics,
+) -> Result<kube::Client, kube::Error> {
+    config.default_retry = false;
+    let host = config
+        .cluster_url
+        .authority()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let builder = kube::client::ClientBuilder::try_from(config)?;
+    Ok(match metrics.rest() {
+        Some(rest) => builder.with_layer(&rest.layer(&host)).build(),
+        None => builder.build(),
+    })
+}
+
 /// Loads a plugin and applies its grant (limits included).
 pub async fn load_plugin(
     engine: &Engine,

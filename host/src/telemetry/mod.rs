@@ -19,7 +19,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanExporter};
 
 /// The name the host's tracer reports as its instrumentation scope.
 pub const TRACER_NAME: &str = "reconcile-host";
@@ -560,6 +560,83 @@ fn otlp_exporter(otlp: &OtlpConfig) -> Result<opentelemetry_otlp::SpanExporter, 
     }
 }
 
+/// What a provider is built with, besides its processor.
+struct Parts {
+    drops: Arc<export::Drops>,
+    retention: Arc<retain::RetentionStats>,
+    retaining: bool,
+}
+
+impl Parts {
+    /// The builder with resource and sampler (wrapped for retention when
+    /// it is on and spans go somewhere).
+    fn new(config: &TelemetryConfig) -> (opentelemetry_sdk::trace::TracerProviderBuilder, Self) {
+        install_crypto_provider();
+        let resource = Resource::builder_empty()
+            .with_detector(Box::new(
+                opentelemetry_sdk::resource::TelemetryResourceDetector,
+            ))
+            .with_attributes(
+                config
+                    .resource
+                    .iter()
+                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+            )
+            .build();
+        // Nothing to retain for when nothing is exported.
+        let retaining = config.retention.enabled() && config.exporter != TracesExporter::None;
+        let builder = SdkTracerProvider::builder().with_resource(resource);
+        let builder = if retaining {
+            builder.with_sampler(retain::RetainingSampler::new(config.sampler.build()))
+        } else {
+            builder.with_sampler(config.sampler.build())
+        };
+        let parts = Parts {
+            drops: Arc::default(),
+            retention: Arc::default(),
+            retaining,
+        };
+        (builder, parts)
+    }
+
+    fn retain<'a>(
+        &'a self,
+        config: &'a TelemetryConfig,
+    ) -> Option<(&'a retain::RetentionConfig, &'a Arc<retain::RetentionStats>)> {
+        self.retaining
+            .then_some((&config.retention, &self.retention))
+    }
+
+    fn finish(self, builder: opentelemetry_sdk::trace::TracerProviderBuilder) -> Telemetry {
+        let provider = builder.build();
+        let tracer = provider.tracer(TRACER_NAME);
+        Telemetry {
+            provider,
+            tracer,
+            drops: self.drops,
+            retention: self.retention,
+        }
+    }
+}
+
+/// The batch processor of `exporter`, with the queue and batch sizes of
+/// `config` where the SDK could not read them.
+fn batch<E: SpanExporter + 'static>(
+    config: &TelemetryConfig,
+    exporter: E,
+) -> opentelemetry_sdk::trace::BatchSpanProcessor {
+    let mut batch = opentelemetry_sdk::trace::BatchConfigBuilder::default();
+    if let Some(size) = config.queue_size {
+        batch = batch.with_max_queue_size(size);
+    }
+    if let Some(size) = config.batch_size {
+        batch = batch.with_max_export_batch_size(size);
+    }
+    opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch.build())
+        .build()
+}
+
 /// Adds the exporting `processor`, behind retention when it is on.
 fn add_processor<P: opentelemetry_sdk::trace::SpanProcessor + 'static>(
     builder: opentelemetry_sdk::trace::TracerProviderBuilder,
@@ -595,28 +672,8 @@ impl Telemetry {
     /// Build the tracer provider. Must run inside a Tokio runtime (the gRPC
     /// exporter's connection lives there). Never waits for the collector.
     pub fn init(config: &TelemetryConfig) -> Result<Self, TelemetryError> {
-        install_crypto_provider();
-        let resource = Resource::builder_empty()
-            .with_detector(Box::new(
-                opentelemetry_sdk::resource::TelemetryResourceDetector,
-            ))
-            .with_attributes(
-                config
-                    .resource
-                    .iter()
-                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-            )
-            .build();
-        let drops = Arc::new(export::Drops::default());
-        let retention = Arc::new(retain::RetentionStats::default());
-        // Nothing to retain for when nothing is exported.
-        let retain = config.retention.enabled() && config.exporter != TracesExporter::None;
-        let builder = SdkTracerProvider::builder().with_resource(resource);
-        let builder = if retain {
-            builder.with_sampler(retain::RetainingSampler::new(config.sampler.build()))
-        } else {
-            builder.with_sampler(config.sampler.build())
-        };
+        let (builder, parts) = Parts::new(config);
+        let retain = parts.retain(config);
         let builder = match &config.exporter {
             TracesExporter::None => builder,
             TracesExporter::Console => add_processor(
@@ -625,36 +682,18 @@ impl Telemetry {
                     opentelemetry_stdout::SpanExporter::default(),
                 )
                 .build(),
-                retain.then_some((&config.retention, &retention)),
+                retain,
             ),
-            TracesExporter::Tree(view) => add_processor(
-                builder,
-                view.processor(),
-                retain.then_some((&config.retention, &retention)),
-            ),
+            TracesExporter::Tree(view) => add_processor(builder, view.processor(), retain),
             TracesExporter::Otlp(otlp) => match otlp_exporter(otlp) {
                 Ok(exporter) => {
                     let exporter = export::Observed::new(
                         exporter,
                         &otlp.endpoint,
                         otlp.variable,
-                        drops.clone(),
+                        parts.drops.clone(),
                     );
-                    let mut batch = opentelemetry_sdk::trace::BatchConfigBuilder::default();
-                    if let Some(size) = config.queue_size {
-                        batch = batch.with_max_queue_size(size);
-                    }
-                    if let Some(size) = config.batch_size {
-                        batch = batch.with_max_export_batch_size(size);
-                    }
-                    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
-                        .with_batch_config(batch.build())
-                        .build();
-                    add_processor(
-                        builder,
-                        processor,
-                        retain.then_some((&config.retention, &retention)),
-                    )
+                    add_processor(builder, batch(config, exporter), retain)
                 }
                 // Telemetry never stops the host: say so and run without it.
                 Err(e) => {
@@ -663,14 +702,21 @@ impl Telemetry {
                 }
             },
         };
-        let provider = builder.build();
-        let tracer = provider.tracer(TRACER_NAME);
-        Ok(Telemetry {
-            provider,
-            tracer,
-            drops,
-            retention,
-        })
+        Ok(parts.finish(builder))
+    }
+
+    /// As [`init`](Self::init), spans going to `exporter` through the batch
+    /// processor (and retention, when on) instead of the configured one;
+    /// benchmarks use an exporter that discards.
+    pub fn init_with_exporter<E: SpanExporter + 'static>(
+        config: &TelemetryConfig,
+        exporter: E,
+    ) -> Self {
+        let (builder, parts) = Parts::new(config);
+        let exporter =
+            export::Observed::new(exporter, "(given)", "the exporter", parts.drops.clone());
+        let builder = add_processor(builder, batch(config, exporter), parts.retain(config));
+        parts.finish(builder)
     }
 
     /// Wrap an existing provider (tests use an in-memory exporter).
@@ -909,6 +955,43 @@ mod tests {
                 .exporter,
             TracesExporter::None
         );
+    }
+
+    #[test]
+    fn retention_is_on_by_default_under_a_ratio_below_one() {
+        let r = |vars: &[(&str, &str)]| config(vars).retention;
+        let off = r(&[]);
+        assert!(!off.enabled(), "{off:?}");
+        assert!(!r(&[("OTEL_TRACES_SAMPLER", "always_off")]).enabled());
+        assert!(!r(&[("OTEL_TRACES_SAMPLER", "traceidratio")]).enabled());
+        let on = r(&[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+        ]);
+        assert!(on.keep_errors);
+        assert_eq!(on.keep_slower_than, Some(Duration::from_secs(2)));
+        let tuned = r(&[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+            ("RECONCILE_HOST_TRACES_KEEP_ERRORS", "false"),
+            ("RECONCILE_HOST_TRACES_KEEP_SLOWER_THAN_MS", "500"),
+            ("RECONCILE_HOST_TRACES_MAX_SPANS_PER_TRACE", "10"),
+        ]);
+        assert!(!tuned.keep_errors);
+        assert_eq!(tuned.keep_slower_than, Some(Duration::from_millis(500)));
+        assert_eq!(tuned.max_spans_per_trace, 10);
+        // Asked for explicitly, it works with any sampler.
+        assert!(r(&[("RECONCILE_HOST_TRACES_KEEP_ERRORS", "true")]).keep_errors);
+        let bad = config(&[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+            ("RECONCILE_HOST_TRACES_KEEP_ERRORS", "yes"),
+            ("RECONCILE_HOST_TRACES_KEEP_SLOWER_THAN_MS", "2s"),
+            ("RECONCILE_HOST_TRACES_MAX_BUFFERED_SPANS", "0"),
+        ]);
+        assert_eq!(bad.warnings.len(), 3, "{:?}", bad.warnings);
+        assert!(bad.retention.keep_errors);
+        assert_eq!(bad.retention.max_spans, retain::DEFAULT_MAX_SPANS);
     }
 
     #[test]

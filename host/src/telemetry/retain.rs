@@ -167,13 +167,7 @@ impl RetentionStats {
 
     /// Whether the trace was kept by retention (among the recent ones).
     pub fn retained(&self, trace: TraceId) -> Option<Kept> {
-        self.decisions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .kept
-            .get(&trace)
-            .copied()
-            .flatten()
+        self.decided(trace).flatten()
     }
 
     fn decide(&self, trace: TraceId, kept: Option<Kept>) {
@@ -344,7 +338,9 @@ impl<P: SpanProcessor> Retaining<P> {
         }
         entry.spans.push(span);
         buffers.total += 1;
-        self.stats.buffered.store(buffers.total as u64, Ordering::Relaxed);
+        self.stats
+            .buffered
+            .store(buffers.total as u64, Ordering::Relaxed);
     }
 
     /// A root ended: its trace is exported or dropped.
@@ -359,7 +355,9 @@ impl<P: SpanProcessor> Retaining<P> {
                 .map(|b| (b.spans, b.dropped))
                 .unwrap_or_default();
             buffers.total = buffers.total.saturating_sub(spans.len());
-            self.stats.buffered.store(buffers.total as u64, Ordering::Relaxed);
+            self.stats
+                .buffered
+                .store(buffers.total as u64, Ordering::Relaxed);
             (spans, dropped)
         };
         self.stats.decide(trace, kept);
@@ -370,10 +368,8 @@ impl<P: SpanProcessor> Retaining<P> {
             let mut root = root;
             // The trace is not whole: say how much is missing.
             if dropped > 0 {
-                root.attributes.push(KeyValue::new(
-                    DROPPED_ATTRIBUTE,
-                    i64::from(dropped),
-                ));
+                root.attributes
+                    .push(KeyValue::new(DROPPED_ATTRIBUTE, i64::from(dropped)));
             }
             self.export(root, kept);
         }
@@ -394,7 +390,9 @@ fn evict_stale(buffers: &mut Buffers, stats: &RetentionStats) {
     stats
         .spans_dropped
         .fetch_add(evicted as u64, Ordering::Relaxed);
-    stats.buffered.store(buffers.total as u64, Ordering::Relaxed);
+    stats
+        .buffered
+        .store(buffers.total as u64, Ordering::Relaxed);
 }
 
 /// The local root of a trace: no parent, or a parent in another process.
@@ -432,5 +430,124 @@ impl<P: SpanProcessor> SpanProcessor for Retaining<P> {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SimpleSpanProcessor};
+
+    fn provider(
+        config: RetentionConfig,
+    ) -> (SdkTracerProvider, InMemorySpanExporter, Arc<RetentionStats>) {
+        let exporter = InMemorySpanExporter::default();
+        let stats = Arc::new(RetentionStats::default());
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(RetainingSampler::new(Sampler::AlwaysOff))
+            .with_span_processor(Retaining::new(
+                SimpleSpanProcessor::new(exporter.clone()),
+                config,
+                stats.clone(),
+            ))
+            .build();
+        (provider, exporter, stats)
+    }
+
+    fn config() -> RetentionConfig {
+        RetentionConfig {
+            keep_errors: true,
+            keep_slower_than: Some(Duration::from_secs(60)),
+            ..RetentionConfig::off()
+        }
+    }
+
+    #[test]
+    fn a_failed_root_exports_its_children_even_one_that_ends_after_it() {
+        let (provider, exporter, stats) = provider(config());
+        let tracer = provider.tracer("t");
+        let root = tracer.start("reconcile");
+        let cx = Context::current_with_span(root);
+        let early = tracer.start_with_context("early", &cx);
+        drop(early);
+        let late = tracer.start_with_context("late", &cx);
+        cx.span().set_status(Status::error("failed"));
+        cx.span().end();
+        drop(late);
+        let spans = exporter.get_finished_spans().unwrap();
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(names, ["early", "reconcile", "late"]);
+        let root = &spans[1];
+        for span in &spans {
+            assert!(span.span_context.is_sampled());
+            assert_eq!(span.span_context.trace_id(), root.span_context.trace_id());
+            assert!(span.attributes.iter().any(|kv| kv.key.as_str() == RETAINED_ATTRIBUTE
+                && kv.value.as_str() == "error"));
+        }
+        assert_eq!(spans[0].parent_span_id, root.span_context.span_id());
+        assert_eq!(stats.kept_errors(), 1);
+        assert_eq!(
+            stats.retained(root.span_context.trace_id()),
+            Some(Kept::Error)
+        );
+    }
+
+    #[test]
+    fn a_root_that_is_neither_failed_nor_slow_is_dropped_with_its_children() {
+        let (provider, exporter, stats) = provider(config());
+        let tracer = provider.tracer("t");
+        let root = tracer.start("reconcile");
+        let cx = Context::current_with_span(root);
+        drop(tracer.start_with_context("child", &cx));
+        cx.span().end();
+        let late = tracer.start_with_context("late", &cx);
+        drop(late);
+        assert!(exporter.get_finished_spans().unwrap().is_empty());
+        assert_eq!(stats.discarded(), 1);
+        assert_eq!(stats.buffered(), 0);
+    }
+
+    #[test]
+    fn over_the_caps_spans_are_dropped_and_counted_the_root_never() {
+        let (provider, exporter, stats) = provider(RetentionConfig {
+            max_spans_per_trace: 3,
+            max_spans: 4,
+            ..config()
+        });
+        let tracer = provider.tracer("t");
+        let roots: Vec<Context> = (0..2)
+            .map(|_| Context::current_with_span(tracer.start("reconcile")))
+            .collect();
+        for cx in &roots {
+            for _ in 0..5 {
+                drop(tracer.start_with_context("child", cx));
+            }
+        }
+        // 3 of the first trace's 5, then 1 of the second's before the
+        // total cap of 4.
+        assert_eq!(stats.buffered(), 4);
+        assert_eq!(stats.spans_dropped(), 6);
+        for cx in &roots {
+            cx.span().set_status(Status::error("failed"));
+            cx.span().end();
+        }
+        let spans = exporter.get_finished_spans().unwrap();
+        assert_eq!(spans.len(), 6, "4 children and both roots");
+        let dropped: Vec<i64> = spans
+            .iter()
+            .filter(|s| s.name == "reconcile")
+            .map(|s| {
+                s.attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == DROPPED_ATTRIBUTE)
+                    .map(|kv| match kv.value {
+                        opentelemetry::Value::I64(n) => n,
+                        _ => -1,
+                    })
+                    .unwrap_or(0)
+            })
+            .collect();
+        assert_eq!(dropped, [2, 4]);
     }
 }
