@@ -46,6 +46,8 @@ fn setup(c: &Cluster) -> (tempfile::TempDir, PathBuf, PathBuf) {
 fn host(home: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_reconcile-host"));
     command
+        // Metrics on a free port: hosts of tests that run at once.
+        .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
         .args(["--log-format", "json"])
         .env_remove("KUBECONFIG")
         .env("HOME", home)
@@ -345,8 +347,10 @@ fn rss_mib(pid: u32) -> u64 {
 
 /// The bound the README documents for the embedded API server under these
 /// loads (its history keeps at most 64 MiB of objects, each watch at most
-/// 16 MiB queued).
-const RSS_BOUND_MIB: u64 = 256;
+/// 16 MiB queued). The binary's allocator, mimalloc, keeps freed segments
+/// for reuse: about 80 MiB more resident than glibc's under these loads
+/// (see BENCHMARKS.md); unbounded queues took the server past 800 MiB.
+const RSS_BOUND_MIB: u64 = 320;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_memory_stays_bounded_under_big_updates_and_stalled_watchers() {

@@ -579,6 +579,8 @@ fn dev_applies_reconciles_prints_spans_and_exits_when_idle() {
     let plugins = guest("demoapp").parent().unwrap().to_owned();
     let kubeconfig = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
+        // Metrics on a free port: hosts of tests that run at once.
+        .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
         .current_dir(&root)
         .args([
             "--log-format",
@@ -675,6 +677,8 @@ fn dev_writes_its_kubeconfig_to_the_cache_and_says_where() {
     let cache = tempfile::tempdir().unwrap();
     let cwd = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
+        // Metrics on a free port: hosts of tests that run at once.
+        .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
         .current_dir(cwd.path())
         .args(["--log-format", "json", "--cache-dir"])
         .arg(cache.path())
@@ -752,6 +756,8 @@ async fn run_uses_the_kubeconfig_cluster_and_grant_files() {
     .unwrap();
     let plugins = guest("demoapp").parent().unwrap().to_owned();
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
+        // Metrics on a free port: hosts of tests that run at once.
+        .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
         .args([
             "--log-format",
             "json",
@@ -784,6 +790,8 @@ async fn run_uses_the_kubeconfig_cluster_and_grant_files() {
 
     // Without its grant file, run refuses the plugin and names the file.
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
+        // Metrics on a free port: hosts of tests that run at once.
+        .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
         .args(["run", "--exit-when-idle", "--plugins"])
         .arg(&plugins)
         .env("KUBECONFIG", &kubeconfig)

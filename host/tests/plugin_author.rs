@@ -280,6 +280,8 @@ async fn run_with_a_namespaced_grant_and_kubeconfig_exits_when_idle() {
     let run = |extra: &[&str]| {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"));
         command
+            // Metrics on a free port: hosts of tests that run at once.
+            .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
             .args([
                 "--log-format",
                 "json",
@@ -335,6 +337,8 @@ async fn grant_files_under_grants_dir_use_the_plugin_name() {
         let only = tempfile::tempdir().unwrap();
         std::fs::copy(plugins.join("mirror.wasm"), only.path().join("mirror.wasm")).unwrap();
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
+            // Metrics on a free port: hosts of tests that run at once.
+            .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
             .args(["run", "--exit-when-idle", "--plugins"])
             .arg(only.path())
             .arg("--grants")
@@ -370,6 +374,8 @@ fn call_reads_a_yaml_object_and_the_first_of_several() {
     .unwrap();
     let call = |object: &Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
+            // Metrics on a free port: hosts of tests that run at once.
+            .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
             .args(["--log-format", "json", "call"])
             .arg(guest("noop"))
             .arg("--object")
