@@ -136,7 +136,10 @@ impl Host {
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env_remove("OTEL_TRACES_SAMPLER")
+            // Half the traces head-sampled; the failed ones retained: the
+            // exemplars must point at exported traces either way.
+            .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+            .env("OTEL_TRACES_SAMPLER_ARG", "0.5")
             .env_remove("RECONCILE_HOST_METRICS_BIND_ADDRESS")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())

@@ -137,7 +137,9 @@ pub enum CallOutcome {
     Ok,
     /// It failed (an error status, a network error, a timeout).
     Error,
-    /// The grant refused it; nothing was sent.
+    /// Refused: the grant has no room for it (nothing was sent), the
+    /// destination is one the plugin may not reach, or the API server
+    /// answered 403.
     AccessDenied,
 }
 
@@ -304,7 +306,15 @@ impl ControllerMetrics {
             Outcome::Failed(_) => c.error.inc(),
         };
         if let Outcome::Failed(failure) = &reconciled.outcome {
-            c.errors.inc_by(1, exemplar, None);
+            // An exemplar-less increment would clear the last exemplar.
+            match exemplar {
+                Some(_) => {
+                    c.errors.inc_by(1, exemplar, None);
+                }
+                None => {
+                    prometheus_client::metrics::counter::Atomic::<u64>::inc(&*c.errors.inner());
+                }
+            }
             if !failure.retry {
                 c.terminal.inc();
             }
@@ -581,11 +591,13 @@ impl Metrics {
     /// exported (head-sampled, or retained).
     fn exemplar(&self, reconciled: &Reconciled) -> Option<TraceLabel> {
         let inner = self.inner.as_ref()?;
-        let exported = reconciled.sampled
-            || inner
-                .telemetry
-                .as_ref()
-                .is_some_and(|t| t.retention().retained(reconciled.trace_id).is_some());
+        let exported = match &inner.telemetry {
+            Some(t) => {
+                t.exports()
+                    && (reconciled.sampled || t.retention().retained(reconciled.trace_id).is_some())
+            }
+            None => reconciled.sampled,
+        };
         exported.then(|| TraceLabel {
             trace_id: reconciled.trace_id.to_string(),
         })
@@ -692,6 +704,12 @@ impl Metrics {
             inner.active_workers.remove(&label);
             inner
                 .controllers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(controller);
+            inner
+                .running
+                .started
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(controller);

@@ -270,8 +270,10 @@ struct ObjectState {
     /// The plugin version of the reconcile that started last (it may be
     /// running).
     started_generation: u64,
-    /// The root span of its latest reconcile, linked from the next one.
-    previous: Option<Previous>,
+    /// The root span of its latest reconcile, linked from the next one,
+    /// and the UID of the object it reconciled (an object deleted and
+    /// made again under the same name has a history of its own).
+    previous: Option<(Option<String>, Previous)>,
 }
 
 /// What a controller knows of its objects, handed to the controller that
@@ -567,7 +569,11 @@ async fn reconcile_step(obj: Arc<DynamicObject>, ctx: &Context) -> Step {
         attempt,
         generation: obj.metadata.generation,
         parent: None,
-        previous: state.previous.clone(),
+        previous: state
+            .previous
+            .clone()
+            .filter(|(uid, _)| *uid == obj.metadata.uid)
+            .map(|(_, previous)| previous),
     };
     let root = plugin.start_span(&request);
     let root_cx = root.context().clone();
@@ -627,11 +633,14 @@ async fn reconcile_step(obj: Arc<DynamicObject>, ctx: &Context) -> Step {
     if retried || matches!(reconciled.outcome, Outcome::RequeueAfter(_)) {
         metrics.queue_add();
     }
-    let previous = Some(Previous {
-        span: reconciled.span.clone(),
-        result: reconciled.outcome.result(),
-        error_type: failure.as_ref().map(|f| f.kind.as_str()),
-    });
+    let previous = Some((
+        obj.metadata.uid.clone(),
+        Previous {
+            span: reconciled.span.clone(),
+            result: reconciled.outcome.result(),
+            error_type: failure.as_ref().map(|f| f.kind.as_str()),
+        },
+    ));
     let generation = version.generation;
     let version = obj.resource_version();
     ctx.prune();

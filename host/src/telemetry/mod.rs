@@ -607,7 +607,11 @@ impl Parts {
             .then_some((&config.retention, &self.retention))
     }
 
-    fn finish(self, builder: opentelemetry_sdk::trace::TracerProviderBuilder) -> Telemetry {
+    fn finish(
+        self,
+        builder: opentelemetry_sdk::trace::TracerProviderBuilder,
+        exports: bool,
+    ) -> Telemetry {
         let provider = builder.build();
         let tracer = provider.tracer(TRACER_NAME);
         Telemetry {
@@ -615,6 +619,7 @@ impl Parts {
             tracer,
             drops: self.drops,
             retention: self.retention,
+            exports,
         }
     }
 }
@@ -660,6 +665,7 @@ pub struct Telemetry {
     tracer: SdkTracer,
     drops: Arc<export::Drops>,
     retention: Arc<retain::RetentionStats>,
+    exports: bool,
 }
 
 impl fmt::Debug for Telemetry {
@@ -674,6 +680,10 @@ impl Telemetry {
     pub fn init(config: &TelemetryConfig) -> Result<Self, TelemetryError> {
         let (builder, parts) = Parts::new(config);
         let retain = parts.retain(config);
+        let mut exports = matches!(
+            config.exporter,
+            TracesExporter::Console | TracesExporter::Tree(_)
+        );
         let builder = match &config.exporter {
             TracesExporter::None => builder,
             TracesExporter::Console => add_processor(
@@ -687,6 +697,7 @@ impl Telemetry {
             TracesExporter::Tree(view) => add_processor(builder, view.processor(), retain),
             TracesExporter::Otlp(otlp) => match otlp_exporter(otlp) {
                 Ok(exporter) => {
+                    exports = true;
                     let exporter = export::Observed::new(
                         exporter,
                         &otlp.endpoint,
@@ -702,7 +713,7 @@ impl Telemetry {
                 }
             },
         };
-        Ok(parts.finish(builder))
+        Ok(parts.finish(builder, exports))
     }
 
     /// As [`init`](Self::init), spans going to `exporter` through the batch
@@ -716,7 +727,7 @@ impl Telemetry {
         let exporter =
             export::Observed::new(exporter, "(given)", "the exporter", parts.drops.clone());
         let builder = add_processor(builder, batch(config, exporter), parts.retain(config));
-        parts.finish(builder)
+        parts.finish(builder, true)
     }
 
     /// Wrap an existing provider (tests use an in-memory exporter).
@@ -727,7 +738,13 @@ impl Telemetry {
             tracer,
             drops: Arc::default(),
             retention: Arc::default(),
+            exports: true,
         }
+    }
+
+    /// Whether spans go anywhere (an exporter was configured and built).
+    pub fn exports(&self) -> bool {
+        self.exports
     }
 
     /// Spans the exporter could not deliver so far.

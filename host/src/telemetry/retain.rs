@@ -82,8 +82,9 @@ pub const DEFAULT_MAX_SPANS_PER_TRACE: usize = 512;
 /// Default of `RECONCILE_HOST_TRACES_MAX_BUFFERED_SPANS`.
 pub const DEFAULT_MAX_SPANS: usize = 16_384;
 
-/// How long a trace's spans wait for a root that never ends (a span lost
-/// without ending) before a full buffer evicts them.
+/// How long a trace's spans wait for their root (one lost without ending,
+/// or decided so long ago that the decision is forgotten) before a sweep
+/// drops them.
 const STALE: Duration = Duration::from_secs(120);
 
 /// Recent decisions remembered, for spans that end after their root and
@@ -218,7 +219,7 @@ impl ShouldSample for RetainingSampler {
         attributes: &[KeyValue],
         links: &[Link],
     ) -> SamplingResult {
-        if let Some(cx) = parent_context.filter(|cx| cx.has_active_span()) {
+        if let Some(cx) = parent_context.filter(|cx| cx.span().span_context().is_valid()) {
             let span = cx.span();
             let parent = span.span_context();
             if !parent.is_remote() {
@@ -254,11 +255,27 @@ struct Buffered {
     dropped: u32,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Buffers {
     traces: HashMap<TraceId, Buffered>,
     total: usize,
+    /// When stale traces were last looked for.
+    swept: Instant,
 }
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Buffers {
+            traces: HashMap::new(),
+            total: 0,
+            swept: Instant::now(),
+        }
+    }
+}
+
+/// How often the buffer is swept for traces whose root never came (a
+/// span ending long after its root, once its decision is forgotten).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// The processor of retention, in front of the exporting one.
 #[derive(Debug)]
@@ -317,11 +334,22 @@ impl<P: SpanProcessor> Retaining<P> {
         self.stats.spans_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Buffers a span of an undecided trace, within the caps.
+    /// Buffers a span of an undecided trace, within the caps; or, if its
+    /// root was decided meanwhile, follows that decision.
     fn buffer(&self, span: SpanData) {
         let trace = span.span_context.trace_id();
         let mut buffers = self.lock();
-        if buffers.total >= self.config.max_spans {
+        // Decided under this lock by `finish`: no span lands in a buffer
+        // that its root has already collected.
+        if let Some(decided) = self.stats.decided(trace) {
+            drop(buffers);
+            if let Some(kept) = decided {
+                self.export(span, kept);
+            }
+            return;
+        }
+        if buffers.swept.elapsed() >= SWEEP_EVERY {
+            buffers.swept = Instant::now();
             evict_stale(&mut buffers, &self.stats);
         }
         let full = buffers.total >= self.config.max_spans;
@@ -358,9 +386,10 @@ impl<P: SpanProcessor> Retaining<P> {
             self.stats
                 .buffered
                 .store(buffers.total as u64, Ordering::Relaxed);
+            // With the buffer still locked (see `buffer`).
+            self.stats.decide(trace, kept);
             (spans, dropped)
         };
-        self.stats.decide(trace, kept);
         if let Some(kept) = kept {
             for span in spans {
                 self.export(span, kept);
@@ -491,6 +520,57 @@ mod tests {
             stats.retained(root.span_context.trace_id()),
             Some(Kept::Error)
         );
+    }
+
+    #[test]
+    fn the_sampler_follows_parents_and_records_what_the_head_sampler_drops() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceState};
+        let sampler = RetainingSampler::new(Sampler::ParentBased(Box::new(
+            Sampler::TraceIdRatioBased(1.0),
+        )));
+        let decide = |cx: Option<&Context>| {
+            sampler
+                .should_sample(
+                    cx,
+                    TraceId::from(7u128),
+                    "reconcile",
+                    &SpanKind::Internal,
+                    &[],
+                    &[],
+                )
+                .decision
+        };
+        let remote = |flags| {
+            Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from(7u128),
+                SpanId::from(9u64),
+                flags,
+                true,
+                TraceState::default(),
+            ))
+        };
+        // A root: the ratio (1.0) samples it.
+        assert_eq!(decide(None), SamplingDecision::RecordAndSample);
+        assert_eq!(
+            decide(Some(&Context::new())),
+            SamplingDecision::RecordAndSample
+        );
+        // A remote parent that sampled: sampled; one that did not: recorded,
+        // so that a failure is still kept.
+        assert_eq!(
+            decide(Some(&remote(TraceFlags::SAMPLED))),
+            SamplingDecision::RecordAndSample
+        );
+        assert_eq!(
+            decide(Some(&remote(TraceFlags::default()))),
+            SamplingDecision::RecordOnly
+        );
+        // A local child follows its parent.
+        let (provider, _, _) = provider(config());
+        let tracer = provider.tracer("t");
+        let recorded = Context::current_with_span(tracer.start("reconcile"));
+        assert!(!recorded.span().span_context().is_sampled());
+        assert_eq!(decide(Some(&recorded)), SamplingDecision::RecordOnly);
     }
 
     #[test]
