@@ -18,6 +18,8 @@
 //! - [`example_http`]: the loopback HTTP server `dev --example-http` starts
 //!   for the example plugins.
 //! - [`files`]: bounded reads of regular files only (plugins, grants, manifests).
+//! - [`lease`]: leader election and sharding through Leases, and the
+//!   ownership the controllers check before each reconcile.
 //! - [`metadata`]: what a plugin says about itself, and its checks.
 //! - [`grants`]: what the operator allows a plugin, from grant files.
 //! - [`metrics`]: Prometheus metrics with controller-runtime's names, the
@@ -38,6 +40,7 @@ pub mod engine;
 pub mod example_http;
 pub mod files;
 pub mod grants;
+pub mod lease;
 pub mod metadata;
 pub mod metrics;
 pub mod operator;

@@ -1,0 +1,447 @@
+//! Sharding: the object space split into N shards, each a Lease; every
+//! replica holds about N / replicas of them and reconciles only their
+//! objects.
+//!
+//! - **Membership** is a Lease per replica (`<id>-member-<identity>`,
+//!   labelled with the shard count), renewed every round; a member counts
+//!   as alive while its lease has changed within its duration, as seen from
+//!   here. A member lease not renewed for ten durations is deleted by
+//!   whichever replica sees it first.
+//! - **Fair share**: `ceil(N / alive members)`. A replica under it takes
+//!   free or expired shards (in an order of its own, so that replicas do
+//!   not all race for shard 0); one over it gives shards up: it stops
+//!   starting reconciles in them, and releases each lease once the
+//!   reconciles running in it have ended.
+//! - **Hand-over** follows the leases: a shard is taken only once its lease
+//!   was released or expired, and its holder stops at its renew deadline,
+//!   before anyone may take it (see [`super::election`] for the timings).
+//!   A held shard whose lease cannot be renewed in time, or that someone
+//!   else took, is [`Lost`]: the host exits.
+//! - A replica that sees a live member with another shard count that was
+//!   there before it takes no shard (and is not ready) until that member is
+//!   gone: two splits at once would overlap. In a rollout that changes
+//!   `--shards` the new replicas wait for the old ones to stop; change it
+//!   by scaling to zero first to be safe against an old replica that lost
+//!   its member lease but not its shards, or under a new
+//!   `--leader-election-id`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::lock::{Attempt, LeaseApi, Lock, Record};
+use super::ownership::Ownership;
+use super::{Lost, Status, Timings, jittered};
+
+/// The label naming the lease set (the `--leader-election-id`).
+pub const SET_LABEL: &str = "reconcile-host.dev/lease-set";
+/// The label saying what a lease is: `member` or `shard`.
+pub const ROLE_LABEL: &str = "reconcile-host.dev/lease-role";
+/// The label of a member lease with its shard count.
+pub const SHARDS_LABEL: &str = "reconcile-host.dev/shards";
+
+/// The sharding of one host deployment.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// The lease set's name: leases are `<id>-shard-<i>` and `<id>-member-<identity>`.
+    pub id: String,
+    /// This replica's identity.
+    pub identity: String,
+    /// Number of shards.
+    pub shards: u32,
+    /// Lease timings.
+    pub timings: Timings,
+}
+
+/// A Lease name made from an identity: lowercase alphanumerics and `-`,
+/// at most 253 characters.
+fn lease_name(prefix: &str, identity: &str) -> String {
+    let cleaned: String = identity
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let mut name = format!("{prefix}-member-{cleaned}");
+    name.truncate(253);
+    name.trim_end_matches(['-', '.']).to_owned()
+}
+
+/// Runs this replica's part until `stop` turns true (its reconciles have
+/// stopped by then), then releases its shards and deletes its member lease.
+pub async fn run(
+    api: Arc<dyn LeaseApi>,
+    ownership: Ownership,
+    config: ShardConfig,
+    status: tokio::sync::watch::Sender<Status>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Lost> {
+    let n = config.shards.max(1);
+    let duration = config.timings.lease_duration;
+    let labels = |role: &str| {
+        BTreeMap::from([
+            (SET_LABEL.to_owned(), config.id.clone()),
+            (ROLE_LABEL.to_owned(), role.to_owned()),
+        ])
+    };
+    let mut member_labels = labels("member");
+    member_labels.insert(SHARDS_LABEL.to_owned(), n.to_string());
+    let mut member = Lock::new(
+        api.clone(),
+        &lease_name(&config.id, &config.identity),
+        &config.identity,
+        duration,
+        member_labels,
+    );
+    let mut locks: Vec<Lock> = (0..n)
+        .map(|i| {
+            Lock::new(
+                api.clone(),
+                &format!("{}-shard-{i}", config.id),
+                &config.identity,
+                duration,
+                labels("shard"),
+            )
+        })
+        .collect();
+    // This replica's order of preference: from a start of its own.
+    let start = super::ownership::shard_of("", &config.identity, n);
+    let order: Vec<u32> = (0..n).map(|i| (start + i) % n).collect();
+    let mut valid: HashMap<u32, Instant> = HashMap::new();
+    let mut members: HashMap<String, (Record, Instant)> = HashMap::new();
+    let selector = format!("{SET_LABEL}={},{ROLE_LABEL}=member", config.id);
+    let mut last_share = None;
+    loop {
+        let round = Instant::now();
+        let mut problem: Option<String> = None;
+        // 1. Held shards first: their deadlines matter most.
+        for shard in ownership.held() {
+            let Some(lock) = locks.get_mut(shard as usize) else {
+                continue;
+            };
+            let until = valid.get(&shard).copied().unwrap_or(round);
+            let attempt = tokio::time::timeout_at(until, lock.try_acquire_or_renew()).await;
+            match attempt {
+                Ok(Ok(Attempt::Held { at, .. })) => {
+                    let until = at + config.timings.renew_deadline;
+                    valid.insert(shard, until);
+                    ownership.renewed(shard, until);
+                }
+                Ok(Ok(Attempt::Other { holder })) => {
+                    ownership.lapse(shard);
+                    return Err(Lost(format!(
+                        "the lease {} is held by {holder} now",
+                        lock.name()
+                    )));
+                }
+                Ok(Err(e)) if Instant::now() < until => problem = Some(e.to_string()),
+                Ok(Err(e)) => {
+                    ownership.lapse(shard);
+                    return Err(Lost(format!(
+                        "the lease {} was not renewed within the renew deadline: {e}",
+                        lock.name()
+                    )));
+                }
+                Err(_) => {
+                    ownership.lapse(shard);
+                    return Err(Lost(format!(
+                        "the lease {} was not renewed within the renew deadline",
+                        lock.name()
+                    )));
+                }
+            }
+        }
+        // 2. Shards given up whose reconciles have ended.
+        for shard in ownership.held() {
+            if !ownership.holds_shard(shard) && ownership.idle(shard) {
+                if let Some(lock) = locks.get_mut(shard as usize) {
+                    match lock.release().await {
+                        Ok(_) => tracing::info!(lease = %lock.name(), shard, "gave up the shard"),
+                        Err(e) => {
+                            tracing::warn!(lease = %lock.name(), "cannot release the shard (it expires instead): {e}")
+                        }
+                    }
+                }
+                ownership.released(shard);
+                valid.remove(&shard);
+            }
+        }
+        // 3. Membership.
+        if let Err(e) = member.try_acquire_or_renew().await {
+            problem = Some(e.to_string());
+        }
+        let alive = match api.list(&selector).await {
+            Ok(leases) => {
+                let now = Instant::now();
+                let mut seen = HashMap::new();
+                for lease in &leases {
+                    let name = lease.metadata.name.clone().unwrap_or_default();
+                    let record = Record::of(lease);
+                    let at = match members.get(&name) {
+                        Some((old, at)) if *old == record => *at,
+                        _ => now,
+                    };
+                    let shards = lease
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SHARDS_LABEL))
+                        .and_then(|s| s.parse::<u32>().ok());
+                    seen.insert(name, (record, at, shards));
+                }
+                members = seen
+                    .iter()
+                    .map(|(k, (r, at, _))| (k.clone(), (r.clone(), *at)))
+                    .collect();
+                let live: Vec<(&String, &Record, Option<u32>)> = seen
+                    .iter()
+                    .filter(|(k, (r, at, _))| {
+                        **k == *member.name() || (r.holder.is_some() && now < *at + r.duration)
+                    })
+                    .map(|(k, (r, _, s))| (k, r, *s))
+                    .collect();
+                // Members gone for ten durations: delete their leases.
+                for (name, (record, at, _)) in &seen {
+                    if *name != *member.name() && now >= *at + duration * 10 {
+                        let mut stale = Lock::new(api.clone(), name, "", duration, BTreeMap::new());
+                        if stale.observe().await.is_ok_and(|(_, free)| free)
+                            && stale.delete().await.is_ok()
+                        {
+                            tracing::info!(lease = %name, holder = ?record.holder, "deleted the lease of a member gone");
+                        }
+                    }
+                }
+                // Members of another split that were there first win: this
+                // replica waits for them to go.
+                let mine = live
+                    .iter()
+                    .find(|(k, _, _)| **k == *member.name())
+                    .and_then(|(_, r, _)| r.acquire_time);
+                let first: Vec<&str> = live
+                    .iter()
+                    .filter(|(_, r, s)| {
+                        *s != Some(n)
+                            && match (r.acquire_time, mine) {
+                                (Some(theirs), Some(mine)) => theirs <= mine,
+                                _ => true,
+                            }
+                    })
+                    .map(|(k, _, _)| k.as_str())
+                    .collect();
+                if !first.is_empty() {
+                    problem = Some(format!(
+                        "live members split the objects into another number of shards than {n} ({}): this replica takes no shard until they are gone",
+                        first.join(", ")
+                    ));
+                    Some(0)
+                } else {
+                    Some(live.iter().filter(|(_, _, s)| *s == Some(n)).count().max(1))
+                }
+            }
+            Err(e) => {
+                problem = Some(e.to_string());
+                None
+            }
+        };
+        // 4. Balance towards the fair share.
+        if let Some(alive) = alive {
+            let share = if alive == 0 {
+                0
+            } else {
+                (n as usize).div_ceil(alive)
+            };
+            if last_share != Some(share) {
+                tracing::info!(
+                    shards = n,
+                    members = alive,
+                    share,
+                    "this replica aims at {share} of {n} shards"
+                );
+                last_share = Some(share);
+            }
+            let mut kept: Vec<u32> = order
+                .iter()
+                .copied()
+                .filter(|s| ownership.holds_shard(*s))
+                .collect();
+            while kept.len() > share {
+                if let Some(extra) = kept.pop() {
+                    tracing::info!(shard = extra, "giving up the shard for the fair share");
+                    ownership.releasing(extra);
+                }
+            }
+            let held = ownership.held();
+            let mut count = kept.len();
+            for shard in order.iter().copied().filter(|s| !held.contains(s)) {
+                let Some(lock) = locks.get_mut(shard as usize) else {
+                    continue;
+                };
+                if count >= share {
+                    // Keep observing: expiry counts from a change seen here.
+                    let _ = lock.observe().await;
+                    continue;
+                }
+                match lock.try_acquire_or_renew().await {
+                    Ok(Attempt::Held { at, .. }) => {
+                        let until = at + config.timings.renew_deadline;
+                        valid.insert(shard, until);
+                        ownership.renewed(shard, until);
+                        tracing::info!(lease = %lock.name(), shard, "took the shard");
+                        count += 1;
+                    }
+                    Ok(Attempt::Other { .. }) | Err(super::lock::LeaseError::Conflict(_)) => {}
+                    Err(e) => problem = Some(e.to_string()),
+                }
+            }
+        }
+        let holding = ownership.held();
+        status.send_modify(|s| {
+            s.shards = holding.clone();
+            match &problem {
+                Some(p) => s.failed(p),
+                None => s.ok(!holding.is_empty(), None),
+            }
+        });
+        let next = valid
+            .values()
+            .copied()
+            .fold(round + jittered(config.timings.retry_period), Instant::min);
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            () = tokio::time::sleep_until(next.max(round + Duration::from_millis(50))) => {}
+        }
+    }
+    for shard in ownership.held() {
+        if let Some(lock) = locks.get_mut(shard as usize) {
+            if let Err(e) = lock.release().await {
+                tracing::warn!(lease = %lock.name(), "cannot release the shard (it expires instead): {e}");
+            }
+        }
+        ownership.released(shard);
+    }
+    if let Err(e) = member.delete().await {
+        tracing::warn!(lease = %member.name(), "cannot delete the member lease: {e}");
+    }
+    tracing::info!("released every shard");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use std::collections::BTreeSet;
+
+    use super::super::lock::MemoryLeases;
+    use super::*;
+
+    struct Replica {
+        ownership: Ownership,
+        stop: tokio::sync::watch::Sender<bool>,
+        task: tokio::task::JoinHandle<Result<(), Lost>>,
+    }
+
+    fn replica(api: &Arc<MemoryLeases>, identity: &str, shards: u32) -> Replica {
+        let ownership = Ownership::coordinated(shards);
+        let (status, _) = tokio::sync::watch::channel(Status::default());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(run(
+            api.clone(),
+            ownership.clone(),
+            ShardConfig {
+                id: "host".into(),
+                identity: identity.into(),
+                shards,
+                timings: Timings::default(),
+            },
+            status,
+            stopped,
+        ));
+        Replica {
+            ownership,
+            stop,
+            task,
+        }
+    }
+
+    async fn run_for(d: Duration) {
+        let step = Duration::from_millis(100);
+        let mut left = d;
+        while !left.is_zero() {
+            let s = step.min(left);
+            tokio::time::sleep(s).await;
+            left -= s;
+        }
+    }
+
+    /// Held shards of each replica: never two holders of one shard.
+    fn split(replicas: &[&Replica]) -> Vec<BTreeSet<u32>> {
+        let sets: Vec<BTreeSet<u32>> = replicas.iter().map(|r| r.ownership.held()).collect();
+        for (i, a) in sets.iter().enumerate() {
+            for b in sets.iter().skip(i + 1) {
+                assert!(a.is_disjoint(b), "{sets:?}");
+            }
+        }
+        sets
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn three_replicas_split_six_shards_and_a_killed_ones_move() {
+        let api = Arc::new(MemoryLeases::default());
+        let a = replica(&api, "a", 6);
+        let b = replica(&api, "b", 6);
+        let c = replica(&api, "c", 6);
+        // Checked every 100 ms while they settle: no overlap at any step.
+        for _ in 0..300 {
+            run_for(Duration::from_millis(100)).await;
+            split(&[&a, &b, &c]);
+        }
+        let sets = split(&[&a, &b, &c]);
+        assert!(sets.iter().all(|s| s.len() == 2), "{sets:?}");
+        c.task.abort();
+        let mut moved = false;
+        for _ in 0..400 {
+            run_for(Duration::from_millis(100)).await;
+            let sets = split(&[&a, &b]);
+            if sets.iter().map(BTreeSet::len).sum::<usize>() == 6 {
+                moved = true;
+                break;
+            }
+        }
+        assert!(moved, "{:?}", split(&[&a, &b]));
+        let sets = split(&[&a, &b]);
+        assert!(sets.iter().all(|s| s.len() == 3), "{sets:?}");
+        for r in [a, b] {
+            r.stop.send_replace(true);
+            r.task.await.unwrap().unwrap();
+        }
+        // Both released their shards and deleted their member leases;
+        // c's member lease stays until it is stale.
+        let leases = api
+            .list("reconcile-host.dev/lease-role=member")
+            .await
+            .unwrap();
+        assert_eq!(leases.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_with_another_shard_count_takes_nothing() {
+        let api = Arc::new(MemoryLeases::default());
+        let a = replica(&api, "a", 6);
+        run_for(Duration::from_secs(5)).await;
+        let b = replica(&api, "b", 4);
+        run_for(Duration::from_secs(10)).await;
+        assert!(b.ownership.held().is_empty());
+        a.stop.send_replace(true);
+        a.task.await.unwrap().unwrap();
+        run_for(Duration::from_secs(5)).await;
+        assert_eq!(b.ownership.held().len(), 4);
+        b.stop.send_replace(true);
+        b.task.await.unwrap().unwrap();
+    }
+}
