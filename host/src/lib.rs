@@ -30,6 +30,7 @@
 //!   start-up, then swapped in, or its controller replaced or stopped.
 //! - [`plugin_test`]: `reconcile-host test`, the conformance case format
 //!   run against one plugin.
+//! - [`probes`]: `/healthz` and `/readyz`.
 //! - [`reconcile`]: request, outcome and root-span vocabulary.
 //! - `serve`: the accept loop of the host's small HTTP endpoints.
 //! - [`telemetry`]: tracer provider, structured logs, the tree view of
@@ -45,6 +46,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod operator;
 pub mod plugin_test;
+pub mod probes;
 pub mod reconcile;
 pub mod reload;
 mod serve;

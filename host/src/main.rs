@@ -98,6 +98,8 @@ enum Command {
         /// The kubeconfig context to use (default: its current context).
         #[arg(long)]
         context: Option<String>,
+        #[command(flatten)]
+        coordination: CoordinationArgs,
     },
     /// Serve the embedded Kubernetes API server on loopback until Ctrl-C or
     /// SIGTERM, with a kubeconfig for kubectl.
@@ -191,6 +193,86 @@ struct OperatorArgs {
     /// controller-runtime no longer registers by default.
     #[arg(long)]
     rest_client_latency_metrics: bool,
+    /// Where to serve /healthz and /readyz: `:8081` is every interface, `0`
+    /// turns them off [default: `:8081`; for `dev`, 127.0.0.1:8081, or a
+    /// free port if it is taken].
+    #[arg(long, env = "RECONCILE_HOST_HEALTH_PROBE_BIND_ADDRESS")]
+    health_probe_bind_address: Option<String>,
+}
+
+/// How replicas of `run` share the work (controller-runtime's flag names).
+#[derive(clap::Args, Debug)]
+struct CoordinationArgs {
+    /// Elect a leader through a Lease: only the leader reconciles; the
+    /// other replicas keep their caches warm and take over when it stops.
+    #[arg(long, env = "RECONCILE_HOST_LEADER_ELECT", conflicts_with = "shards")]
+    leader_elect: bool,
+    /// Split each plugin's objects into N shards (a Lease each) held by the
+    /// replicas, each reconciling about N / replicas of them.
+    #[arg(long, env = "RECONCILE_HOST_SHARDS", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    shards: Option<u32>,
+    /// The Lease's name (with --shards, the prefix of the Leases).
+    #[arg(long, default_value = "reconcile-host")]
+    leader_election_id: String,
+    /// The Leases' namespace [default: POD_NAMESPACE, the ServiceAccount's
+    /// namespace in a pod, else default].
+    #[arg(long)]
+    leader_election_namespace: Option<String>,
+    /// How long standbys wait, from the last renewal they saw, before
+    /// taking the lease of a leader that stopped renewing, in seconds.
+    #[arg(long, default_value_t = 15.0)]
+    leader_elect_lease_duration: f64,
+    /// How long a leader keeps reconciling without a successful renewal, in
+    /// seconds; then it stops at once and exits.
+    #[arg(long, default_value_t = 10.0)]
+    leader_elect_renew_deadline: f64,
+    /// How often leases are renewed and tried, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    leader_elect_retry_period: f64,
+}
+
+impl CoordinationArgs {
+    fn config(
+        &self,
+        identity: &str,
+    ) -> anyhow::Result<Option<reconcile_host::lease::CoordinationConfig>> {
+        use reconcile_host::lease::{CoordinationConfig, Mode, Timings};
+        let mode = match (self.leader_elect, self.shards) {
+            (_, Some(n)) => Mode::Shards(n),
+            (true, None) => Mode::Leader,
+            (false, None) => return Ok(None),
+        };
+        let seconds = |flag: &str, value: f64| {
+            Duration::try_from_secs_f64(value)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .with_context(|| format!("--{flag} takes a number of seconds, more than 0"))
+        };
+        let timings = Timings {
+            lease_duration: seconds(
+                "leader-elect-lease-duration",
+                self.leader_elect_lease_duration,
+            )?,
+            renew_deadline: seconds(
+                "leader-elect-renew-deadline",
+                self.leader_elect_renew_deadline,
+            )?,
+            retry_period: seconds("leader-elect-retry-period", self.leader_elect_retry_period)?,
+        };
+        timings
+            .check()
+            .map_err(|e| anyhow::anyhow!("leader election timings: {e}"))?;
+        Ok(Some(CoordinationConfig {
+            mode,
+            namespace: self
+                .leader_election_namespace
+                .clone()
+                .unwrap_or_else(reconcile_host::lease::default_namespace),
+            id: self.leader_election_id.clone(),
+            identity: identity.to_owned(),
+            timings,
+        }))
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -349,6 +431,7 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
             grants,
             kubeconfig,
             context,
+            coordination,
         } => {
             let config = TelemetryConfig::from_env();
             operate(
@@ -360,6 +443,7 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
                     grants,
                     kubeconfig,
                     context,
+                    coordination,
                 },
             )
             .await
@@ -439,6 +523,7 @@ enum Target {
         grants: Option<PathBuf>,
         kubeconfig: Option<PathBuf>,
         context: Option<String>,
+        coordination: CoordinationArgs,
     },
 }
 
@@ -448,6 +533,7 @@ async fn cluster_client(
     kubeconfig: Option<&Path>,
     context: Option<String>,
     metrics: &Metrics,
+    identity: &str,
 ) -> anyhow::Result<kube::Client> {
     use kube::config::{Config, KubeConfigOptions, Kubeconfig};
     let options = KubeConfigOptions {
@@ -469,8 +555,51 @@ async fn cluster_client(
             "cannot reach a cluster: pass --kubeconfig, set KUBECONFIG, or run inside a pod",
         )?,
     };
+    // The API server's audit log says which replica wrote what.
+    let mut config = config;
+    if let Ok(agent) = http::HeaderValue::from_str(&format!(
+        "reconcile-host/{} ({identity})",
+        env!("CARGO_PKG_VERSION")
+    )) {
+        config.headers.push((http::header::USER_AGENT, agent));
+    }
     reconcile_host::operator::host_client(config, metrics)
         .context("cannot create a Kubernetes client")
+}
+
+/// Binds a host endpoint: the address `value` says (or `default`); for
+/// `dev` with no address given, a free port when the default is taken.
+async fn bind_endpoint<T, F, Fut>(
+    flag: &str,
+    value: Option<&str>,
+    default: &str,
+    dev: bool,
+    start: F,
+) -> anyhow::Result<Option<T>>
+where
+    F: Fn(std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    let addr = reconcile_host::metrics::server::parse_bind_address(value.unwrap_or(default))
+        .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?;
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    match start(addr).await {
+        Ok(server) => Ok(Some(server)),
+        Err(e) if dev && value.is_none() => {
+            let mut free = addr;
+            free.set_port(0);
+            let server = start(free)
+                .await
+                .with_context(|| format!("cannot listen on {free} for --{flag}"))?;
+            tracing::warn!("cannot listen on {addr} for --{flag} ({e}): using a free port instead");
+            Ok(Some(server))
+        }
+        Err(e) => bail!(
+            "cannot listen on {addr} for --{flag}: {e}; pass --{flag} with a free address, or 0 to turn it off"
+        ),
+    }
 }
 
 /// Starts the metrics endpoint `args` asks for: none, or the one serving
@@ -481,38 +610,27 @@ async fn metrics_server(
     telemetry: &Telemetry,
 ) -> anyhow::Result<(Metrics, Option<MetricsServer>)> {
     let default = if dev { "127.0.0.1:8080" } else { ":8080" };
-    let value = args.metrics_bind_address.as_deref().unwrap_or(default);
-    let addr = reconcile_host::metrics::server::parse_bind_address(value)
-        .map_err(|e| anyhow::anyhow!("--metrics-bind-address: {e}"))?;
-    let Some(addr) = addr else {
+    let value = args.metrics_bind_address.as_deref();
+    if reconcile_host::metrics::server::parse_bind_address(value.unwrap_or(default))
+        .map_err(|e| anyhow::anyhow!("--metrics-bind-address: {e}"))?
+        .is_none()
+    {
         return Ok((Metrics::disabled(), None));
-    };
+    }
     let metrics = Metrics::new(
         &MetricsConfig {
             rest_latency: args.rest_client_latency_metrics,
         },
         Some(telemetry.clone()),
     );
-    let server = match MetricsServer::start(addr, metrics.clone()).await {
-        Ok(server) => server,
-        Err(e) if dev && args.metrics_bind_address.is_none() => {
-            let mut free = addr;
-            free.set_port(0);
-            let server = MetricsServer::start(free, metrics.clone())
-                .await
-                .with_context(|| format!("cannot serve metrics on {free}"))?;
-            tracing::warn!(
-                "cannot serve metrics on {addr} ({e}): serving them on {} instead",
-                server.addr()
-            );
-            server
-        }
-        Err(e) => bail!(
-            "cannot serve metrics on {addr}: {e}; pass --metrics-bind-address with a free address, or 0 to turn metrics off"
-        ),
-    };
-    tracing::info!(url = %server.url(), "serving metrics at {}", server.url());
-    Ok((metrics, Some(server)))
+    let server = bind_endpoint("metrics-bind-address", value, default, dev, |addr| {
+        MetricsServer::start(addr, metrics.clone())
+    })
+    .await?;
+    if let Some(server) = &server {
+        tracing::info!(url = %server.url(), "serving metrics at {}", server.url());
+    }
+    Ok((metrics, server))
 }
 
 async fn operate(
@@ -530,10 +648,11 @@ async fn operate(
         tracing::warn!("{warning}");
     }
     let result = async {
-        let (metrics, metrics_server) =
-            metrics_server(&args, matches!(target, Target::Dev { .. }), &telemetry).await?;
+        let dev = matches!(target, Target::Dev { .. });
+        let (metrics, metrics_server) = metrics_server(&args, dev, &telemetry).await?;
+        let identity = reconcile_host::lease::identity();
         let mut example_server = None;
-        let (server, client, policy) = match target {
+        let (server, client, policy, coordination) = match target {
             Target::Dev { apply, listen, kubeconfig, example_http } => {
                 let mut http = Vec::new();
                 if let Some(addr) = example_http {
@@ -558,13 +677,22 @@ async fn operate(
                     tracing::info!(object = %applied, "applied");
                 }
                 tracing::info!(url = %server.url(), kubeconfig = %kubeconfig.display(), "embedded API server running: kubectl --kubeconfig {}", kubeconfig.display());
-                (Some(server), client, GrantPolicy::AsRequested { http })
+                (Some(server), client, GrantPolicy::AsRequested { http }, None)
             }
-            Target::Cluster { grants, kubeconfig, context } => {
-                let client = cluster_client(kubeconfig.as_deref(), context, &metrics).await?;
-                (None, client, GrantPolicy::Files(grants))
+            Target::Cluster { grants, kubeconfig, context, coordination } => {
+                let coordination = coordination.config(&identity)?;
+                let client = cluster_client(kubeconfig.as_deref(), context, &metrics, &identity).await?;
+                (None, client, GrantPolicy::Files(grants), coordination)
             }
         };
+        // Leases first: a standby is one from the start, its caches warm.
+        let mut coordination = coordination.map(|config| {
+            match config.mode {
+                reconcile_host::lease::Mode::Leader => tracing::info!(lease = %format!("{}/{}", config.namespace, config.id), identity = %config.identity, "leader election: only the holder of the lease reconciles"),
+                reconcile_host::lease::Mode::Shards(n) => tracing::info!(leases = %format!("{}/{}-shard-0..{}", config.namespace, config.id, n.saturating_sub(1)), identity = %config.identity, "sharding: objects split into {n} shards"),
+            }
+            reconcile_host::lease::Coordination::start(client.clone(), config)
+        });
         let engine = Engine::new(EngineConfig { cache_dir, metrics, ..EngineConfig::default() }, telemetry.tracer(), logger)?;
         if !(0.001..=1_000_000.0).contains(&args.reload_rate) {
             bail!("--reload-rate takes a number of objects per second, from 0.001 to 1000000");
@@ -579,9 +707,29 @@ async fn operate(
             shutdown_grace: Duration::try_from_secs_f64(args.shutdown_grace)
                 .context("--shutdown-grace takes a number of seconds, 0 or more")?,
             reload_rate: args.reload_rate,
+            ownership: coordination.as_ref().map(|c| c.ownership()).unwrap_or_default(),
             ..ControllerSettings::default()
         };
         let operator = std::sync::Arc::new(Operator::new(client, settings, telemetry.tracer()));
+        let health = reconcile_host::probes::Health::new(operator.activity().clone());
+        let _heartbeat = AbortOnDrop(health.heartbeat());
+        if let Some(c) = &coordination {
+            health.coordinated(c.readiness());
+        }
+        let probes = bind_endpoint(
+            "health-probe-bind-address",
+            args.health_probe_bind_address.as_deref(),
+            if dev { "127.0.0.1:8081" } else { ":8081" },
+            dev,
+            |addr| {
+                let health = health.clone();
+                async move { reconcile_host::probes::ProbeServer::start(addr, health) }
+            },
+        )
+        .await?;
+        if let Some(probes) = &probes {
+            tracing::info!(url = %probes.url(), "serving /healthz and /readyz at {}", probes.url());
+        }
         let mut reload = ReloadConfig::new(args.plugins.clone(), policy);
         reload.rescan = rescan;
         let mut reloader = Reloader::new(engine, operator.clone(), telemetry.tracer(), reload);
@@ -598,6 +746,7 @@ async fn operate(
             }
             tracing::warn!(dir = %args.plugins.display(), "no plugin runs: build them with `cargo xtask plugins` or copy a .wasm into {}", args.plugins.display());
         }
+        health.loaded();
         let (stop_watching, watching) = tokio::sync::watch::channel(false);
         let watcher = (!args.no_watch).then(|| {
             tracing::info!(dir = %args.plugins.display(), "watching for plugin changes");
@@ -606,20 +755,34 @@ async fn operate(
                 let _ = watching.wait_for(|s| *s).await;
             }))
         });
-        let idle = if args.exit_when_idle {
-            let activity = operator.activity().clone();
-            tokio::select! {
-                _ = async {
-                    while !activity.idle_for(Duration::from_secs(1)) {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                } => true,
-                _ = shutdown_signal() => false,
+        let lost = async {
+            match coordination.as_mut() {
+                Some(c) => c.lost().await,
+                None => std::future::pending().await,
             }
-        } else {
-            shutdown_signal().await;
-            false
         };
+        let idle_wait = async {
+            if !args.exit_when_idle {
+                return std::future::pending().await;
+            }
+            let activity = operator.activity().clone();
+            while !activity.idle_for(Duration::from_secs(1)) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let idle = tokio::select! {
+            () = idle_wait => true,
+            () = shutdown_signal() => false,
+            lost = lost => {
+                // Nothing starts and nothing is written any more (the
+                // ownership's deadline has passed); exit without waiting
+                // for running reconciles, as controller-runtime does.
+                health.stopping();
+                tracing::error!("{lost}: exiting so that no reconcile runs without the lease; restarted, this replica is a standby");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        health.stopping();
         if !idle {
             tracing::info!("stopping: running reconciles may finish within {}s", args.shutdown_grace);
         }
@@ -635,6 +798,11 @@ async fn operate(
             }
         };
         tokio::join!(watched, operator.stop());
+        // Reconciles have stopped: the leases go, a standby takes over now.
+        if let Some(coordination) = coordination {
+            coordination.stop().await;
+        }
+        drop(probes);
         if let Some(server) = server {
             server.shutdown().await;
         }
@@ -683,6 +851,15 @@ fn flush(telemetry: &Telemetry, timeout: Duration) {
     let dropped = telemetry.dropped_spans();
     if dropped > 0 {
         tracing::warn!(dropped, "{dropped} spans could not be exported in all");
+    }
+}
+
+/// A task aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -48,6 +48,7 @@ fn host(home: &Path) -> Command {
     command
         // Metrics on a free port: hosts of tests that run at once.
         .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
+        .env("RECONCILE_HOST_HEALTH_PROBE_BIND_ADDRESS", "127.0.0.1:0")
         .args(["--log-format", "json"])
         .env_remove("KUBECONFIG")
         .env("HOME", home)

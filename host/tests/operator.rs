@@ -581,6 +581,7 @@ fn dev_applies_reconciles_prints_spans_and_exits_when_idle() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
         // Metrics on a free port: hosts of tests that run at once.
         .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
+        .env("RECONCILE_HOST_HEALTH_PROBE_BIND_ADDRESS", "127.0.0.1:0")
         .current_dir(&root)
         .args([
             "--log-format",
@@ -679,6 +680,7 @@ fn dev_writes_its_kubeconfig_to_the_cache_and_says_where() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
         // Metrics on a free port: hosts of tests that run at once.
         .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
+        .env("RECONCILE_HOST_HEALTH_PROBE_BIND_ADDRESS", "127.0.0.1:0")
         .current_dir(cwd.path())
         .args(["--log-format", "json", "--cache-dir"])
         .arg(cache.path())
@@ -758,6 +760,7 @@ async fn run_uses_the_kubeconfig_cluster_and_grant_files() {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
         // Metrics on a free port: hosts of tests that run at once.
         .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
+        .env("RECONCILE_HOST_HEALTH_PROBE_BIND_ADDRESS", "127.0.0.1:0")
         .args([
             "--log-format",
             "json",
@@ -792,6 +795,7 @@ async fn run_uses_the_kubeconfig_cluster_and_grant_files() {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
         // Metrics on a free port: hosts of tests that run at once.
         .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
+        .env("RECONCILE_HOST_HEALTH_PROBE_BIND_ADDRESS", "127.0.0.1:0")
         .args(["run", "--exit-when-idle", "--plugins"])
         .arg(&plugins)
         .env("KUBECONFIG", &kubeconfig)

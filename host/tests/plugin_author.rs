@@ -282,6 +282,7 @@ async fn run_with_a_namespaced_grant_and_kubeconfig_exits_when_idle() {
         command
             // Metrics on a free port: hosts of tests that run at once.
             .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
+            .env("RECONCILE_HOST_HEALTH_PROBE_BIND_ADDRESS", "127.0.0.1:0")
             .args([
                 "--log-format",
                 "json",
@@ -339,6 +340,7 @@ async fn grant_files_under_grants_dir_use_the_plugin_name() {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
             // Metrics on a free port: hosts of tests that run at once.
             .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
+            .env("RECONCILE_HOST_HEALTH_PROBE_BIND_ADDRESS", "127.0.0.1:0")
             .args(["run", "--exit-when-idle", "--plugins"])
             .arg(only.path())
             .arg("--grants")
@@ -376,6 +378,7 @@ fn call_reads_a_yaml_object_and_the_first_of_several() {
         std::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
             // Metrics on a free port: hosts of tests that run at once.
             .env("RECONCILE_HOST_METRICS_BIND_ADDRESS", "127.0.0.1:0")
+            .env("RECONCILE_HOST_HEALTH_PROBE_BIND_ADDRESS", "127.0.0.1:0")
             .args(["--log-format", "json", "call"])
             .arg(guest("noop"))
             .arg("--object")

@@ -256,14 +256,23 @@ impl Coordination {
 
     /// `Ok` when leading or a healthy standby; why not otherwise.
     pub fn ready(&self) -> Result<(), String> {
-        let status = self.status.borrow();
-        if status.healthy(self.lease_duration) {
-            return Ok(());
+        self.readiness()()
+    }
+
+    /// [`ready`](Self::ready) as a check that outlives this handle.
+    pub fn readiness(&self) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+        let status = self.status.clone();
+        let lease_duration = self.lease_duration;
+        move || {
+            let status = status.borrow();
+            if status.healthy(lease_duration) {
+                return Ok(());
+            }
+            Err(match &status.problem {
+                Some(p) => p.clone(),
+                None => "no round with the Lease API has gone through yet".to_owned(),
+            })
         }
-        Err(match &status.problem {
-            Some(p) => format!("leases: {p}"),
-            None => "leases: no round with the API server has gone through yet".to_owned(),
-        })
     }
 
     /// A watch of the status.

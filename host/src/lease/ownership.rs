@@ -177,7 +177,7 @@ impl Ownership {
         self.lock().held.values().any(|until| *until <= now)
     }
 
-    /// Changes whenever a shard is gained.
+    /// Changes whenever a shard is gained or released.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.0.changes.subscribe()
     }
@@ -215,9 +215,12 @@ impl Ownership {
 
     /// `shard`'s lease is released or lost: it is not held any more.
     pub fn released(&self, shard: u32) {
-        let mut state = self.lock();
-        state.held.remove(&shard);
-        state.releasing.remove(&shard);
+        {
+            let mut state = self.lock();
+            state.held.remove(&shard);
+            state.releasing.remove(&shard);
+        }
+        self.0.changes.send_modify(|n| *n += 1);
     }
 
     /// Reconciles running, in all shards.

@@ -318,10 +318,10 @@ pub async fn run(
         }
     }
     for shard in ownership.held() {
-        if let Some(lock) = locks.get_mut(shard as usize) {
-            if let Err(e) = lock.release().await {
-                tracing::warn!(lease = %lock.name(), "cannot release the shard (it expires instead): {e}");
-            }
+        if let Some(lock) = locks.get_mut(shard as usize)
+            && let Err(e) = lock.release().await
+        {
+            tracing::warn!(lease = %lock.name(), "cannot release the shard (it expires instead): {e}");
         }
         ownership.released(shard);
     }

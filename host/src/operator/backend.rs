@@ -92,6 +92,8 @@ pub struct KubeBackend {
     caches: Vec<Cache>,
     /// group/version/kind -> (plural, namespaced), as the API server serves it.
     served: Arc<Mutex<HashMap<Gvk, (String, bool)>>>,
+    /// Writes are refused once a lease this process holds has lapsed.
+    fence: crate::lease::Ownership,
 }
 
 impl std::fmt::Debug for KubeBackend {
@@ -204,6 +206,7 @@ impl KubeBackend {
             tracer,
             caches,
             served: Arc::default(),
+            fence: crate::lease::Ownership::everything(),
         }
     }
 
@@ -649,6 +652,14 @@ fn interpret(call: &K8sCall, status: u16, body: String) -> Result<(u16, Option<S
     ))
 }
 
+impl KubeBackend {
+    /// Refuses writes once a lease `ownership` holds has lapsed.
+    pub fn fenced(mut self, ownership: crate::lease::Ownership) -> Self {
+        self.fence = ownership;
+        self
+    }
+}
+
 #[async_trait]
 impl K8sBackend for KubeBackend {
     async fn call(&self, call: K8sCall, cx: &CallContext) -> Result<K8sResponse, K8sError> {
@@ -666,6 +677,14 @@ impl K8sBackend for KubeBackend {
                     return read;
                 }
             }
+        }
+        if !matches!(call.op, K8sOp::Get | K8sOp::List(_)) && self.fence.lapsed() {
+            return Err(K8sError::new(
+                K8sErrorKind::Unavailable,
+                0,
+                "LeaseLost",
+                "this replica's lease lapsed: it writes nothing more and stops; the replica holding the lease now reconciles the object",
+            ));
         }
         self.remote(&call, cx).await
     }

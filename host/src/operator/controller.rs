@@ -44,6 +44,9 @@ pub struct ControllerSettings {
     /// After a plugin is swapped for a new version, how many of its objects
     /// per second are requeued (`plugin_reloaded`).
     pub reload_rate: f64,
+    /// Which objects this process may reconcile now (leader election,
+    /// sharding); everything by default.
+    pub ownership: crate::lease::Ownership,
 }
 
 impl Default for ControllerSettings {
@@ -54,6 +57,7 @@ impl Default for ControllerSettings {
             backoff_max: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(25),
             reload_rate: 100.0,
+            ownership: crate::lease::Ownership::everything(),
         }
     }
 }
@@ -91,6 +95,11 @@ struct ActivityState {
     loads: HashMap<String, String>,
     reconciles: u64,
     last_change: Instant,
+    /// Controllers running whose caches have not synced yet.
+    syncing: std::collections::BTreeSet<String>,
+    /// Running reconciles: plugin, start, and how long it may take.
+    runs: HashMap<u64, (String, Instant, Duration)>,
+    next_run: u64,
 }
 
 impl Default for ActivityState {
@@ -104,6 +113,9 @@ impl Default for ActivityState {
             loads: HashMap::new(),
             reconciles: 0,
             last_change: Instant::now(),
+            syncing: std::collections::BTreeSet::new(),
+            runs: HashMap::new(),
+            next_run: 0,
         }
     }
 }
@@ -151,6 +163,8 @@ impl Activity {
         s.failed.retain(|(p, _, _), _| p != plugin);
         s.retrying.retain(|(p, _, _)| p != plugin);
         s.running.remove(plugin);
+        s.syncing.remove(plugin);
+        s.runs.retain(|_, (p, _, _)| p != plugin);
         s.last_change = Instant::now();
     }
 
@@ -165,14 +179,59 @@ impl Activity {
             .collect()
     }
 
-    fn begin(&self, plugin: &str) {
+    /// A running controller lists its caches; `false` when done (or stopped).
+    fn syncing(&self, plugin: &str, syncing: bool) {
+        let mut s = self.lock();
+        if syncing {
+            s.syncing.insert(plugin.to_owned());
+        } else {
+            s.syncing.remove(plugin);
+        }
+    }
+
+    /// The controllers whose caches have not synced yet.
+    pub fn unsynced(&self) -> Vec<String> {
+        self.lock().syncing.iter().cloned().collect()
+    }
+
+    /// A reconcile of `plugin` starts; it should end within `allowed`.
+    fn begin(&self, plugin: &str, allowed: Duration) -> u64 {
         let mut s = self.lock();
         *s.running.entry(plugin.to_owned()).or_default() += 1;
         s.last_change = Instant::now();
+        s.next_run += 1;
+        let id = s.next_run;
+        s.runs
+            .insert(id, (plugin.to_owned(), Instant::now(), allowed));
+        id
     }
 
-    fn end(&self, key: Key, failure: Option<&Failure>) {
+    /// Reconciles running longer than they may (their deadline interrupts
+    /// the plugin and bounds its calls): a worker is stuck.
+    pub fn stuck(&self) -> Vec<String> {
+        self.stuck_at(Instant::now())
+    }
+
+    fn stuck_at(&self, now: Instant) -> Vec<String> {
+        let s = self.lock();
+        let mut stuck: Vec<String> = s
+            .runs
+            .values()
+            .filter(|(_, start, allowed)| now.saturating_duration_since(*start) > *allowed)
+            .map(|(plugin, start, _)| {
+                format!(
+                    "a reconcile of {plugin} has run for {}s",
+                    now.saturating_duration_since(*start).as_secs()
+                )
+            })
+            .collect();
+        stuck.sort();
+        stuck
+    }
+
+    fn end(&self, run: u64, key: Key, failure: Option<&Failure>) {
         let mut s = self.lock();
+        s.runs.remove(&run);
         if let Some(running) = s.running.get_mut(&key.0) {
             *running = running.saturating_sub(1);
         }
@@ -238,6 +297,7 @@ impl Activity {
     fn cut_running(&self, plugin: &str) -> usize {
         let mut s = self.lock();
         let cut = s.running.remove(plugin).unwrap_or_default();
+        s.runs.retain(|_, (p, _, _)| p != plugin);
         s.cut += cut as u64;
         cut
     }
@@ -446,6 +506,12 @@ impl Context {
 }
 
 async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, ReconcileFailed> {
+    // Not this replica's (a standby, another shard): the holder reconciles
+    // it, and if this replica takes it over it is requeued then.
+    let (namespace, name) = key_of(&obj);
+    let Some(_held) = ctx.settings.ownership.begin(&namespace, &name) else {
+        return Ok(Action::await_change());
+    };
     let step = reconcile_step(obj, &ctx).await;
     match step.failure {
         Some(failure) => Err(ReconcileFailed(failure)),
@@ -548,7 +614,11 @@ async fn reconcile_step(obj: Arc<DynamicObject>, ctx: &Context) -> Step {
     // another is swapped in meanwhile.
     let version = ctx.current.load_full();
     let plugin = &version.plugin;
-    ctx.activity.begin(&ctx.name);
+    // The deadline interrupts the plugin and bounds its calls; a minute past
+    // it, the worker is stuck (liveness fails).
+    let run = ctx
+        .activity
+        .begin(&ctx.name, plugin.limits().deadline + STUCK_AFTER_DEADLINE);
     let metrics = &ctx.metrics;
     let work = metrics.reconcile_started();
     let started = Instant::now();
@@ -627,7 +697,7 @@ async fn reconcile_step(obj: Arc<DynamicObject>, ctx: &Context) -> Step {
         next,
     };
     let failure = reconciled.outcome.failure().cloned();
-    ctx.activity.end(activity_key, failure.as_ref());
+    ctx.activity.end(run, activity_key, failure.as_ref());
     let retried = failure.as_ref().is_some_and(|f| f.retry);
     metrics.reconcile_finished(work, &reconciled, retried);
     if retried || matches!(reconciled.outcome, Outcome::RequeueAfter(_)) {
@@ -756,6 +826,9 @@ const SYNC_WARNING: Duration = Duration::from_secs(10);
 const SYNC_GIVE_UP: Duration = Duration::from_secs(60);
 
 /// How often a controller forgets the failures of deleted objects.
+/// How long past its deadline a running reconcile counts as stuck.
+const STUCK_AFTER_DEADLINE: Duration = Duration::from_secs(60);
+
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// How often a controller whose types the API server lacks looks again.
@@ -853,6 +926,7 @@ pub async fn run(
         activity.controller_failed(&name, message);
         return objects;
     };
+    activity.syncing(&name, true);
     let primary = api_resource(&metadata.primary);
     let selector = metadata.primary_selector.as_deref();
     let (primary_cache, primary_stream) = reflect(&client, &primary, &namespaces, selector);
@@ -915,7 +989,9 @@ pub async fn run(
         .field_manager
         .clone()
         .unwrap_or_else(|| name.clone());
-    let backend: Arc<dyn K8sBackend> = Arc::new(KubeBackend::new(client, &manager, tracer, caches));
+    let backend: Arc<dyn K8sBackend> = Arc::new(
+        KubeBackend::new(client, &manager, tracer, caches).fenced(settings.ownership.clone()),
+    );
     // A concurrency of 0 would mean "unbounded" to kube-runtime.
     let concurrency = plugin
         .grant()
@@ -940,6 +1016,11 @@ pub async fn run(
         store,
         metrics,
     });
+    let gains = tokio::spawn(requeue_gained(
+        ctx.clone(),
+        requeue.clone(),
+        primary.clone(),
+    ));
     let swaps = tokio::spawn(swap_versions(
         ctx.clone(),
         versions,
@@ -991,6 +1072,7 @@ pub async fn run(
                     .forget(&(name.clone(), String::new(), String::new()));
             }
             tracing::info!(plugin = %name, "caches synced");
+            ctx.activity.syncing(&name, false);
             starting.done();
             loop {
                 tokio::time::sleep(SWEEP_EVERY).await;
@@ -1052,6 +1134,8 @@ pub async fn run(
         .await;
     background.abort();
     swaps.abort();
+    gains.abort();
+    activity.syncing(&name, false);
     ctx.current
         .load()
         .plugin
@@ -1090,6 +1174,47 @@ async fn swap_versions(
         ))));
     }
     drop(pass);
+}
+
+/// Requeues the objects of every shard this replica takes (leader
+/// election: all of them when it starts leading); a standby's caches are
+/// warm, so a take-over lists nothing.
+async fn requeue_gained(
+    ctx: Arc<Context>,
+    requeue: tokio::sync::mpsc::Sender<KubeRef<DynamicObject>>,
+    primary: ApiResource,
+) {
+    let ownership = ctx.settings.ownership.clone();
+    if !ownership.is_coordinated() {
+        return;
+    }
+    let mut changes = ownership.subscribe();
+    let mut seen = ownership.held();
+    while changes.changed().await.is_ok() {
+        let held = ownership.held();
+        let gained: HashSet<u32> = held.difference(&seen).copied().collect();
+        seen = held;
+        if gained.is_empty() {
+            continue;
+        }
+        let mut count = 0usize;
+        for obj in ctx.store.state() {
+            let (namespace, name) = key_of(&obj);
+            if !gained.contains(&ownership.shard(&namespace, &name)) {
+                continue;
+            }
+            if requeue
+                .send(KubeRef::from_obj_with(&*obj, primary.clone()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            ctx.metrics.queue_add();
+            count += 1;
+        }
+        tracing::info!(plugin = %ctx.name, objects = count, shards = ?gained, "requeued the objects this replica took over");
+    }
 }
 
 /// A task aborted when its handle is dropped.
@@ -1173,6 +1298,23 @@ impl Drop for Starting {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reconcile_far_past_its_deadline_counts_as_stuck() {
+        let activity = Activity::default();
+        let run = activity.begin("p", Duration::from_secs(70));
+        let now = Instant::now();
+        assert!(activity.stuck_at(now + Duration::from_secs(69)).is_empty());
+        let stuck = activity.stuck_at(now + Duration::from_secs(71));
+        assert_eq!(stuck.len(), 1);
+        assert!(stuck[0].contains("reconcile of p"), "{stuck:?}");
+        activity.end(run, ("p".into(), "ns".into(), "a".into()), None);
+        assert!(activity.stuck_at(now + Duration::from_secs(200)).is_empty());
+        activity.syncing("p", true);
+        assert_eq!(activity.unsynced(), vec!["p".to_owned()]);
+        activity.forget_plugin("p");
+        assert!(activity.unsynced().is_empty());
+    }
 
     #[test]
     fn the_backoff_doubles_up_to_five_minutes() {

@@ -1,0 +1,467 @@
+//! Replicas of `run` against the embedded API server, coordinated through
+//! Leases: leader election (one reconciles; SIGKILL and SIGTERM hand the
+//! lease over) and sharding (six shards split between three processes;
+//! a killed one's shards move). Who wrote what is read from the API
+//! server's request log (each replica's User-Agent names it) and checked
+//! against the Lease history, so that no two processes ever wrote for the
+//! same objects at once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use reconcile_apiserver::{ApiServer, RequestRecord};
+use reconcile_host::lease::ownership::shard_of;
+use serde_json::json;
+use support::guest;
+use support::host::{HostProcess, get};
+
+/// Short timings, so that a take-over by expiry takes seconds (the
+/// defaults' timing logic is tested on a paused clock in the lease module).
+const LEASE: f64 = 6.0;
+const RENEW: &str = "4";
+const RETRY: &str = "0.5";
+
+struct Setup {
+    server: ApiServer,
+    client: kube::Client,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    plugins: PathBuf,
+}
+
+async fn setup() -> Setup {
+    let server = ApiServer::start(Default::default()).await.unwrap();
+    let client = server.client().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(guest("mirror"), plugins.join("mirror.wasm")).unwrap();
+    std::fs::write(
+        plugins.join("mirror.grants.toml"),
+        r#"
+        [[resources]]
+        kind = "ConfigMap"
+        verbs = ["get", "list", "watch", "patch"]
+        [[resources]]
+        group = "events.k8s.io"
+        kind = "Event"
+        verbs = ["get", "create", "patch", "delete"]
+        "#,
+    )
+    .unwrap();
+    Setup {
+        server,
+        client,
+        dir,
+        kubeconfig,
+        plugins,
+    }
+}
+
+impl Setup {
+    fn host(&self, identity: &str, mode: &[&str]) -> HostProcess {
+        let mut args: Vec<String> = ["run", "--plugins"].map(str::to_owned).to_vec();
+        args.push(self.plugins.display().to_string());
+        args.push("--kubeconfig".into());
+        args.push(self.kubeconfig.display().to_string());
+        args.extend(mode.iter().map(|s| (*s).to_owned()));
+        args.extend(
+            [
+                "--leader-elect-lease-duration",
+                &LEASE.to_string(),
+                "--leader-elect-renew-deadline",
+                RENEW,
+                "--leader-elect-retry-period",
+                RETRY,
+                "--shutdown-grace",
+                "5",
+            ]
+            .map(str::to_owned),
+        );
+        HostProcess::spawn(
+            &args,
+            &[
+                ("POD_NAME", identity.to_owned()),
+                ("POD_NAMESPACE", "default".to_owned()),
+            ],
+        )
+    }
+
+    fn configmaps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    /// Creates `n` mirrored ConfigMaps with `v: 1`.
+    async fn create(&self, n: usize) {
+        for i in 0..n {
+            let cm: ConfigMap = serde_json::from_value(json!({
+                "metadata": {"name": format!("m-{i}"), "labels": {"mirror.reconcile.dev/enabled": "true"}},
+                "data": {"v": "1"},
+            }))
+            .unwrap();
+            self.configmaps()
+                .create(&PostParams::default(), &cm)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Sets `v` on every source.
+    async fn set(&self, n: usize, v: &str) {
+        for i in 0..n {
+            self.configmaps()
+                .patch(
+                    &format!("m-{i}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"data": {"v": v}})),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Waits until every mirror says `v`; how long it took.
+    async fn mirrored(&self, n: usize, v: &str, limit: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let mut done = 0;
+            for i in 0..n {
+                if let Some(m) = self
+                    .configmaps()
+                    .get_opt(&format!("m-{i}-mirror"))
+                    .await
+                    .unwrap()
+                    && m.data.unwrap_or_default().get("v").map(String::as_str) == Some(v)
+                {
+                    done += 1;
+                }
+            }
+            if done == n {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{done} of {n} mirrors say v={v} after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The writes the replicas made, except to leases: (identity, record).
+    fn writes(&self) -> Vec<(String, RequestRecord)> {
+        let mut writes: Vec<(String, RequestRecord)> = self
+            .server
+            .faults()
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                matches!(
+                    r.verb.as_str(),
+                    "create" | "update" | "patch" | "delete" | "deletecollection"
+                ) && r.resource.as_deref() != Some("leases")
+            })
+            .filter_map(|r| {
+                let agent = r.user_agent.clone()?;
+                let identity = agent
+                    .strip_prefix("reconcile-host/")?
+                    .split_once(" (")?
+                    .1
+                    .strip_suffix(')')?
+                    .to_owned();
+                Some((identity, r))
+            })
+            .collect();
+        writes.sort_by_key(|(_, r)| r.received);
+        writes
+    }
+}
+
+/// Every holder of the leases the watch saw: lease name -> (holder,
+/// acquireTime) in order.
+type History = Arc<Mutex<BTreeMap<String, Vec<(String, SystemTime)>>>>;
+
+fn watch_leases(client: &kube::Client) -> (History, tokio::task::JoinHandle<()>) {
+    let history: History = Arc::default();
+    let sink = history.clone();
+    let api: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let task = tokio::spawn(async move {
+        let mut events = watcher(api, watcher::Config::default()).boxed();
+        while let Some(event) = events.next().await {
+            let leases = match event {
+                Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) => vec![l],
+                _ => continue,
+            };
+            for lease in leases {
+                let spec = lease.spec.unwrap_or_default();
+                let (Some(holder), Some(acquired)) = (spec.holder_identity, spec.acquire_time)
+                else {
+                    continue;
+                };
+                let name = lease.metadata.name.unwrap_or_default();
+                let mut h = sink.lock().unwrap();
+                let list = h.entry(name).or_default();
+                let acquired = SystemTime::from(acquired.0);
+                if list
+                    .last()
+                    .is_none_or(|(last, at)| *last != holder || *at != acquired)
+                {
+                    list.push((holder, acquired));
+                }
+            }
+        }
+    });
+    (history, task)
+}
+
+/// The holder of `lease` at `t`, by the history (acquire times are written
+/// by the holders, on this machine's clock, before their first write).
+fn holder_at(history: &[(String, SystemTime)], t: SystemTime) -> Option<&str> {
+    history
+        .iter()
+        .rev()
+        .find(|(_, at)| *at <= t)
+        .map(|(h, _)| h.as_str())
+}
+
+async fn holder(client: &kube::Client, name: &str) -> Option<String> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), "default");
+    api.get_opt(name)
+        .await
+        .unwrap()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_reconciles_and_the_lease_moves_on_kill_and_on_sigterm() {
+    let s = setup().await;
+    let (history, watching) = watch_leases(&s.client);
+    let mut hosts: BTreeMap<String, HostProcess> = ["host-a", "host-b", "host-c"]
+        .into_iter()
+        .map(|id| (id.to_owned(), s.host(id, &["--leader-elect"])))
+        .collect();
+    const N: usize = 12;
+    s.create(N).await;
+    s.mirrored(N, "1", Duration::from_secs(60)).await;
+    let first = holder(&s.client, "reconcile-host").await.expect("a leader");
+    let writers: BTreeSet<String> = s.writes().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        writers,
+        BTreeSet::from([first.clone()]),
+        "only the leader writes"
+    );
+    // Every replica is ready: the leader, and standbys with synced caches.
+    for host in hosts.values() {
+        let url = host.probes().await;
+        let mut ready = (0, String::new());
+        for _ in 0..100 {
+            ready = get(&format!("{url}/readyz")).await;
+            if ready.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(ready.0, 200, "{}", ready.1);
+        assert_eq!(get(&format!("{url}/healthz")).await.0, 200);
+    }
+
+    // SIGKILL the leader; change every object meanwhile.
+    let mut killed = hosts.remove(&first).unwrap();
+    killed.child.start_kill().unwrap();
+    killed.child.wait().await.unwrap();
+    let at_kill = Instant::now();
+    s.set(N, "2").await;
+    let second = loop {
+        if let Some(h) = holder(&s.client, "reconcile-host").await
+            && h != first
+        {
+            break h;
+        }
+        assert!(at_kill.elapsed() < Duration::from_secs(30), "no new leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took_over = at_kill.elapsed();
+    eprintln!("SIGKILL: {second} took over after {took_over:?}");
+    // Within the lease duration (counted from the last renewal the standby
+    // saw, at most a retry period before the kill) and a retry period.
+    assert!(
+        took_over <= Duration::from_secs_f64(LEASE + 1.5),
+        "took {took_over:?}"
+    );
+    s.mirrored(N, "2", Duration::from_secs(30)).await;
+
+    // SIGTERM the new leader: it releases the lease, the last one takes
+    // over well within the lease duration, and it exits 0.
+    let mut stopped = hosts.remove(&second).unwrap();
+    let at_term = Instant::now();
+    stopped.terminate();
+    let third = loop {
+        if let Some(h) = holder(&s.client, "reconcile-host").await
+            && h != first
+            && h != second
+        {
+            break h;
+        }
+        assert!(
+            at_term.elapsed() < Duration::from_secs(30),
+            "no third leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let handed_over = at_term.elapsed();
+    eprintln!("SIGTERM: {third} took over after {handed_over:?}");
+    assert!(
+        handed_over < Duration::from_secs(3),
+        "a released lease moves in about a retry period, took {handed_over:?}"
+    );
+    let status = stopped.exit_within(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}: {}", stopped.log());
+    assert!(
+        stopped.find("released the lease").is_some(),
+        "{}",
+        stopped.log()
+    );
+    s.set(N, "3").await;
+    s.mirrored(N, "3", Duration::from_secs(30)).await;
+    assert!(hosts.contains_key(&third));
+
+    // No two writers at once: every write was made by the holder of the
+    // lease at that moment, and the writers came one after the other.
+    let history = history
+        .lock()
+        .unwrap()
+        .get("reconcile-host")
+        .cloned()
+        .unwrap();
+    let holders: Vec<&str> = history.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(
+        holders,
+        vec![first.as_str(), second.as_str(), third.as_str()]
+    );
+    let writes = s.writes();
+    for (identity, write) in &writes {
+        assert_eq!(
+            holder_at(&history, write.received),
+            Some(identity.as_str()),
+            "{identity} wrote {} {} at {:?} without the lease: {history:?}",
+            write.verb,
+            write.path,
+            write.received
+        );
+    }
+    let mut sequence: Vec<&str> = writes.iter().map(|(id, _)| id.as_str()).collect();
+    sequence.dedup();
+    assert_eq!(sequence, holders, "writers one after the other");
+    let lease: Api<Lease> = Api::namespaced(s.client.clone(), "default");
+    let spec = lease.get("reconcile-host").await.unwrap().spec.unwrap();
+    assert_eq!(spec.lease_transitions, Some(2));
+    assert_eq!(spec.lease_duration_seconds, Some(LEASE as i32));
+    watching.abort();
+    drop(s.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_split_six_shards_and_a_killed_ones_objects_move() {
+    let s = setup().await;
+    let (history, watching) = watch_leases(&s.client);
+    let mut hosts: BTreeMap<String, HostProcess> = ["shard-a", "shard-b", "shard-c"]
+        .into_iter()
+        .map(|id| (id.to_owned(), s.host(id, &["--shards", "6"])))
+        .collect();
+    const N: usize = 30;
+    s.create(N).await;
+    // All three settle at two shards each (membership takes a few rounds).
+    let settled = Instant::now();
+    loop {
+        let mut counts = BTreeMap::new();
+        for i in 0..6 {
+            if let Some(h) = holder(&s.client, &format!("reconcile-host-shard-{i}")).await {
+                *counts.entry(h).or_insert(0) += 1;
+            }
+        }
+        if counts.len() == 3 && counts.values().all(|c| *c == 2) {
+            break;
+        }
+        assert!(
+            settled.elapsed() < Duration::from_secs(40),
+            "not split two each: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.set(N, "2").await;
+    s.mirrored(N, "2", Duration::from_secs(30)).await;
+    let writers: BTreeSet<String> = s.writes().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(writers.len(), 3, "every replica reconciles: {writers:?}");
+
+    // Kill one; its shards move to the other two, and its objects are
+    // reconciled.
+    let victim = "shard-b".to_owned();
+    let mut killed = hosts.remove(&victim).unwrap();
+    killed.child.start_kill().unwrap();
+    killed.child.wait().await.unwrap();
+    s.set(N, "3").await;
+    s.mirrored(N, "3", Duration::from_secs(40)).await;
+    let mut counts = BTreeMap::new();
+    for i in 0..6 {
+        let h = holder(&s.client, &format!("reconcile-host-shard-{i}")).await;
+        *counts.entry(h.unwrap()).or_insert(0) += 1;
+    }
+    assert!(!counts.contains_key(&victim), "{counts:?}");
+
+    // Every mirror write (one per object and reconcile) was made by the
+    // holder of its object's shard at that moment.
+    let history = history.lock().unwrap().clone();
+    let mut by_object: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (identity, write) in s.writes() {
+        if write.resource.as_deref() != Some("configmaps") {
+            continue;
+        }
+        let name = write.name.clone().unwrap();
+        let source = name.strip_suffix("-mirror").unwrap().to_owned();
+        let shard = shard_of("default", &source, 6);
+        let lease = format!("reconcile-host-shard-{shard}");
+        let holders = history.get(&lease).unwrap();
+        assert_eq!(
+            holder_at(holders, write.received),
+            Some(identity.as_str()),
+            "{identity} wrote {name} (shard {shard}) without its lease: {holders:?}"
+        );
+        by_object.entry(source).or_default().insert(identity);
+    }
+    assert_eq!(by_object.len(), N);
+    // Objects of shards that never moved had one writer.
+    for (source, writers) in &by_object {
+        let shard = shard_of("default", source, 6);
+        let holders = &history[&format!("reconcile-host-shard-{shard}")];
+        let distinct: BTreeSet<&str> = holders.iter().map(|(h, _)| h.as_str()).collect();
+        if distinct.len() == 1 {
+            assert_eq!(writers.len(), 1, "{source}: {writers:?}");
+        }
+    }
+    for (_, mut host) in hosts {
+        host.terminate();
+        let status = host.exit_within(Duration::from_secs(15)).await;
+        assert!(status.success(), "{status:?}: {}", host.log());
+    }
+    // Every shard released, every member lease of a stopped host deleted.
+    for i in 0..6 {
+        assert_eq!(
+            holder(&s.client, &format!("reconcile-host-shard-{i}")).await,
+            None
+        );
+    }
+    watching.abort();
+}
