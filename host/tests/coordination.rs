@@ -10,183 +10,16 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::Api;
 use kube::runtime::watcher;
-use reconcile_apiserver::{ApiServer, RequestRecord};
 use reconcile_host::lease::ownership::shard_of;
-use serde_json::json;
-use support::guest;
 use support::host::{HostProcess, get};
-
-/// Short timings, so that a take-over by expiry takes seconds (the
-/// defaults' timing logic is tested on a paused clock in the lease module).
-const LEASE: f64 = 6.0;
-const RENEW: &str = "4";
-const RETRY: &str = "0.5";
-
-struct Setup {
-    server: ApiServer,
-    client: kube::Client,
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    plugins: PathBuf,
-}
-
-async fn setup() -> Setup {
-    let server = ApiServer::start(Default::default()).await.unwrap();
-    let client = server.client().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(guest("mirror"), plugins.join("mirror.wasm")).unwrap();
-    std::fs::write(
-        plugins.join("mirror.grants.toml"),
-        r#"
-        [[resources]]
-        kind = "ConfigMap"
-        verbs = ["get", "list", "watch", "patch"]
-        [[resources]]
-        group = "events.k8s.io"
-        kind = "Event"
-        verbs = ["get", "create", "patch", "delete"]
-        "#,
-    )
-    .unwrap();
-    Setup {
-        server,
-        client,
-        dir,
-        kubeconfig,
-        plugins,
-    }
-}
-
-impl Setup {
-    fn host(&self, identity: &str, mode: &[&str]) -> HostProcess {
-        let mut args: Vec<String> = ["run", "--plugins"].map(str::to_owned).to_vec();
-        args.push(self.plugins.display().to_string());
-        args.push("--kubeconfig".into());
-        args.push(self.kubeconfig.display().to_string());
-        args.extend(mode.iter().map(|s| (*s).to_owned()));
-        args.extend(
-            [
-                "--leader-elect-lease-duration",
-                &LEASE.to_string(),
-                "--leader-elect-renew-deadline",
-                RENEW,
-                "--leader-elect-retry-period",
-                RETRY,
-                "--shutdown-grace",
-                "5",
-            ]
-            .map(str::to_owned),
-        );
-        HostProcess::spawn(
-            &args,
-            &[
-                ("POD_NAME", identity.to_owned()),
-                ("POD_NAMESPACE", "default".to_owned()),
-            ],
-        )
-    }
-
-    fn configmaps(&self) -> Api<ConfigMap> {
-        Api::namespaced(self.client.clone(), "default")
-    }
-
-    /// Creates `n` mirrored ConfigMaps with `v: 1`.
-    async fn create(&self, n: usize) {
-        for i in 0..n {
-            let cm: ConfigMap = serde_json::from_value(json!({
-                "metadata": {"name": format!("m-{i}"), "labels": {"mirror.reconcile.dev/enabled": "true"}},
-                "data": {"v": "1"},
-            }))
-            .unwrap();
-            self.configmaps()
-                .create(&PostParams::default(), &cm)
-                .await
-                .unwrap();
-        }
-    }
-
-    /// Sets `v` on every source.
-    async fn set(&self, n: usize, v: &str) {
-        for i in 0..n {
-            self.configmaps()
-                .patch(
-                    &format!("m-{i}"),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"data": {"v": v}})),
-                )
-                .await
-                .unwrap();
-        }
-    }
-
-    /// Waits until every mirror says `v`; how long it took.
-    async fn mirrored(&self, n: usize, v: &str, limit: Duration) -> Duration {
-        let start = Instant::now();
-        loop {
-            let mut done = 0;
-            for i in 0..n {
-                if let Some(m) = self
-                    .configmaps()
-                    .get_opt(&format!("m-{i}-mirror"))
-                    .await
-                    .unwrap()
-                    && m.data.unwrap_or_default().get("v").map(String::as_str) == Some(v)
-                {
-                    done += 1;
-                }
-            }
-            if done == n {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{done} of {n} mirrors say v={v} after {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The writes the replicas made, except to leases: (identity, record).
-    fn writes(&self) -> Vec<(String, RequestRecord)> {
-        let mut writes: Vec<(String, RequestRecord)> = self
-            .server
-            .faults()
-            .requests()
-            .into_iter()
-            .filter(|r| {
-                matches!(
-                    r.verb.as_str(),
-                    "create" | "update" | "patch" | "delete" | "deletecollection"
-                ) && r.resource.as_deref() != Some("leases")
-            })
-            .filter_map(|r| {
-                let agent = r.user_agent.clone()?;
-                let identity = agent
-                    .strip_prefix("reconcile-host/")?
-                    .split_once(" (")?
-                    .1
-                    .strip_suffix(')')?
-                    .to_owned();
-                Some((identity, r))
-            })
-            .collect();
-        writes.sort_by_key(|(_, r)| r.received);
-        writes
-    }
-}
+use support::replicas::{LEASE, holder, setup};
 
 /// Every holder of the leases the watch saw: lease name -> (holder,
 /// acquireTime) in order.
@@ -233,16 +66,6 @@ fn holder_at(history: &[(String, SystemTime)], t: SystemTime) -> Option<&str> {
         .rev()
         .find(|(_, at)| *at <= t)
         .map(|(h, _)| h.as_str())
-}
-
-async fn holder(client: &kube::Client, name: &str) -> Option<String> {
-    let api: Api<Lease> = Api::namespaced(client.clone(), "default");
-    api.get_opt(name)
-        .await
-        .unwrap()
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
-        .filter(|h| !h.is_empty())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod host;
 pub mod otlp;
+pub mod replicas;
 pub mod server;
 
 use std::collections::BTreeMap;
