@@ -31,6 +31,8 @@
 //! - [`plugin_test`]: `reconcile-host test`, the conformance case format
 //!   run against one plugin.
 //! - [`probes`]: `/healthz` and `/readyz`.
+//! - [`rbac`]: the RBAC the grants need (`reconcile-host rbac`), and the
+//!   start-up check of the ServiceAccount's access.
 //! - [`reconcile`]: request, outcome and root-span vocabulary.
 //! - `serve`: the accept loop of the host's small HTTP endpoints.
 //! - [`telemetry`]: tracer provider, structured logs, the tree view of
@@ -47,6 +49,7 @@ pub mod metrics;
 pub mod operator;
 pub mod plugin_test;
 pub mod probes;
+pub mod rbac;
 pub mod reconcile;
 pub mod reload;
 mod serve;

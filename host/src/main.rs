@@ -101,6 +101,33 @@ enum Command {
         #[command(flatten)]
         coordination: CoordinationArgs,
     },
+    /// Print the RBAC (YAML) the plugins' grants need, and the host's own:
+    /// a ClusterRole and binding for what is granted in every namespace,
+    /// Roles and bindings where grants name namespaces, and the Lease
+    /// verbs of leader election or sharding.
+    Rbac {
+        /// Directory of plugins (*.wasm).
+        #[arg(long, default_value = "target/plugins")]
+        plugins: PathBuf,
+        /// Directory of grant files (default: next to each .wasm).
+        #[arg(long)]
+        grants: Option<PathBuf>,
+        /// The namespace of the host's ServiceAccount and Leases.
+        #[arg(long, default_value = "reconcile-host")]
+        namespace: String,
+        /// The host's ServiceAccount.
+        #[arg(long, default_value = "reconcile-host")]
+        service_account: String,
+        /// The name of the roles and bindings.
+        #[arg(long, default_value = "reconcile-host")]
+        name: String,
+        /// Lease verbs for `run --shards` (besides leader election's).
+        #[arg(long)]
+        shards: bool,
+        /// No Lease rules: one replica, without leader election.
+        #[arg(long, conflicts_with = "shards")]
+        no_leases: bool,
+    },
     /// Serve the embedded Kubernetes API server on loopback until Ctrl-C or
     /// SIGTERM, with a kubeconfig for kubectl.
     Cluster {
@@ -401,6 +428,67 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Rbac {
+            plugins,
+            grants,
+            namespace,
+            service_account,
+            name,
+            shards,
+            no_leases,
+        } => {
+            let telemetry = Telemetry::init(
+                &TelemetryConfig::from_env().default_exporter(TracesExporter::None),
+            )?;
+            let engine = Engine::new(
+                EngineConfig {
+                    cache_dir,
+                    ..EngineConfig::default()
+                },
+                telemetry.tracer(),
+                logger,
+            )?;
+            let policy = reconcile_host::operator::GrantPolicy::Files(grants);
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&plugins)
+                .with_context(|| format!("cannot read the plugin directory {}", plugins.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(reconcile_host::operator::OperatorError::NoPlugins(plugins).into());
+            }
+            let mut needs = reconcile_host::rbac::Needs::default();
+            let mut names = Vec::new();
+            for file in &files {
+                let plugin = reconcile_host::operator::load_plugin(&engine, file, &policy).await?;
+                if let Some(grant) = plugin.grant() {
+                    needs.plugin(plugin.metadata(), grant);
+                }
+                names.push(plugin.metadata().name.clone());
+            }
+            if !no_leases {
+                needs.leases(&namespace, shards);
+            }
+            for unused in &needs.unused {
+                tracing::warn!("left out: {unused}");
+            }
+            let manifests =
+                reconcile_host::rbac::manifests(&needs, &name, &namespace, &service_account);
+            print!(
+                "# RBAC for reconcile-host with {} in {namespace}, from `reconcile-host rbac`{}\n{}",
+                names.join(", "),
+                if shards {
+                    " --shards"
+                } else if no_leases {
+                    " --no-leases"
+                } else {
+                    ""
+                },
+                reconcile_host::rbac::to_yaml(&manifests).map_err(anyhow::Error::msg)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cluster { listen, kubeconfig } => {
             cluster(listen, &kubeconfig.unwrap_or(cluster_kubeconfig)).await
         }
@@ -685,6 +773,20 @@ async fn operate(
                 (None, client, GrantPolicy::Files(grants), coordination)
             }
         };
+        // The Lease verbs first: without them there is no coordination.
+        if let Some(config) = &coordination {
+            let mut needs = reconcile_host::rbac::Needs::default();
+            needs.leases(&config.namespace, matches!(config.mode, reconcile_host::lease::Mode::Shards(_)));
+            match reconcile_host::rbac::missing(&client, &needs).await {
+                Ok(missing) if !missing.is_empty() => bail!(
+                    "the host may not use its Leases: it lacks {}; apply what `reconcile-host rbac{}` prints",
+                    missing.join(", "),
+                    if matches!(config.mode, reconcile_host::lease::Mode::Shards(_)) { " --shards" } else { "" }
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot check the host's access to its Leases ({e})"),
+            }
+        }
         // Leases first: a standby is one from the start, its caches warm.
         let mut coordination = coordination.map(|config| {
             match config.mode {
@@ -732,6 +834,8 @@ async fn operate(
         }
         let mut reload = ReloadConfig::new(args.plugins.clone(), policy);
         reload.rescan = rescan;
+        // `dev` is the embedded server's admin; `run` checks its identity.
+        reload.check_access = !dev;
         let mut reloader = Reloader::new(engine, operator.clone(), telemetry.tracer(), reload);
         // A plugin that does not load does not keep the others from running.
         let report = reloader.scan().await?;

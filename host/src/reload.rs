@@ -54,6 +54,9 @@ pub struct ReloadConfig {
     pub debounce: Duration,
     /// How often the directory is scanned even without events.
     pub rescan: Duration,
+    /// Before a plugin runs, check with `SelfSubjectAccessReview`s that the
+    /// host may do what its grant allows (`run`).
+    pub check_access: bool,
 }
 
 impl ReloadConfig {
@@ -64,6 +67,7 @@ impl ReloadConfig {
             policy,
             debounce: Duration::from_millis(10),
             rescan: Duration::from_secs(10),
+            check_access: false,
         }
     }
 }
@@ -133,6 +137,8 @@ pub struct Reloader {
     failed: BTreeMap<PathBuf, Seen>,
     /// Scans so far.
     scans: Arc<AtomicU64>,
+    /// The API server did not answer an access review: not asked again.
+    access_unchecked: bool,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -162,6 +168,7 @@ impl Reloader {
             loaded: BTreeMap::new(),
             failed: BTreeMap::new(),
             scans: Arc::default(),
+            access_unchecked: false,
         }
     }
 
@@ -327,6 +334,29 @@ impl Reloader {
         });
     }
 
+    /// What the host's identity may not do of what `plugin`'s grant
+    /// allows; `None` when nothing is missing or nothing could be checked
+    /// (an API server without SelfSubjectAccessReview: its 403s will say).
+    async fn missing_access(&mut self, plugin: &crate::engine::Plugin) -> Option<Vec<String>> {
+        if !self.config.check_access || self.access_unchecked {
+            return None;
+        }
+        let grant = plugin.grant()?;
+        let mut needs = crate::rbac::Needs::default();
+        needs.plugin(plugin.metadata(), grant);
+        match crate::rbac::missing(self.operator.client(), &needs).await {
+            Ok(missing) if missing.is_empty() => None,
+            Ok(missing) => Some(missing),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot check the host's access before running plugins ({e}): a missing permission shows as a 403 on the call that needs it"
+                );
+                self.access_unchecked = true;
+                None
+            }
+        }
+    }
+
     /// Validates one new or changed file and makes it current.
     async fn load(
         &mut self,
@@ -359,7 +389,8 @@ impl Reloader {
                     OperatorError::Grant(GrantError::Insufficient { plugin, .. })
                     | OperatorError::Grant(GrantError::Missing { plugin, .. })
                     | OperatorError::Grant(GrantError::Ambiguous { plugin, .. })
-                    | OperatorError::Limits { plugin, .. } => Some(plugin.clone()),
+                    | OperatorError::Limits { plugin, .. }
+                    | OperatorError::Access { plugin, .. } => Some(plugin.clone()),
                     _ => previous.as_ref().and_then(|p| p.name.clone()),
                 };
                 if let Some(name) = &name {
@@ -419,6 +450,15 @@ impl Reloader {
             if on_disk.as_ref() != plugin.grant().map(|g| g.as_ref()) {
                 grant = "changed while validated".to_owned();
             }
+        }
+        if let Some(missing) = self.missing_access(&plugin).await {
+            let error = OperatorError::Access {
+                plugin: m.name.clone(),
+                missing,
+            };
+            let seen = Seen::new(digest, Some(m.name.clone()), grant);
+            self.fail(path, seen, Some(span), &error, report);
+            return;
         }
         let old = self
             .operator
@@ -684,6 +724,7 @@ fn error_type(error: &OperatorError) -> &'static str {
         },
         OperatorError::Grant(_) => "grant",
         OperatorError::Limits { .. } => "limits",
+        OperatorError::Access { .. } => "access",
         OperatorError::Duplicate { .. } => "duplicate",
         OperatorError::ReadDir { .. } | OperatorError::NoPlugins(_) => "read",
     }

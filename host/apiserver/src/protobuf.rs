@@ -1,7 +1,8 @@
 //! Kubernetes protobuf request bodies, for the simple built-in types that
 //! kubectl's typed `create` commands send that way (`kubectl create
 //! namespace|configmap|secret|serviceaccount|role|rolebinding|clusterrole|
-//! clusterrolebinding`). Other kinds get a 415 that says to send JSON.
+//! clusterrolebinding`, and `kubectl auth can-i`'s SelfSubjectAccessReview).
+//! Other kinds get a 415 that says to send JSON.
 //!
 //! The envelope is the magic `k8s\0` and a `runtime.Unknown` message
 //! (`typeMeta`, `raw`); `raw` is the object in the type's `generated.proto`
@@ -122,6 +123,32 @@ const ROLE_BINDING: Schema = &[
     (3, Field::Msg("roleRef", ROLE_REF)),
 ];
 
+const RESOURCE_ATTRIBUTES: Schema = &[
+    (1, Field::Str("namespace")),
+    (2, Field::Str("verb")),
+    (3, Field::Str("group")),
+    (4, Field::Str("version")),
+    (5, Field::Str("resource")),
+    (6, Field::Str("subresource")),
+    (7, Field::Str("name")),
+];
+
+const NON_RESOURCE_ATTRIBUTES: Schema = &[(1, Field::Str("path")), (2, Field::Str("verb"))];
+
+const SELF_SUBJECT_ACCESS_REVIEW_SPEC: Schema = &[
+    (1, Field::Msg("resourceAttributes", RESOURCE_ATTRIBUTES)),
+    (
+        2,
+        Field::Msg("nonResourceAttributes", NON_RESOURCE_ATTRIBUTES),
+    ),
+];
+
+/// `kubectl auth can-i` sends its review this way.
+const SELF_SUBJECT_ACCESS_REVIEW: Schema = &[
+    (1, Field::Msg("metadata", OBJECT_META)),
+    (2, Field::Msg("spec", SELF_SUBJECT_ACCESS_REVIEW_SPEC)),
+];
+
 const TYPE_META: Schema = &[(1, Field::Str("apiVersion")), (2, Field::Str("kind"))];
 
 fn schema_of(api_version: &str, kind: &str) -> Option<Schema> {
@@ -134,6 +161,7 @@ fn schema_of(api_version: &str, kind: &str) -> Option<Schema> {
         ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => {
             Some(ROLE_BINDING)
         }
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => Some(SELF_SUBJECT_ACCESS_REVIEW),
         _ => None,
     }
 }

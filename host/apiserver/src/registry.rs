@@ -427,6 +427,16 @@ pub fn builtins() -> Vec<ResourceDef> {
             false,
         ),
         builtin(
+            "authorization.k8s.io",
+            "v1",
+            "SelfSubjectAccessReview",
+            "selfsubjectaccessreviews",
+            &[],
+            false,
+            false,
+            false,
+        ),
+        builtin(
             "rbac.authorization.k8s.io",
             "v1",
             "Role",

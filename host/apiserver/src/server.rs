@@ -463,6 +463,30 @@ pub fn parse_body(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
 }
 
 impl ResourceRequest {
+    /// A `SelfSubjectAccessReview`: answered, never stored.
+    fn access_review(&self, method: &Method) -> Result<Response, ApiError> {
+        if method != Method::POST || self.path.name.is_some() {
+            return Err(ApiError::method_not_allowed(
+                "selfsubjectaccessreviews can only be created",
+            ));
+        }
+        let header = |name: &str| {
+            self.headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let subject = crate::authz::Subject::impersonating(
+            header("impersonate-user").into_iter().next(),
+            header("impersonate-group"),
+        );
+        let body = parse_body(&self.body, &self.content_type())?;
+        let answer = crate::authz::review(&self.shared.store, &subject, body)?;
+        Ok(json_response(201, &answer))
+    }
+
     fn namespace(&self) -> Option<&str> {
         self.path.namespace.as_deref()
     }
@@ -543,6 +567,9 @@ impl ResourceRequest {
         }
         if !def.namespaced && self.path.namespace.is_some() {
             return Err(no_route());
+        }
+        if def.group == "authorization.k8s.io" && def.plural == "selfsubjectaccessreviews" {
+            return self.access_review(method);
         }
         let scope = self.scope()?;
         let store = &self.shared.store;

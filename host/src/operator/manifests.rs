@@ -66,6 +66,7 @@ fn files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
             } else if entry
                 .extension()
                 .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+                && !is_kustomization(&entry)
             {
                 out.push(entry);
             }
@@ -76,6 +77,17 @@ fn files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
         out.push(path.to_owned());
         Ok(())
     }
+}
+
+/// A kustomize file in a directory of manifests: kustomize's input, not
+/// an object to apply.
+fn is_kustomization(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        matches!(
+            n,
+            "kustomization.yaml" | "kustomization.yml" | "Kustomization"
+        )
+    })
 }
 
 /// The documents of a YAML (or JSON) text, empty ones left out.

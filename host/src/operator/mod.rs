@@ -71,6 +71,17 @@ pub enum OperatorError {
         /// The other.
         second: String,
     },
+    /// The host's ServiceAccount lacks permissions the grant needs.
+    #[error(
+        "the host may not do what the grant of {plugin} allows: it lacks {}; apply what `reconcile-host rbac` prints for the plugins, then restart the host or touch the plugin",
+        missing.join(", ")
+    )]
+    Access {
+        /// The plugin.
+        plugin: String,
+        /// The permissions missing, one per entry.
+        missing: Vec<String>,
+    },
     /// A limit in a grant is over the engine's maximum.
     #[error("the limits granted to {plugin} are not possible: {message}")]
     Limits {
@@ -392,6 +403,11 @@ impl Operator {
             .values()
             .map(|r| r.versions.borrow().clone())
             .collect()
+    }
+
+    /// The client the controllers use.
+    pub fn client(&self) -> &kube::Client {
+        &self.client
     }
 
     /// What the controllers are doing.

