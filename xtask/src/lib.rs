@@ -6,7 +6,10 @@
 //! All builds share one target directory, `target/wasm`; each built
 //! component is copied to its output directory as `<name>.wasm` (hyphens
 //! kept, as in the package name).
+//!
+//! [`dist`] builds the host as a static (musl) binary.
 
+pub mod dist;
 pub mod scaffold;
 
 use std::collections::BTreeMap;
@@ -66,6 +69,12 @@ pub fn project_root() -> PathBuf {
 /// does not install targets by itself). Without rustup, nothing is done and
 /// a failed build says what is missing.
 pub fn ensure_target(root: &Path) -> Result<(), String> {
+    ensure_rust_target(root, TARGET, "the plugins")
+}
+
+/// Adds `target` with rustup when the toolchain lacks it; `what` says what
+/// cannot be built without it.
+pub fn ensure_rust_target(root: &Path, target: &str, what: &str) -> Result<(), String> {
     let installed = Command::new("rustup")
         .current_dir(root)
         .args(["target", "list", "--installed"])
@@ -76,21 +85,21 @@ pub fn ensure_target(root: &Path) -> Result<(), String> {
     if !installed.status.success()
         || String::from_utf8_lossy(&installed.stdout)
             .lines()
-            .any(|l| l.trim() == TARGET)
+            .any(|l| l.trim() == target)
     {
         return Ok(());
     }
-    eprintln!("installing the {TARGET} target: rustup target add {TARGET}");
+    eprintln!("installing the {target} target: rustup target add {target}");
     let status = Command::new("rustup")
         .current_dir(root)
-        .args(["target", "add", TARGET])
+        .args(["target", "add", target])
         .status()
         .map_err(|e| format!("cannot run rustup: {e}"))?;
     if status.success() {
         Ok(())
     } else {
         Err(format!(
-            "`rustup target add {TARGET}` failed: the plugins cannot be built without it"
+            "`rustup target add {target}` failed: {what} cannot be built without it"
         ))
     }
 }

@@ -5,6 +5,8 @@
 //! - `dev`: build the plugins, then run `reconcile-host dev` on the examples;
 //!   with `--watch`, rebuild the example plugins when their sources change
 //!   (the running host reloads them from `target/plugins`).
+//! - `dist [--profile P]`: the host as a static (musl) binary in
+//!   `target/dist/reconcile-host` (`release` by default).
 
 use std::process::{Command, ExitCode};
 
@@ -71,6 +73,26 @@ fn main() -> ExitCode {
                 Err(e) => fail(&format!("cannot run the host: {e}")),
             }
         }
+        Some("dist") => {
+            let profile = match args.iter().position(|a| a == "--profile") {
+                Some(i) => match args.get(i + 1) {
+                    Some(p) => p.clone(),
+                    None => return fail("--profile needs a cargo profile (release, dev, ...)"),
+                },
+                None => "release".to_owned(),
+            };
+            match xtask::dist::build(&root, &profile) {
+                Ok(path) => {
+                    eprintln!(
+                        "built {} (static, {})",
+                        path.display(),
+                        xtask::dist::target()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Some("new-plugin") => {
             let Some(name) = args.get(1) else {
                 return fail("usage: cargo xtask new-plugin NAME [--dir DIR]");
@@ -94,7 +116,7 @@ fn main() -> ExitCode {
             }
         }
         _ => {
-            eprintln!("usage: cargo xtask <plugins|dev|new-plugin>");
+            eprintln!("usage: cargo xtask <plugins|dev|dist|new-plugin>");
             eprintln!(
                 "  plugins  build plugins/ into target/plugins and tests/plugins into target/test-plugins"
             );
@@ -103,6 +125,9 @@ fn main() -> ExitCode {
             );
             eprintln!(
                 "  dev      build the plugins and run `reconcile-host dev` on deploy/crds and deploy/examples\n           (extra arguments go to it, such as --exit-when-idle)\n           --watch: rebuild plugins/ when its sources change; the host reloads them"
+            );
+            eprintln!(
+                "  dist [--profile P]  the host as a static (musl) binary: target/dist/reconcile-host"
             );
             ExitCode::from(2)
         }
