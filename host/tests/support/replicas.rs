@@ -153,7 +153,8 @@ impl Setup {
         }
     }
 
-    /// The writes the replicas made, except to leases: (identity, record).
+    /// The writes the replicas made, except to leases (and access reviews,
+    /// which store nothing): (identity, record).
     pub fn writes(&self) -> Vec<(String, RequestRecord)> {
         let mut writes: Vec<(String, RequestRecord)> = self
             .server
@@ -164,7 +165,12 @@ impl Setup {
                 matches!(
                     r.verb.as_str(),
                     "create" | "update" | "patch" | "delete" | "deletecollection"
-                ) && r.resource.as_deref() != Some("leases")
+                ) && !matches!(
+                    r.resource.as_deref(),
+                    // Leases are how replicas coordinate; access reviews
+                    // store nothing.
+                    Some("leases" | "selfsubjectaccessreviews")
+                )
             })
             .filter_map(|r| {
                 let agent = r.user_agent.clone()?;
