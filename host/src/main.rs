@@ -407,18 +407,7 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
     let cluster_kubeconfig = default_kubeconfig(&cli, "cluster.kubeconfig");
     match cli.command {
         Command::Inspect { plugin, output } => {
-            // Loading runs metadata(); no spans are made, so nothing is exported.
-            let telemetry = Telemetry::init(
-                &TelemetryConfig::from_env().default_exporter(TracesExporter::None),
-            )?;
-            let engine = Engine::new(
-                EngineConfig {
-                    cache_dir,
-                    ..EngineConfig::default()
-                },
-                telemetry.tracer(),
-                logger,
-            )?;
+            let (engine, _telemetry) = loading_engine(cache_dir, logger)?;
             let plugin = engine.load_file(&plugin).await?;
             match output {
                 Output::Text => print!("{}", describe(&plugin, &plugin_path_display(&plugin))),
@@ -437,17 +426,7 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
             shards,
             no_leases,
         } => {
-            let telemetry = Telemetry::init(
-                &TelemetryConfig::from_env().default_exporter(TracesExporter::None),
-            )?;
-            let engine = Engine::new(
-                EngineConfig {
-                    cache_dir,
-                    ..EngineConfig::default()
-                },
-                telemetry.tracer(),
-                logger,
-            )?;
+            let (engine, _telemetry) = loading_engine(cache_dir, logger)?;
             let policy = reconcile_host::operator::GrantPolicy::Files(grants);
             let mut files: Vec<PathBuf> = std::fs::read_dir(&plugins)
                 .with_context(|| format!("cannot read the plugin directory {}", plugins.display()))?
@@ -585,6 +564,25 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
             result
         }
     }
+}
+
+/// An engine for loading plugins only (`inspect`, `rbac`): loading runs
+/// metadata(), which makes no spans, so nothing is exported.
+fn loading_engine(
+    cache_dir: Option<PathBuf>,
+    logger: Logger,
+) -> anyhow::Result<(Engine, Telemetry)> {
+    let telemetry =
+        Telemetry::init(&TelemetryConfig::from_env().default_exporter(TracesExporter::None))?;
+    let engine = Engine::new(
+        EngineConfig {
+            cache_dir,
+            ..EngineConfig::default()
+        },
+        telemetry.tracer(),
+        logger,
+    )?;
+    Ok((engine, telemetry))
 }
 
 /// The telemetry of `dev` and `call`: unless `OTEL_TRACES_EXPORTER` says

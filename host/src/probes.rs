@@ -204,11 +204,7 @@ impl ProbeServer {
 
     /// The base URL (a wildcard address shown as loopback).
     pub fn url(&self) -> String {
-        let mut addr = self.addr;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        format!("http://{addr}")
+        crate::serve::base_url(self.addr)
     }
 }
 

@@ -41,3 +41,11 @@ where
         }
     })
 }
+
+/// `http://addr` for a listener, a wildcard address shown as loopback.
+pub(crate) fn base_url(mut addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}")
+}

@@ -1,5 +1,6 @@
 //! A replica's life in a cluster: readiness before and after its caches
-//! sync, with the trace collector down and with the Lease API failing;
+//! sync, with the trace collector down and with the Lease API failing
+//! (a standby is not ready, the leader exits past its renew deadline);
 //! liveness through all of it; and SIGTERM under load: exit 0 within the
 //! grace, spans flushed, and every reconcile cut short done again by the
 //! replica that takes over.
@@ -46,7 +47,7 @@ async fn ready_after_the_caches_sync_whatever_the_collector_and_only_with_health
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let collector = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let host = s.host_with(
+    let mut host = s.host_with(
         "probed",
         &["--leader-elect"],
         &[
@@ -89,28 +90,61 @@ async fn ready_after_the_caches_sync_whatever_the_collector_and_only_with_health
     assert_eq!(get(&format!("{url}/readyz")).await.0, 200);
     assert_eq!(get(&format!("{url}/healthz")).await.0, 200);
 
-    // The Lease API fails: not ready (neither leading nor a healthy
-    // standby), still live; it recovers, and so does readiness.
+    // A standby, ready once synced.
+    let standby = s.host("standby", &["--leader-elect"]);
+    let standby_url = standby.probes().await;
+    probe_until(
+        &format!("{standby_url}/readyz"),
+        200,
+        Duration::from_secs(20),
+    )
+    .await;
+
+    // The Lease API fails. The standby is not ready (neither leading nor
+    // a healthy standby) but live; the leader stays ready while it may
+    // still lead, then, past its renew deadline, exits 1.
     s.server
         .faults()
         .fail(Match::any().resource("leases"), 1_000_000, 500);
-    let body = probe_until(&format!("{url}/readyz"), 503, Duration::from_secs(10)).await;
+    let body = probe_until(
+        &format!("{standby_url}/readyz"),
+        503,
+        Duration::from_secs(10),
+    )
+    .await;
     assert!(body.contains("[-]leases failed"), "{body}");
-    assert_eq!(get(&format!("{url}/healthz")).await.0, 200);
+    assert_eq!(get(&format!("{standby_url}/healthz")).await.0, 200);
+    let status = host.exit_within(Duration::from_secs(15)).await;
+    assert!(!status.success(), "{status:?}");
+    assert!(
+        host.find("the lease reconcile-host was not renewed within the renew deadline")
+            .is_some(),
+        "{}",
+        host.log()
+    );
+    // The API server is back: the standby is ready, and takes over.
     s.server.faults().clear();
-    probe_until(&format!("{url}/readyz"), 200, Duration::from_secs(10)).await;
-    drop(host);
+    probe_until(
+        &format!("{standby_url}/readyz"),
+        200,
+        Duration::from_secs(10),
+    )
+    .await;
+    standby.line("leading").await;
+    drop(standby);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_0_in_the_grace_and_the_standby_finishes_the_work() {
     let s = setup().await;
     let (otlp, received) = Receiver::start().await;
-    // Every mirror write takes 1.5 s: reconciles are running when the
-    // signal comes, and some outlast the 1 s grace.
+    // Every mirror write takes 4 s: the signal comes 5.5 s after the
+    // objects, when the first four reconciles have finished (they start
+    // within 1.5 s) and the next four have 2.5 s or more left: more than
+    // the 1 s grace, on any machine.
     s.server.faults().delay(
         Match::any().verb("patch").resource("configmaps"),
-        Duration::from_millis(1500),
+        Duration::from_secs(4),
     );
     let mut leader = s.host_with(
         "leader",
@@ -128,8 +162,8 @@ async fn sigterm_under_load_exits_0_in_the_grace_and_the_standby_finishes_the_wo
     standby.line("caches synced").await;
     const N: usize = 16;
     s.create(N).await;
-    // Four reconciles at a time, 1.5 s each: 6 s of work; stop after 2 s.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Four reconciles at a time, 4 s each: 16 s of work.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
     let signalled = Instant::now();
     leader.terminate();
     let status = leader.exit_within(Duration::from_secs(10)).await;

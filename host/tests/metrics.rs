@@ -8,19 +8,18 @@
 
 mod support;
 
+use support::host::HostProcess;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use openmetrics_parser::{
     MetricsExposition, OpenMetricsType, OpenMetricsValue, PrometheusType, PrometheusValue,
 };
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::process::Child;
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Scrapes `url` (`http://host:port/metrics`), as an OpenMetrics scraper
 /// or as a plain one: the content type and the body.
@@ -97,87 +96,45 @@ fn exemplar_traces(m: &OpenMetrics, family: &str) -> BTreeSet<String> {
     traces
 }
 
-struct Host {
-    child: Child,
-    lines: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Host {
-    /// `dev` with demoapp, exporting to `otlp`, its metrics on a free port.
-    fn start(dir: &Path, otlp: std::net::SocketAddr) -> Host {
-        let plugins = dir.join("plugins");
-        std::fs::create_dir_all(&plugins).unwrap();
-        std::fs::copy(support::guest("demoapp"), plugins.join("demoapp.wasm")).unwrap();
-        std::fs::copy(support::guest("uptime"), plugins.join("uptime.wasm")).unwrap();
-        let root = xtask::project_root();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
-            .args(["--log-format", "json", "--cache-dir"])
-            .arg(root.join("target/test-compile-cache"))
-            .args([
-                "dev",
-                "--listen",
-                "127.0.0.1:0",
-                "--example-http",
-                "127.0.0.1:0",
-            ])
-            .args([
-                "--metrics-bind-address",
-                "127.0.0.1:0",
-                "--max-backoff-s",
-                "1",
-            ])
-            .arg("--plugins")
-            .arg(&plugins)
-            .arg("--apply")
-            .arg(root.join("deploy/crds"))
-            .arg("--kubeconfig")
-            .arg(dir.join("kubeconfig"))
-            .env("OTEL_TRACES_EXPORTER", "otlp")
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+/// `dev` with demoapp, exporting to `otlp`, its metrics on a free port.
+fn start_host(dir: &Path, otlp: std::net::SocketAddr) -> HostProcess {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(support::guest("demoapp"), plugins.join("demoapp.wasm")).unwrap();
+    std::fs::copy(support::guest("uptime"), plugins.join("uptime.wasm")).unwrap();
+    let root = xtask::project_root();
+    let args: Vec<String> = [
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--example-http",
+        "127.0.0.1:0",
+        "--metrics-bind-address",
+        "127.0.0.1:0",
+        "--max-backoff-s",
+        "1",
+        "--plugins",
+        plugins.to_str().unwrap(),
+        "--apply",
+        root.join("deploy/crds").to_str().unwrap(),
+        "--kubeconfig",
+        dir.join("kubeconfig").to_str().unwrap(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    HostProcess::spawn(
+        &args,
+        &[
+            ("OTEL_TRACES_EXPORTER", "otlp".to_owned()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
             // Half the traces head-sampled; the failed ones retained: the
             // exemplars must point at exported traces either way.
-            .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
-            .env("OTEL_TRACES_SAMPLER_ARG", "0.5")
-            .env_remove("RECONCILE_HOST_METRICS_BIND_ADDRESS")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let lines: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let stderr = child.stderr.take().unwrap();
-        let sink = lines.clone();
-        tokio::spawn(async move {
-            let mut reader = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                sink.lock().unwrap().push(value);
-            }
-        });
-        Host { child, lines }
-    }
-
-    /// The first log line whose message starts with `prefix`.
-    async fn line(&self, prefix: &str) -> Value {
-        for _ in 0..600 {
-            if let Some(line) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with(prefix)))
-            {
-                return line.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "no log line {prefix:?} after 60 s: {:#?}",
-            self.lines.lock().unwrap()
-        );
-    }
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5".to_owned()),
+        ],
+    )
 }
 
 fn demoapps() -> ApiResource {
@@ -208,7 +165,7 @@ fn demoapp(name: &str, image: &str, simulate: Option<&str>) -> DynamicObject {
 async fn dev_serves_controller_runtime_metrics_with_exemplars_of_exported_traces() {
     let (otlp, received) = support::otlp::Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut host = Host::start(dir.path(), otlp);
+    let mut host = start_host(dir.path(), otlp);
     let url = host.line("serving metrics at").await["url"]
         .as_str()
         .unwrap()

@@ -58,6 +58,11 @@ pub async fn elect(
                 }
                 status.send_modify(|s| s.ok(false, Some(&holder)));
             }
+            // Another candidate wrote first: the race was lost, nothing
+            // is wrong (the next round reads who holds it).
+            Err(super::lock::LeaseError::Conflict(_)) if leading.is_none() => {
+                status.send_modify(|s| s.ok(false, None));
+            }
             Err(e) => {
                 if let Some(until) = leading
                     && Instant::now() >= until
@@ -69,7 +74,12 @@ pub async fn elect(
                         timings.renew_deadline.as_secs_f64()
                     )));
                 }
-                status.send_modify(|s| s.failed(&e.to_string()));
+                if leading.is_some() {
+                    // Still leading until the deadline: ready, and retrying.
+                    tracing::warn!(lease = %lock.name(), "cannot renew the lease (retrying until the renew deadline): {e}");
+                } else {
+                    status.send_modify(|s| s.failed(&e.to_string()));
+                }
             }
         }
         let next = match leading {
@@ -82,6 +92,8 @@ pub async fn elect(
         }
     }
     if leading.is_some() {
+        // Nothing starts while the release is on its way.
+        ownership.releasing(0);
         match lock.release().await {
             Ok(_) => tracing::info!(lease = %lock.name(), "released the lease"),
             Err(e) => tracing::warn!(
@@ -104,6 +116,7 @@ mod tests {
     use std::time::Duration;
 
     use super::super::lock::MemoryLeases;
+    use super::super::tests::run_for;
     use super::*;
 
     struct Candidate {
@@ -136,17 +149,6 @@ mod tests {
             status,
             stop,
             task,
-        }
-    }
-
-    async fn run_for(d: Duration) {
-        // Small steps, so that every timer in between fires in order.
-        let step = Duration::from_millis(100);
-        let mut left = d;
-        while !left.is_zero() {
-            let s = step.min(left);
-            tokio::time::sleep(s).await;
-            left -= s;
         }
     }
 

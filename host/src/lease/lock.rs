@@ -285,18 +285,22 @@ impl Lock {
             });
         };
         let record = Record::of(&current);
+        // A change counts from when the answer came (client-go's
+        // observedTime): the record may have been written while the GET
+        // was on its way, never after it returned.
+        let now_seen = Instant::now();
         let changed = self
             .observed
             .as_ref()
             .is_none_or(|(seen, _)| *seen != record);
         if changed {
-            self.observed = Some((record.clone(), started));
+            self.observed = Some((record.clone(), now_seen));
         }
-        let seen_at = self.observed.as_ref().map_or(started, |(_, at)| *at);
+        let seen_at = self.observed.as_ref().map_or(now_seen, |(_, at)| *at);
         let ours = record.holder.as_deref() == Some(self.identity.as_str());
         if let Some(holder) = record.holder.as_deref().filter(|_| !ours) {
             // The holder's own duration: it is what the holder renews by.
-            if started < seen_at + record.duration {
+            if now_seen < seen_at + record.duration {
                 return Ok(Attempt::Other {
                     holder: holder.to_owned(),
                 });
@@ -325,22 +329,28 @@ impl Lock {
     /// from when it last changed: the holder, and whether it is expired
     /// (or free) as seen from here.
     pub async fn observe(&mut self) -> Result<(Option<String>, bool), LeaseError> {
-        let started = Instant::now();
-        let Some(current) = self.api.get(&self.name).await? else {
+        let current = self.api.get(&self.name).await?;
+        Ok(self.observe_lease(current.as_ref()))
+    }
+
+    /// [`observe`](Self::observe) with the lease just read (by a list).
+    pub fn observe_lease(&mut self, current: Option<&Lease>) -> (Option<String>, bool) {
+        let now = Instant::now();
+        let Some(current) = current else {
             self.observed = None;
-            return Ok((None, true));
+            return (None, true);
         };
-        let record = Record::of(&current);
+        let record = Record::of(current);
         if self
             .observed
             .as_ref()
             .is_none_or(|(seen, _)| *seen != record)
         {
-            self.observed = Some((record.clone(), started));
+            self.observed = Some((record.clone(), now));
         }
-        let seen_at = self.observed.as_ref().map_or(started, |(_, at)| *at);
-        let free = record.holder.is_none() || started >= seen_at + record.duration;
-        Ok((record.holder, free))
+        let seen_at = self.observed.as_ref().map_or(now, |(_, at)| *at);
+        let free = record.holder.is_none() || now >= seen_at + record.duration;
+        (record.holder, free)
     }
 
     /// Deletes the lease if it still is as last seen (a holder that

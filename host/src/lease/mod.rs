@@ -306,8 +306,20 @@ impl Coordination {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Lets `d` pass on the paused clock in 100 ms steps, so that every
+    /// timer in between fires in order.
+    pub(crate) async fn run_for(d: Duration) {
+        let step = Duration::from_millis(100);
+        let mut left = d;
+        while !left.is_zero() {
+            let s = step.min(left);
+            tokio::time::sleep(s).await;
+            left -= s;
+        }
+    }
 
     #[test]
     fn the_default_timings_are_valid_and_bad_ones_say_why() {

@@ -33,6 +33,8 @@ struct State {
     releasing: BTreeSet<u32>,
     /// Reconciles running per shard.
     running: HashMap<u32, usize>,
+    /// How many times each shard was taken.
+    gains: BTreeMap<u32, u64>,
 }
 
 impl std::fmt::Debug for Ownership {
@@ -165,6 +167,11 @@ impl Ownership {
         state.held.contains_key(&shard) && !state.releasing.contains(&shard)
     }
 
+    /// How many times each shard has been taken so far.
+    pub fn gains(&self) -> BTreeMap<u32, u64> {
+        self.lock().gains.clone()
+    }
+
     /// The shards held now (releasing ones included).
     pub fn held(&self) -> BTreeSet<u32> {
         self.lock().held.keys().copied().collect()
@@ -187,7 +194,11 @@ impl Ownership {
     pub fn renewed(&self, shard: u32, until: Instant) {
         let gained = {
             let mut state = self.lock();
-            state.held.insert(shard, until).is_none()
+            let gained = state.held.insert(shard, until).is_none();
+            if gained {
+                *state.gains.entry(shard).or_default() += 1;
+            }
+            gained
         };
         if gained {
             self.0.changes.send_modify(|n| *n += 1);

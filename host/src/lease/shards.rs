@@ -7,7 +7,8 @@
 //!   as alive while its lease has changed within its duration, as seen from
 //!   here. A member lease not renewed for ten durations is deleted by
 //!   whichever replica sees it first.
-//! - **Fair share**: `ceil(N / alive members)`. A replica under it takes
+//! - **Fair share**: `N / members`, one more for the first `N % members`
+//!   members in name order (6 shards over 4 replicas: 2, 2, 1, 1). A replica under it takes
 //!   free or expired shards (in an order of its own, so that replicas do
 //!   not all race for shard 0); one over it gives shards up: it stops
 //!   starting reconciles in them, and releases each lease once the
@@ -116,6 +117,7 @@ pub async fn run(
     let mut valid: HashMap<u32, Instant> = HashMap::new();
     let mut members: HashMap<String, (Record, Instant)> = HashMap::new();
     let selector = format!("{SET_LABEL}={},{ROLE_LABEL}=member", config.id);
+    let shard_selector = format!("{SET_LABEL}={},{ROLE_LABEL}=shard", config.id);
     let mut last_share = None;
     loop {
         let round = Instant::now();
@@ -209,9 +211,11 @@ pub async fn run(
                 // Members gone for ten durations: delete their leases.
                 for (name, (record, at, _)) in &seen {
                     if *name != *member.name() && now >= *at + duration * 10 {
-                        let mut stale = Lock::new(api.clone(), name, "", duration, BTreeMap::new());
-                        if stale.observe().await.is_ok_and(|(_, free)| free)
-                            && stale.delete().await.is_ok()
+                        // Only as last seen: one that renewed meanwhile stays.
+                        if api
+                            .delete(name, Some(record.resource_version.clone()))
+                            .await
+                            .is_ok()
                         {
                             tracing::info!(lease = %name, holder = ?record.holder, "deleted the lease of a member gone");
                         }
@@ -239,9 +243,18 @@ pub async fn run(
                         "live members split the objects into another number of shards than {n} ({}): this replica takes no shard until they are gone",
                         first.join(", ")
                     ));
-                    Some(0)
+                    Some((0, 0))
                 } else {
-                    Some(live.iter().filter(|(_, _, s)| *s == Some(n)).count().max(1))
+                    // Members in name order: the first N % members hold one
+                    // more than the others (6 over 4: 2, 2, 1, 1).
+                    let mut same: Vec<&str> = live
+                        .iter()
+                        .filter(|(_, _, s)| *s == Some(n))
+                        .map(|(k, _, _)| k.as_str())
+                        .collect();
+                    same.sort_unstable();
+                    let index = same.iter().position(|k| *k == member.name()).unwrap_or(0);
+                    Some((same.len().max(1), index))
                 }
             }
             Err(e) => {
@@ -250,11 +263,11 @@ pub async fn run(
             }
         };
         // 4. Balance towards the fair share.
-        if let Some(alive) = alive {
-            let share = if alive == 0 {
-                0
-            } else {
-                (n as usize).div_ceil(alive)
+        if let Some((alive, index)) = alive {
+            let n = n as usize;
+            let share = match (n.checked_div(alive), n.checked_rem(alive)) {
+                (Some(each), Some(rest)) => each + usize::from(index < rest),
+                _ => 0,
             };
             if last_share != Some(share) {
                 tracing::info!(
@@ -278,13 +291,29 @@ pub async fn run(
             }
             let held = ownership.held();
             let mut count = kept.len();
+            // Every shard lease in one list: expiry counts from a change
+            // seen here, so the ones not held are observed every round.
+            let shard_leases: HashMap<String, _> = match api.list(&shard_selector).await {
+                Ok(leases) => leases
+                    .into_iter()
+                    .map(|l| (l.metadata.name.clone().unwrap_or_default(), l))
+                    .collect(),
+                Err(e) => {
+                    problem = Some(e.to_string());
+                    HashMap::new()
+                }
+            };
+            // Renewals come first: taking more stops short of the
+            // earliest renew deadline.
+            let earliest = valid.values().copied().min();
             for shard in order.iter().copied().filter(|s| !held.contains(s)) {
                 let Some(lock) = locks.get_mut(shard as usize) else {
                     continue;
                 };
-                if count >= share {
-                    // Keep observing: expiry counts from a change seen here.
-                    let _ = lock.observe().await;
+                let (_, free) = lock.observe_lease(shard_leases.get(lock.name()));
+                let in_time =
+                    earliest.is_none_or(|e| Instant::now() + config.timings.retry_period < e);
+                if count >= share || !free || !in_time {
                     continue;
                 }
                 match lock.try_acquire_or_renew().await {
@@ -318,6 +347,8 @@ pub async fn run(
         }
     }
     for shard in ownership.held() {
+        // Nothing starts in it while the release is on its way.
+        ownership.releasing(shard);
         if let Some(lock) = locks.get_mut(shard as usize)
             && let Err(e) = lock.release().await
         {
@@ -338,6 +369,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::super::lock::MemoryLeases;
+    use super::super::tests::run_for;
     use super::*;
 
     struct Replica {
@@ -366,16 +398,6 @@ mod tests {
             ownership,
             stop,
             task,
-        }
-    }
-
-    async fn run_for(d: Duration) {
-        let step = Duration::from_millis(100);
-        let mut left = d;
-        while !left.is_zero() {
-            let s = step.min(left);
-            tokio::time::sleep(s).await;
-            left -= s;
         }
     }
 
@@ -416,17 +438,47 @@ mod tests {
         assert!(moved, "{:?}", split(&[&a, &b]));
         let sets = split(&[&a, &b]);
         assert!(sets.iter().all(|s| s.len() == 3), "{sets:?}");
+        // c's member lease, unchanged for ten durations, is deleted.
+        let members = || api.list("reconcile-host.dev/lease-role=member");
+        assert_eq!(members().await.unwrap().len(), 3);
+        run_for(Duration::from_secs(160)).await;
+        let names: Vec<String> = members()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|l| l.metadata.name)
+            .collect();
+        assert_eq!(names, ["host-member-a", "host-member-b"], "{names:?}");
         for r in [a, b] {
             r.stop.send_replace(true);
             r.task.await.unwrap().unwrap();
         }
-        // Both released their shards and deleted their member leases;
-        // c's member lease stays until it is stale.
-        let leases = api
-            .list("reconcile-host.dev/lease-role=member")
-            .await
-            .unwrap();
-        assert_eq!(leases.len(), 1);
+        // Both released their shards and deleted their member leases.
+        assert!(members().await.unwrap().is_empty());
+        for i in 0..6 {
+            let lease = api.lease(&format!("host-shard-{i}")).unwrap();
+            assert!(lease.spec.unwrap().holder_identity.is_none());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shards_that_do_not_divide_evenly_are_spread_one_apart() {
+        let api = Arc::new(MemoryLeases::default());
+        let replicas: Vec<Replica> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|id| replica(&api, id, 6))
+            .collect();
+        for _ in 0..300 {
+            run_for(Duration::from_millis(100)).await;
+            split(&replicas.iter().collect::<Vec<_>>());
+        }
+        let mut counts: Vec<usize> = replicas.iter().map(|r| r.ownership.held().len()).collect();
+        counts.sort_unstable();
+        assert_eq!(counts, [1, 1, 2, 2]);
+        for r in replicas {
+            r.stop.send_replace(true);
+            r.task.await.unwrap().unwrap();
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -61,11 +61,7 @@ impl MetricsServer {
 
     /// The URL of the endpoint (a wildcard address shown as loopback).
     pub fn url(&self) -> String {
-        let mut addr = self.addr;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        format!("http://{addr}/metrics")
+        format!("{}/metrics", crate::serve::base_url(self.addr))
     }
 }
 

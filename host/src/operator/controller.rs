@@ -180,7 +180,7 @@ impl Activity {
     }
 
     /// A running controller lists its caches; `false` when done (or stopped).
-    fn syncing(&self, plugin: &str, syncing: bool) {
+    pub(crate) fn syncing(&self, plugin: &str, syncing: bool) {
         let mut s = self.lock();
         if syncing {
             s.syncing.insert(plugin.to_owned());
@@ -900,6 +900,9 @@ pub async fn run(
     let plugin = versions.borrow_and_update().clone();
     let metadata = plugin.metadata().clone();
     let name = metadata.name.clone();
+    // Marked syncing by the operator; whichever way this returns (a type
+    // not served, a grant that watches nothing, a stop), it is not any more.
+    let _synced = Unsync(activity.clone(), name.clone());
     let types: Vec<ResourceType> = std::iter::once(metadata.primary.clone())
         .chain(metadata.owns.iter().cloned())
         .collect();
@@ -926,7 +929,6 @@ pub async fn run(
         activity.controller_failed(&name, message);
         return objects;
     };
-    activity.syncing(&name, true);
     let primary = api_resource(&metadata.primary);
     let selector = metadata.primary_selector.as_deref();
     let (primary_cache, primary_stream) = reflect(&client, &primary, &namespaces, selector);
@@ -1135,7 +1137,6 @@ pub async fn run(
     background.abort();
     swaps.abort();
     gains.abort();
-    activity.syncing(&name, false);
     ctx.current
         .load()
         .plugin
@@ -1189,11 +1190,18 @@ async fn requeue_gained(
         return;
     }
     let mut changes = ownership.subscribe();
-    let mut seen = ownership.held();
+    // Gains counted per shard: a shard released and taken again between
+    // two wake-ups is a gain too.
+    let mut seen = ownership.gains();
     while changes.changed().await.is_ok() {
-        let held = ownership.held();
-        let gained: HashSet<u32> = held.difference(&seen).copied().collect();
-        seen = held;
+        let now = ownership.gains();
+        let gained: HashSet<u32> = now
+            .iter()
+            .filter(|(shard, n)| seen.get(shard) != Some(n))
+            .map(|(shard, _)| *shard)
+            .filter(|shard| ownership.holds_shard(*shard))
+            .collect();
+        seen = now;
         if gained.is_empty() {
             continue;
         }
@@ -1203,18 +1211,32 @@ async fn requeue_gained(
             if !gained.contains(&ownership.shard(&namespace, &name)) {
                 continue;
             }
-            if requeue
-                .send(KubeRef::from_obj_with(&*obj, primary.clone()))
-                .await
-                .is_err()
-            {
+            if !send_requeue(&ctx, &requeue, &obj, &primary).await {
                 return;
             }
-            ctx.metrics.queue_add();
             count += 1;
         }
         tracing::info!(plugin = %ctx.name, objects = count, shards = ?gained, "requeued the objects this replica took over");
     }
+}
+
+/// Hands `obj` to the controller's requeue stream; `false` when the
+/// controller is gone.
+async fn send_requeue(
+    ctx: &Context,
+    requeue: &tokio::sync::mpsc::Sender<KubeRef<DynamicObject>>,
+    obj: &DynamicObject,
+    primary: &ApiResource,
+) -> bool {
+    if requeue
+        .send(KubeRef::from_obj_with(obj, primary.clone()))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    ctx.metrics.queue_add();
+    true
 }
 
 /// A task aborted when its handle is dropped.
@@ -1263,18 +1285,22 @@ async fn requeue_all(
         if !stale(&obj) {
             continue;
         }
-        if requeue
-            .send(KubeRef::from_obj_with(&*obj, primary.clone()))
-            .await
-            .is_err()
-        {
+        if !send_requeue(&ctx, &requeue, &obj, &primary).await {
             return;
         }
-        ctx.metrics.queue_add();
         count += 1;
     }
     if count > 0 {
         tracing::info!(plugin = %ctx.name, objects = count, "requeued after the reload");
+    }
+}
+
+/// Clears a controller's "syncing" mark when dropped.
+struct Unsync(Arc<Activity>, String);
+
+impl Drop for Unsync {
+    fn drop(&mut self) {
+        self.0.syncing(&self.1, false);
     }
 }
 

@@ -303,6 +303,8 @@ impl Operator {
 
     fn spawn(&self, plugin: Plugin, objects: controller::Objects) -> Running {
         self.activity.starting();
+        // Not ready until its caches have synced (or it gave up running).
+        self.activity.syncing(&plugin.metadata().name, true);
         let shape = Shape::of(&plugin);
         let (versions, versions_rx) = tokio::sync::watch::channel(plugin);
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
