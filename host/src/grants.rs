@@ -305,9 +305,11 @@ impl Grant {
             ],
             None => {
                 let dir = wasm.parent().unwrap_or(Path::new(""));
+                let mut by_stem = crate::files::plugin_stem(wasm).into_os_string();
+                by_stem.push(".grants.toml");
                 vec![
                     dir.join(format!("{name}.grants.toml")),
-                    wasm.with_extension("grants.toml"),
+                    PathBuf::from(by_stem),
                 ]
             }
         }

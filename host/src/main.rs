@@ -54,7 +54,7 @@ struct Cli {
 enum Command {
     /// Print a plugin's metadata, digest and WIT version; fail with one line if it cannot load.
     Inspect {
-        /// The plugin (`.wasm`).
+        /// The plugin (`.wasm`, or `.wasm.gz` compressed with gzip).
         plugin: PathBuf,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
@@ -106,7 +106,7 @@ enum Command {
     /// Roles and bindings where grants name namespaces, and the Lease
     /// verbs of leader election or sharding.
     Rbac {
-        /// Directory of plugins (*.wasm).
+        /// Directory of plugins (*.wasm, *.wasm.gz).
         #[arg(long, default_value = "target/plugins")]
         plugins: PathBuf,
         /// Directory of grant files (default: next to each .wasm).
@@ -143,7 +143,7 @@ enum Command {
     /// plugin (each case's `plugin` is replaced by it) and print the report;
     /// exit non-zero if a case failed. See tests/conformance/README.md.
     Test {
-        /// The plugin (`.wasm`).
+        /// The plugin (`.wasm`, or `.wasm.gz` compressed with gzip).
         plugin: PathBuf,
         /// Case folders (with a case.yaml), or folders of them.
         #[arg(required = true)]
@@ -156,7 +156,7 @@ enum Command {
     /// without a cluster (Kubernetes calls fail as unavailable). Spans go
     /// to the console unless OTEL_TRACES_EXPORTER says otherwise.
     Call {
-        /// The plugin (`.wasm`).
+        /// The plugin (`.wasm`, or `.wasm.gz` compressed with gzip).
         plugin: PathBuf,
         /// The object to reconcile, as YAML or JSON.
         #[arg(long)]
@@ -179,7 +179,7 @@ enum Command {
 /// Options shared by `dev` and `run`.
 #[derive(clap::Args, Debug)]
 struct OperatorArgs {
-    /// Directory of plugins (*.wasm).
+    /// Directory of plugins (*.wasm, *.wasm.gz).
     #[arg(long, default_value = "target/plugins")]
     plugins: PathBuf,
     /// Reconciles of one plugin at once (a grant may set its own).
@@ -431,7 +431,11 @@ async fn run(cli: Cli, logger: Logger) -> anyhow::Result<ExitCode> {
             let mut files: Vec<PathBuf> = std::fs::read_dir(&plugins)
                 .with_context(|| format!("cannot read the plugin directory {}", plugins.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+                .filter(|p| {
+                    p.file_name().is_some_and(|n| {
+                        reconcile_host::files::is_plugin_name(&n.to_string_lossy())
+                    })
+                })
                 .collect();
             files.sort();
             if files.is_empty() {

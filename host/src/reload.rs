@@ -190,7 +190,7 @@ impl Reloader {
             .filter(|e| {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
-                !name.starts_with('.') && name.ends_with(".wasm")
+                crate::files::is_plugin_name(&name)
             })
             .map(|e| e.path())
             .collect();
@@ -693,11 +693,9 @@ fn is_change(event: &notify::Event) -> bool {
 /// Reads a plugin file, off the async workers.
 async fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
     let owned = path.to_owned();
-    let read = tokio::task::spawn_blocking(move || {
-        crate::files::read_bounded(&owned, crate::files::MAX_PLUGIN_BYTES)
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let read = tokio::task::spawn_blocking(move || crate::files::read_plugin(&owned))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
     read.map_err(|error| LoadError::Read {
         source_name: path.display().to_string(),
         error,

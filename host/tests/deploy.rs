@@ -1,10 +1,11 @@
 //! `deploy/` as a platform team uses it: `kubectl kustomize` renders the
 //! base and the sharding overlay, `kubectl apply --dry-run=server -k`
-//! accepts them on the embedded API server, the RBAC in them is exactly
-//! what `reconcile-host rbac` prints for the example plugins and is
-//! enough for `run` as the ServiceAccount (the host's access check names
-//! what a smaller role lacks), and the Collector config keeps errors and
-//! slow traces.
+//! accepts them on the embedded API server, the README's install commands
+//! run there and put the compressed plugins in their ConfigMap, the RBAC
+//! is exactly what `reconcile-host rbac` prints for the example plugins
+//! and is enough for `run` as the ServiceAccount from the ConfigMaps'
+//! files (the host's access check names what a smaller role lacks), and
+//! the Collector config keeps errors and slow traces.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -195,35 +196,151 @@ fn impersonating(server: &ApiServer) -> String {
     serde_json::to_string(&doc).unwrap()
 }
 
+/// The commands of the README's "Install in a cluster", in order.
+fn install_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Install in a cluster\n")
+        .nth(1)
+        .expect("the README has an Install in a cluster section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("it starts with a sh block");
+    block
+        .lines()
+        .map(|l| l.split("   #").next().unwrap().trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// What the kubelet makes of ConfigMap `name` in a volume: the keys as
+/// files in a timestamped directory, `..data` linking to it, and each key
+/// a link through `..data` (the layout whose atomic swap the host's
+/// reload follows).
+fn project_configmap(kubeconfig: &Path, name: &str, into: &Path) -> PathBuf {
+    use base64::Engine as _;
+    let json = ok(&kubectl(
+        Some(kubeconfig),
+        &[
+            "-n",
+            "reconcile-host",
+            "get",
+            "configmap",
+            name,
+            "-o",
+            "json",
+        ],
+    ));
+    let object: Value = serde_json::from_str(&json).unwrap();
+    let volume = into.join(name);
+    let data = volume.join("..2026_12_03_00_00_00.000000001");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut keys = Vec::new();
+    for (key, value) in object["data"].as_object().into_iter().flatten() {
+        std::fs::write(data.join(key), value.as_str().unwrap()).unwrap();
+        keys.push(key.clone());
+    }
+    for (key, value) in object["binaryData"].as_object().into_iter().flatten() {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value.as_str().unwrap())
+            .unwrap();
+        std::fs::write(data.join(key), bytes).unwrap();
+        keys.push(key.clone());
+    }
+    std::os::unix::fs::symlink(data.file_name().unwrap(), volume.join("..data")).unwrap();
+    for key in &keys {
+        std::os::unix::fs::symlink(format!("..data/{key}"), volume.join(key)).unwrap();
+    }
+    volume
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rbac_is_enough_for_run_and_a_missing_verb_is_named() {
+async fn the_readme_installs_the_plugins_and_the_rbac_is_enough_for_run() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = example_plugins(dir.path());
+    guest("demoapp");
     let server = ApiServer::start(Default::default()).await.unwrap();
     let admin = dir.path().join("admin.kubeconfig");
     std::fs::write(&admin, server.kubeconfig()).unwrap();
     let a = Some(admin.as_path());
-    ok(&kubectl(a, &["create", "namespace", "reconcile-host"]));
-    ok(&kubectl(
+
+    // The README's commands, as written, with the embedded server as the
+    // cluster. Three cannot run here and are left out, by name: the
+    // plugins are already built (`guest` built them, compressed
+    // copies included), no machine here has a container engine, and the
+    // embedded server runs no Deployment controller to roll out.
+    let kubectl_dir = kubectl_binary().parent().unwrap().to_owned();
+    let path = format!(
+        "{}:{}",
+        kubectl_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut left_out = Vec::new();
+    for command in install_commands() {
+        if command == "cargo xtask plugins"
+            || command.starts_with("podman build ")
+            || command.contains(" rollout status ")
+        {
+            left_out.push(command);
+            continue;
+        }
+        assert!(command.starts_with("kubectl "), "{command}");
+        let output = std::process::Command::new("sh")
+            .args(["-c", &command])
+            .env("PATH", &path)
+            .env("KUBECONFIG", &admin)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{command}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_eq!(left_out.len(), 3, "{left_out:?}");
+
+    // Both plugins are in the ConfigMap, compressed, within its 1 MiB.
+    let volumes = dir.path().join("volumes");
+    let plugin_volume = project_configmap(&admin, "reconcile-host-plugins", &volumes);
+    let grant_volume = project_configmap(&admin, "reconcile-host-grants", &volumes);
+    let mut packed = 0;
+    for name in ["demoapp", "uptime"] {
+        let file = plugin_volume.join(format!("{name}.wasm.gz"));
+        packed += std::fs::metadata(&file).unwrap().len();
+        assert_eq!(
+            reconcile_host::files::read_plugin(&file).unwrap(),
+            std::fs::read(guest(name)).unwrap(),
+            "{name}"
+        );
+    }
+    assert!(packed < 1024 * 1024, "{packed} bytes");
+    // A plugin too large for one is refused with the real server's words.
+    let big = dir.path().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    for name in ["demoapp", "uptime"] {
+        std::fs::copy(guest(name), big.join(format!("{name}.wasm"))).unwrap();
+    }
+    let too_large = kubectl(
         a,
         &[
-            "apply",
-            "-f",
-            "deploy/crds/demoapp.yaml",
-            "-f",
-            "deploy/crds/uptimecheck.yaml",
+            "-n",
+            "reconcile-host",
+            "create",
+            "configmap",
+            "uncompressed",
+            &format!("--from-file={}/", big.display()),
         ],
-    ));
-    ok(&kubectl(
-        a,
-        &[
-            "apply",
-            "-f",
-            "deploy/base/serviceaccount.yaml",
-            "-f",
-            "deploy/base/rbac.yaml",
-        ],
-    ));
+    );
+    assert!(!too_large.status.success());
+    assert!(
+        String::from_utf8_lossy(&too_large.stderr).contains("must have at most 1048576 bytes"),
+        "{}",
+        String::from_utf8_lossy(&too_large.stderr)
+    );
+
     let sa = dir.path().join("sa.kubeconfig");
     std::fs::write(&sa, impersonating(&server)).unwrap();
     // Impersonated reviews follow the RBAC: the ServiceAccount may patch
@@ -253,9 +370,9 @@ async fn the_rbac_is_enough_for_run_and_a_missing_verb_is_named() {
             "run",
             "--leader-elect",
             "--plugins",
-            plugins.to_str().unwrap(),
+            plugin_volume.to_str().unwrap(),
             "--grants",
-            root().join("deploy/base/grants").to_str().unwrap(),
+            grant_volume.to_str().unwrap(),
             "--kubeconfig",
             kubeconfig.to_str().unwrap(),
         ]
@@ -277,6 +394,34 @@ async fn the_rbac_is_enough_for_run_and_a_missing_verb_is_named() {
         "{}",
         host.log()
     );
+    let running = host.line("plugins running: demoapp 0.1.0").await;
+    assert!(
+        running["message"]
+            .as_str()
+            .unwrap()
+            .contains(", uptime 0.1.0"),
+        "{running}"
+    );
+    // The plugin from the compressed file reconciles: the example
+    // DemoApp gets its Deployment.
+    ok(&kubectl(
+        a,
+        &["apply", "-f", "deploy/examples/demoapp.yaml"],
+    ));
+    let start = Instant::now();
+    loop {
+        let out = kubectl(
+            a,
+            &["-n", "default", "get", "deployment", "hello", "-o", "json"],
+        );
+        if out.status.success() {
+            let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(d["metadata"]["ownerReferences"][0]["kind"], "DemoApp");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", host.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(host);
 
     // Without patch on Deployments: demoapp is refused at start-up with

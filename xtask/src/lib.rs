@@ -5,7 +5,9 @@
 //!
 //! All builds share one target directory, `target/wasm`; each built
 //! component is copied to its output directory as `<name>.wasm` (hyphens
-//! kept, as in the package name).
+//! kept, as in the package name). The example plugins are also written
+//! compressed, `target/plugins-gz/<name>.wasm.gz`, the form a ConfigMap
+//! (1 MiB at most) delivers them in.
 //!
 //! [`dist`] builds the host as a static (musl) binary.
 
@@ -31,6 +33,8 @@ pub struct GuestWorkspace {
     pub profile: &'static str,
     /// The output directory, relative to the project root.
     pub out: &'static str,
+    /// Where gzip-compressed copies go (`<name>.wasm.gz`), if anywhere.
+    pub compressed: Option<&'static str>,
 }
 
 /// The example plugins.
@@ -39,6 +43,7 @@ pub const PLUGINS: GuestWorkspace = GuestWorkspace {
     packages: &["demoapp", "uptime"],
     profile: "plugin",
     out: "target/plugins",
+    compressed: Some("target/plugins-gz"),
 };
 /// The test plugins.
 pub const TEST_PLUGINS: GuestWorkspace = GuestWorkspace {
@@ -46,6 +51,7 @@ pub const TEST_PLUGINS: GuestWorkspace = GuestWorkspace {
     packages: &[],
     profile: "release",
     out: "target/test-plugins",
+    compressed: None,
 };
 
 /// The conformance suite's case plugins.
@@ -54,6 +60,7 @@ pub const CONFORMANCE_PLUGINS: GuestWorkspace = GuestWorkspace {
     packages: &[],
     profile: "release",
     out: "target/conformance-plugins",
+    compressed: None,
 };
 
 /// The project root (the parent of `xtask/`).
@@ -123,9 +130,33 @@ pub fn build(root: &Path, workspace: GuestWorkspace) -> Result<BTreeMap<String, 
         std::fs::copy(&wasm, &tmp).map_err(|e| format!("cannot copy {}: {e}", wasm.display()))?;
         std::fs::rename(&tmp, &dest)
             .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+        if let Some(dir) = workspace.compressed {
+            compress(&dest, &root.join(dir).join(format!("{name}.wasm.gz")))?;
+        }
         copies.insert(name, dest);
     }
     Ok(copies)
+}
+
+/// Writes `from` compressed with gzip to `to` (through a temporary file,
+/// so that a host reading the directory never sees half of it).
+pub fn compress(from: &Path, to: &Path) -> Result<(), String> {
+    use std::io::Write as _;
+    let bytes = std::fs::read(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    let dir = to.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let packed = encoder
+        .write_all(&bytes)
+        .and_then(|()| encoder.finish())
+        .map_err(|e| format!("cannot compress {}: {e}", from.display()))?;
+    let name = to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, packed).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, to).map_err(|e| format!("cannot write {}: {e}", to.display()))
 }
 
 /// Runs `cargo build --target wasm32-wasip2` in `dir` (the crate or

@@ -1,7 +1,8 @@
 //! `cargo xtask <command>`: build orchestration for reconcile-host.
 //!
-//! - `plugins`: build the example plugins into `target/plugins/` and the
-//!   test plugins into `target/test-plugins/`.
+//! - `plugins`: build the example plugins into `target/plugins/` (and
+//!   compressed, for a ConfigMap, into `target/plugins-gz/`) and the test
+//!   plugins into `target/test-plugins/`.
 //! - `dev`: build the plugins, then run `reconcile-host dev` on the examples;
 //!   with `--watch`, rebuild the example plugins when their sources change
 //!   (the running host reloads them from `target/plugins`).
@@ -118,7 +119,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("usage: cargo xtask <plugins|dev|dist|new-plugin>");
             eprintln!(
-                "  plugins  build plugins/ into target/plugins and tests/plugins into target/test-plugins"
+                "  plugins  build plugins/ into target/plugins (compressed: target/plugins-gz) and tests/plugins into target/test-plugins"
             );
             eprintln!(
                 "  new-plugin NAME [--dir DIR]  a plugin crate to start from (CRD type, harness test, grant, CRD)"

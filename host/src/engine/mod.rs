@@ -381,11 +381,9 @@ impl Engine {
     pub async fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
         let source_name = path.display().to_string();
         let owned = path.to_owned();
-        let read = tokio::task::spawn_blocking(move || {
-            crate::files::read_bounded(&owned, crate::files::MAX_PLUGIN_BYTES)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let read = tokio::task::spawn_blocking(move || crate::files::read_plugin(&owned))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         let bytes = read.map_err(|error| LoadError::Read {
             source_name: source_name.clone(),
             error,
