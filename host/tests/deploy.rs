@@ -422,6 +422,42 @@ async fn the_readme_installs_the_plugins_and_the_rbac_is_enough_for_run() {
         assert!(start.elapsed() < Duration::from_secs(30), "{}", host.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The server enforces the RBAC on the impersonated requests, and
+    // the generated role is enough for all of it: the status, the
+    // finalizer, the Event, the Leases, with no 403 on the way.
+    let start = Instant::now();
+    loop {
+        let app: Value = serde_json::from_str(&ok(&kubectl(
+            a,
+            &["-n", "default", "get", "demoapp", "hello", "-o", "json"],
+        )))
+        .unwrap();
+        let events: Value = serde_json::from_str(&ok(&kubectl(
+            a,
+            &["-n", "default", "get", "events.events.k8s.io", "-o", "json"],
+        )))
+        .unwrap();
+        let reported = events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["regarding"]["name"] == "hello");
+        if app["status"]["conditions"].is_array()
+            && app["metadata"]["finalizers"].is_array()
+            && reported
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{app}\n{}",
+            host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // (A refusal would be logged with the server's message.)
+    let log = host.log();
+    assert!(!log.contains("is forbidden"), "{log}");
     drop(host);
 
     // Without patch on Deployments: demoapp is refused at start-up with
@@ -436,6 +472,36 @@ async fn the_readme_installs_the_plugins_and_the_rbac_is_enough_for_run() {
     let file = dir.path().join("smaller.yaml");
     std::fs::write(&file, smaller).unwrap();
     ok(&kubectl(a, &["apply", "-f", file.to_str().unwrap()]));
+    // The server refuses what the role no longer allows, as a real one.
+    let refused = kubectl(
+        Some(&sa),
+        &[
+            "-n",
+            "default",
+            "patch",
+            "deployment",
+            "hello",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"labels":{"by":"hand"}}}"#,
+        ],
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(
+            r#"deployments.apps "hello" is forbidden: User "system:serviceaccount:reconcile-host:reconcile-host" cannot patch resource "deployments" in API group "apps" in the namespace "default""#
+        ),
+        "{stderr}"
+    );
+    let listed = kubectl(Some(&sa), &["get", "secrets", "-A"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stderr).contains(
+            r#"secrets is forbidden: User "system:serviceaccount:reconcile-host:reconcile-host" cannot list resource "secrets" in API group "" at the cluster scope"#
+        ),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
     let host = run(&sa);
     let line = host
         .line("plugin did not load: the host may not do what the grant of demoapp allows")

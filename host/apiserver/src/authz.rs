@@ -1,12 +1,15 @@
-//! `SelfSubjectAccessReview` against the stored RBAC.
+//! RBAC against the stored roles, for impersonated requests.
 //!
-//! The server enforces no authorization: every request is served. A
-//! `SelfSubjectAccessReview` is answered by evaluating the stored
-//! ClusterRoles, Roles and their bindings for the user the request
-//! impersonates (`Impersonate-User`, `Impersonate-Group`: kubectl's
-//! `--as`, a kubeconfig's `as`), so that a client can learn what a
-//! ServiceAccount may do; without impersonation the answer is "allowed",
-//! as it is for a cluster admin. Rules match as the real RBAC authorizer
+//! A request that impersonates no one is the cluster admin's and is
+//! served. One that impersonates a user (`Impersonate-User`,
+//! `Impersonate-Group`: kubectl's `--as`, a kubeconfig's `as`) is served
+//! only if the stored ClusterRoles, Roles and their bindings allow that
+//! user the verb on the resource, and is otherwise refused with the real
+//! server's 403, so that a client can be run as a ServiceAccount to learn
+//! whether its RBAC is enough. As in a real cluster, every authenticated
+//! user may create access reviews (`system:basic-user`) and read
+//! discovery. A `SelfSubjectAccessReview` is answered by the same
+//! evaluation. Rules match as the real RBAC authorizer
 //! matches them: `*` for groups, resources and verbs, `resource/sub` and
 //! `*/sub`, `resourceNames`; a ServiceAccount subject is the user
 //! `system:serviceaccount:<namespace>:<name>`, with the groups
@@ -168,6 +171,51 @@ fn allowed(store: &Store, subject: &Subject, a: &Attributes) -> (bool, String) {
     // As the real RBAC authorizer: no reason when no rule matched.
     let _ = user;
     (false, String::new())
+}
+
+/// Refuses a request on `def` that `subject` may not make (403 with the
+/// real authorizer's message).
+pub fn authorize(
+    store: &Store,
+    subject: &Subject,
+    def: &ResourceDef,
+    verb: &str,
+    namespace: Option<&str>,
+    name: &str,
+    subresource: &str,
+) -> Result<(), ApiError> {
+    let Some(user) = &subject.user else {
+        return Ok(());
+    };
+    // `system:basic-user`: every authenticated user may ask what it may do.
+    if def.group == "authorization.k8s.io"
+        && matches!(
+            def.plural.as_str(),
+            "selfsubjectaccessreviews" | "selfsubjectrulesreviews"
+        )
+    {
+        return Ok(());
+    }
+    let a = Attributes {
+        namespace: namespace.map(str::to_owned),
+        verb: verb.to_owned(),
+        group: def.group.clone(),
+        resource: def.plural.clone(),
+        subresource: subresource.to_owned(),
+        name: name.to_owned(),
+    };
+    if allowed(store, subject, &a).0 {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized(
+            def,
+            name,
+            subresource,
+            namespace,
+            user,
+            verb,
+        ))
+    }
 }
 
 /// Answers a `SelfSubjectAccessReview` (the review, with its status).

@@ -26,8 +26,9 @@
 //! - [`validation`]: names, metadata, data keys and sizes, required fields (422s).
 //! - [`discovery`], [`table`]: what kubectl needs besides objects.
 //! - [`faults`]: fault injection and the request log.
-//! - [`authz`]: `SelfSubjectAccessReview` evaluated against the stored RBAC
-//!   for an impersonated user (no request is ever refused).
+//! - [`authz`]: RBAC from the stored roles for impersonated requests (403
+//!   when not allowed) and `SelfSubjectAccessReview`; a request that
+//!   impersonates no one is the admin's.
 //! - [`status`]: `Status` errors.
 
 pub mod apply;

@@ -179,6 +179,22 @@ fn verb(
     (verb.into(), Some(r.clone()))
 }
 
+/// Who a request acts as: the user and groups it impersonates, if any.
+fn subject(headers: &HeaderMap) -> crate::authz::Subject {
+    let header = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    crate::authz::Subject::impersonating(
+        header("impersonate-user").into_iter().next(),
+        header("impersonate-group"),
+    )
+}
+
 /// Serves one request.
 pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
@@ -287,6 +303,17 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             let Some(def) = registry.find(&r.group, &r.version, &r.plural) else {
                 return error_response(&ApiError::no_route(&path));
             };
+            if let Err(e) = crate::authz::authorize(
+                &shared.store,
+                &subject(&parts.headers),
+                &def,
+                &verb,
+                r.namespace.as_deref(),
+                r.name.as_deref().unwrap_or_default(),
+                r.subresource.as_deref().unwrap_or_default(),
+            ) {
+                return error_response(&e);
+            }
             if !acceptable(&accept) {
                 return error_response(&ApiError::not_acceptable(
                     "only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf",
@@ -470,18 +497,7 @@ impl ResourceRequest {
                 "selfsubjectaccessreviews can only be created",
             ));
         }
-        let header = |name: &str| {
-            self.headers
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        };
-        let subject = crate::authz::Subject::impersonating(
-            header("impersonate-user").into_iter().next(),
-            header("impersonate-group"),
-        );
+        let subject = subject(&self.headers);
         let body = parse_body(&self.body, &self.content_type())?;
         let answer = crate::authz::review(&self.shared.store, &subject, body)?;
         Ok(json_response(201, &answer))

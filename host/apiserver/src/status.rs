@@ -201,6 +201,41 @@ impl ApiError {
         .about(def, name)
     }
 
+    /// 403 from the authorizer: `user` may not `verb` the resource
+    /// (`name` empty for a collection), in the real server's words.
+    pub fn unauthorized(
+        def: &ResourceDef,
+        name: &str,
+        subresource: &str,
+        namespace: Option<&str>,
+        user: &str,
+        verb: &str,
+    ) -> Self {
+        let what = if name.is_empty() {
+            def.qualified()
+        } else {
+            format!("{} \"{name}\"", def.qualified())
+        };
+        let resource = if subresource.is_empty() {
+            def.plural.clone()
+        } else {
+            format!("{}/{subresource}", def.plural)
+        };
+        let scope = match namespace {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_owned(),
+        };
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{what} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}",
+                def.group
+            ),
+        )
+        .about(def, name)
+    }
+
     /// 400: a malformed request.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
