@@ -1,6 +1,7 @@
 //! Replicas of `run` against the embedded API server, coordinated through
 //! Leases: leader election (one reconciles; SIGKILL and SIGTERM hand the
-//! lease over) and sharding (six shards split between three processes;
+//! lease over; a leader cut off from its Lease stops before the next
+//! starts) and sharding (six shards split between three processes;
 //! a killed one's shards move). Who wrote what is read from the API
 //! server's request log (each replica's User-Agent names it) and checked
 //! against the Lease history, so that no two processes ever wrote for the
@@ -194,6 +195,116 @@ async fn one_leader_reconciles_and_the_lease_moves_on_kill_and_on_sigterm() {
     assert_eq!(spec.lease_duration_seconds, Some(LEASE as i32));
     watching.abort();
     drop(s.dir);
+}
+
+/// A leader cut off from its Lease while it can still write: it keeps
+/// reconciling only until its renew deadline, then stops and exits 1; the
+/// standby takes over only after the lease has expired, so the old
+/// leader's last write comes before the new leader's first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_partitioned_from_its_lease_stops_writing_before_the_next_starts() {
+    let s = setup().await;
+    let (history, watching) = watch_leases(&s.client);
+    let mut hosts: BTreeMap<String, HostProcess> = ["part-a", "part-b"]
+        .into_iter()
+        .map(|id| (id.to_owned(), s.host(id, &["--leader-elect"])))
+        .collect();
+    const N: usize = 4;
+    s.create(N).await;
+    s.mirrored(N, "1", Duration::from_secs(60)).await;
+    let old = holder(&s.client, "reconcile-host").await.expect("a leader");
+    let next = hosts.keys().find(|id| **id != old).unwrap().clone();
+
+    // Every Lease request of the leader fails from now on; its other
+    // requests still go through. The objects keep changing throughout.
+    let cut = SystemTime::now();
+    s.server.faults().fail(
+        reconcile_apiserver::Match::any()
+            .resource("leases")
+            .user_agent_contains(&format!("({old})")),
+        u32::MAX,
+        503,
+    );
+    let changing = Instant::now();
+    let mut round = 1;
+    let mut new_leader_since = None;
+    while new_leader_since.is_none_or(|t: Instant| t.elapsed() < Duration::from_secs(2)) {
+        round += 1;
+        s.set(N, &round.to_string()).await;
+        if new_leader_since.is_none()
+            && holder(&s.client, "reconcile-host").await.as_ref() == Some(&next)
+        {
+            new_leader_since = Some(Instant::now());
+        }
+        assert!(changing.elapsed() < Duration::from_secs(30), "no take-over");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    s.mirrored(N, &round.to_string(), Duration::from_secs(30))
+        .await;
+
+    // The old leader stopped at its renew deadline and exited 1.
+    let mut stopped = hosts.remove(&old).unwrap();
+    let status = stopped.exit_within(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(1), "{}", stopped.log());
+    assert!(
+        stopped.find("cannot renew the lease").is_some(),
+        "{}",
+        stopped.log()
+    );
+
+    let writes = s.writes();
+    let last_old = writes
+        .iter()
+        .filter(|(id, _)| *id == old)
+        .map(|(_, w)| w.received)
+        .max()
+        .unwrap();
+    let first_next = writes
+        .iter()
+        .filter(|(id, _)| *id == next)
+        .map(|(_, w)| w.received)
+        .min()
+        .unwrap();
+    let wrote_cut_off = writes
+        .iter()
+        .filter(|(id, w)| *id == old && w.received > cut)
+        .count();
+    let gap = first_next.duration_since(last_old).unwrap_or_default();
+    eprintln!(
+        "partition: the old leader wrote {wrote_cut_off} times while cut off, for {:?}; the next wrote {gap:?} after its last",
+        last_old.duration_since(cut).unwrap_or_default()
+    );
+    // It was still reconciling while cut off (so the ordering below is
+    // not that of a dead process), and it stopped before the next began.
+    assert!(
+        wrote_cut_off > 0,
+        "the old leader wrote nothing once cut off"
+    );
+    assert!(
+        last_old < first_next,
+        "{old} wrote at {last_old:?}, after {next} began at {first_next:?}"
+    );
+    // And within its renew deadline of the cut (4 s, and a retry period).
+    assert!(
+        last_old.duration_since(cut).unwrap_or_default() < Duration::from_secs_f64(4.5),
+        "{:?}",
+        last_old.duration_since(cut)
+    );
+    let history = history
+        .lock()
+        .unwrap()
+        .get("reconcile-host")
+        .cloned()
+        .unwrap();
+    for (identity, write) in &writes {
+        assert_eq!(
+            holder_at(&history, write.received),
+            Some(identity.as_str()),
+            "{identity} wrote {} without the lease: {history:?}",
+            write.path
+        );
+    }
+    watching.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,9 @@ pub struct Match {
     pub content_type: Option<String>,
     /// Not requests with this `User-Agent` (a test's own).
     pub not_user_agent: Option<String>,
+    /// Only requests whose `User-Agent` contains this (one client of
+    /// several, such as one replica by the identity its agent names).
+    pub user_agent_contains: Option<String>,
 }
 
 impl Match {
@@ -64,6 +67,12 @@ impl Match {
         self
     }
 
+    /// Only the requests whose `User-Agent` contains `part`.
+    pub fn user_agent_contains(mut self, part: &str) -> Self {
+        self.user_agent_contains = Some(part.to_owned());
+        self
+    }
+
     /// Not the requests sent with `user_agent`.
     pub fn not_user_agent(mut self, user_agent: &str) -> Self {
         self.not_user_agent = Some(user_agent.to_owned());
@@ -80,6 +89,12 @@ impl Match {
             .not_user_agent
             .as_ref()
             .is_none_or(|u| request.user_agent.as_ref() != Some(u))
+            && self.user_agent_contains.as_ref().is_none_or(|part| {
+                request
+                    .user_agent
+                    .as_deref()
+                    .is_some_and(|a| a.contains(part.as_str()))
+            })
             && self.verb.as_ref().is_none_or(|v| *v == request.verb)
             && self
                 .resource
