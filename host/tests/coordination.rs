@@ -1,11 +1,11 @@
 //! Replicas of `run` against the embedded API server, coordinated through
 //! Leases: leader election (one reconciles; SIGKILL and SIGTERM hand the
 //! lease over; a leader cut off from its Lease stops before the next
-//! starts) and sharding (six shards split between three processes;
-//! a killed one's shards move). Who wrote what is read from the API
-//! server's request log (each replica's User-Agent names it) and checked
-//! against the Lease history, so that no two processes ever wrote for the
-//! same objects at once.
+//! starts) and sharding (six shards split between three processes; a
+//! killed one's shards move; a rollout changes the shard count). Who
+//! wrote what is read from the API server's request log (each replica's
+//! User-Agent names it) and checked against the Lease history, so that no
+//! two processes ever wrote for the same objects at once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -397,5 +397,97 @@ async fn three_replicas_split_six_shards_and_a_killed_ones_objects_move() {
             None
         );
     }
+    watching.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_that_changes_the_shard_count_hands_over_without_overlap() {
+    let s = setup().await;
+    let (history, watching) = watch_leases(&s.client);
+    let mut old: Vec<HostProcess> = ["old-a", "old-b"]
+        .into_iter()
+        .map(|id| s.host(id, &["--shards", "4"]))
+        .collect();
+    const N: usize = 20;
+    s.create(N).await;
+    s.mirrored(N, "1", Duration::from_secs(30)).await;
+    // A replica of the new split joins as a rollout's surge pod does: it
+    // is ready (a standby) and takes nothing while the old ones live.
+    let mut new = s.host("new-c", &["--shards", "6"]);
+    let url = new.probes().await;
+    let joined = Instant::now();
+    while get(&format!("{url}/readyz")).await.0 != 200 {
+        assert!(
+            joined.elapsed() < Duration::from_secs(20),
+            "the new replica is not ready: {}",
+            get(&format!("{url}/readyz?verbose")).await.1
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    new.line("live members split the objects into another number of shards than 6")
+        .await;
+    // The old replicas go one by one; the one left takes all four shards.
+    let mut first = old.remove(0);
+    first.terminate();
+    assert!(first.exit_within(Duration::from_secs(15)).await.success());
+    s.set(N, "2").await;
+    s.mirrored(N, "2", Duration::from_secs(30)).await;
+    assert!(
+        s.writes().iter().all(|(id, _)| id != "new-c"),
+        "the new replica wrote while old ones lived"
+    );
+    let mut last = old.remove(0);
+    last.terminate();
+    assert!(last.exit_within(Duration::from_secs(15)).await.success());
+    // The new replica takes the six shards and reconciles everything.
+    s.set(N, "3").await;
+    s.mirrored(N, "3", Duration::from_secs(30)).await;
+    for i in 0..6 {
+        assert_eq!(
+            holder(&s.client, &format!("reconcile-host-shard-{i}"))
+                .await
+                .as_deref(),
+            Some("new-c")
+        );
+    }
+    // Every write came from the holder of the object's shard in the
+    // writer's own split, and the new split wrote only after the old one
+    // had stopped writing.
+    let history = history.lock().unwrap().clone();
+    let writes: Vec<_> = s
+        .writes()
+        .into_iter()
+        .filter(|(_, w)| w.resource.as_deref() == Some("configmaps"))
+        .collect();
+    for (identity, write) in &writes {
+        let split = if identity == "new-c" { 6 } else { 4 };
+        let name = write.name.clone().unwrap();
+        let source = name.strip_suffix("-mirror").unwrap();
+        let lease = format!(
+            "reconcile-host-shard-{}",
+            shard_of("default", source, split)
+        );
+        assert_eq!(
+            holder_at(&history[&lease], write.received),
+            Some(identity.as_str()),
+            "{identity} wrote {name} without its lease: {:?}",
+            history[&lease]
+        );
+    }
+    let last_old = writes
+        .iter()
+        .filter(|(id, _)| id != "new-c")
+        .map(|(_, w)| w.received)
+        .max()
+        .unwrap();
+    let first_new = writes
+        .iter()
+        .filter(|(id, _)| id == "new-c")
+        .map(|(_, w)| w.received)
+        .min()
+        .unwrap();
+    assert!(first_new > last_old, "the splits overlapped in time");
+    new.terminate();
+    assert!(new.exit_within(Duration::from_secs(15)).await.success());
     watching.abort();
 }

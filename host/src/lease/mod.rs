@@ -117,9 +117,11 @@ impl Status {
     }
 
     /// Leading or a healthy standby: a round went through within the lease
-    /// duration, and the last one had no problem.
+    /// duration. One failed call does not make a replica unhealthy (it
+    /// retries within a retry period, and the probe would flap); a lease
+    /// duration without a round that went through does.
     pub fn healthy(&self, lease_duration: Duration) -> bool {
-        self.problem.is_none() && self.last_ok.is_some_and(|t| t.elapsed() < lease_duration)
+        self.last_ok.is_some_and(|t| t.elapsed() < lease_duration)
     }
 }
 

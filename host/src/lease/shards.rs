@@ -18,13 +18,15 @@
 //!   before anyone may take it (see [`super::election`] for the timings).
 //!   A held shard whose lease cannot be renewed in time, or that someone
 //!   else took, is [`Lost`]: the host exits.
-//! - A replica that sees a live member with another shard count that was
-//!   there before it takes no shard (and is not ready) until that member is
-//!   gone: two splits at once would overlap. In a rollout that changes
-//!   `--shards` the new replicas wait for the old ones to stop; change it
-//!   by scaling to zero first to be safe against an old replica that lost
-//!   its member lease but not its shards, or under a new
-//!   `--leader-election-id`.
+//! - **Another split**: member and shard leases carry the shard count. A
+//!   replica that sees a live member with another count that was there
+//!   before it, or a live shard lease of another count (a replica that
+//!   lost its member lease but not its shards), takes no shard until they
+//!   are gone: two splits at once would overlap. It is a standby
+//!   meanwhile, and ready, so that a rollout that changes `--shards`
+//!   proceeds: the old replicas share the shards among those left, and
+//!   the new ones take over once the last old one has released its
+//!   shards.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -85,20 +87,21 @@ pub async fn run(
 ) -> Result<(), Lost> {
     let n = config.shards.max(1);
     let duration = config.timings.lease_duration;
+    // Member and shard leases carry the shard count: a replica of another
+    // split sees from either that this one is live.
     let labels = |role: &str| {
         BTreeMap::from([
             (SET_LABEL.to_owned(), config.id.clone()),
             (ROLE_LABEL.to_owned(), role.to_owned()),
+            (SHARDS_LABEL.to_owned(), n.to_string()),
         ])
     };
-    let mut member_labels = labels("member");
-    member_labels.insert(SHARDS_LABEL.to_owned(), n.to_string());
     let mut member = Lock::new(
         api.clone(),
         &lease_name(&config.id, &config.identity),
         &config.identity,
         duration,
-        member_labels,
+        labels("member"),
     );
     let mut locks: Vec<Lock> = (0..n)
         .map(|i| {
@@ -119,9 +122,13 @@ pub async fn run(
     let selector = format!("{SET_LABEL}={},{ROLE_LABEL}=member", config.id);
     let shard_selector = format!("{SET_LABEL}={},{ROLE_LABEL}=shard", config.id);
     let mut last_share = None;
+    // Shard leases of another split as last seen, and when they changed.
+    let mut others: HashMap<String, (Record, Instant)> = HashMap::new();
+    let mut last_wait: Option<String> = None;
     loop {
         let round = Instant::now();
         let mut problem: Option<String> = None;
+        let mut wait: Option<String> = None;
         // 1. Held shards first: their deadlines matter most.
         for shard in ownership.held() {
             let Some(lock) = locks.get_mut(shard as usize) else {
@@ -239,8 +246,8 @@ pub async fn run(
                     .map(|(k, _, _)| k.as_str())
                     .collect();
                 if !first.is_empty() {
-                    problem = Some(format!(
-                        "live members split the objects into another number of shards than {n} ({}): this replica takes no shard until they are gone",
+                    wait = Some(format!(
+                        "live members split the objects into another number of shards than {n} ({})",
                         first.join(", ")
                     ));
                     Some((0, 0))
@@ -293,41 +300,97 @@ pub async fn run(
             let mut count = kept.len();
             // Every shard lease in one list: expiry counts from a change
             // seen here, so the ones not held are observed every round.
-            let shard_leases: HashMap<String, _> = match api.list(&shard_selector).await {
-                Ok(leases) => leases
-                    .into_iter()
-                    .map(|l| (l.metadata.name.clone().unwrap_or_default(), l))
-                    .collect(),
+            let shard_leases: Option<HashMap<String, _>> = match api.list(&shard_selector).await {
+                Ok(leases) => Some(
+                    leases
+                        .into_iter()
+                        .map(|l| (l.metadata.name.clone().unwrap_or_default(), l))
+                        .collect(),
+                ),
                 Err(e) => {
+                    // Nothing is taken on a round that could not see them.
                     problem = Some(e.to_string());
-                    HashMap::new()
+                    None
                 }
             };
-            // Renewals come first: taking more stops short of the
-            // earliest renew deadline.
-            let earliest = valid.values().copied().min();
-            for shard in order.iter().copied().filter(|s| !held.contains(s)) {
-                let Some(lock) = locks.get_mut(shard as usize) else {
-                    continue;
-                };
-                let (_, free) = lock.observe_lease(shard_leases.get(lock.name()));
-                let in_time =
-                    earliest.is_none_or(|e| Instant::now() + config.timings.retry_period < e);
-                if count >= share || !free || !in_time {
-                    continue;
-                }
-                match lock.try_acquire_or_renew().await {
-                    Ok(Attempt::Held { at, .. }) => {
-                        let until = at + config.timings.renew_deadline;
-                        valid.insert(shard, until);
-                        ownership.renewed(shard, until);
-                        tracing::info!(lease = %lock.name(), shard, "took the shard");
-                        count += 1;
+            // A shard lease of another split still held (its holder may
+            // have lost its member lease but not its shards): taking any
+            // shard could overlap with its objects.
+            if let Some(shard_leases) = shard_leases {
+                let now = Instant::now();
+                others.retain(|name, _| shard_leases.contains_key(name));
+                let mut held_elsewhere = Vec::new();
+                for (name, lease) in &shard_leases {
+                    let split = lease
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SHARDS_LABEL))
+                        .and_then(|s| s.parse::<u32>().ok());
+                    if split == Some(config.shards.max(1)) {
+                        others.remove(name);
+                        continue;
                     }
-                    Ok(Attempt::Other { .. }) | Err(super::lock::LeaseError::Conflict(_)) => {}
-                    Err(e) => problem = Some(e.to_string()),
+                    let record = Record::of(lease);
+                    let at = match others.get(name) {
+                        Some((old, at)) if *old == record => *at,
+                        _ => now,
+                    };
+                    if let Some(holder) = &record.holder
+                        && now < at + record.duration
+                    {
+                        held_elsewhere.push(format!("{name} held by {holder}"));
+                    }
+                    others.insert(name.clone(), (record, at));
+                }
+                if !held_elsewhere.is_empty() {
+                    held_elsewhere.sort_unstable();
+                    wait.get_or_insert_with(|| {
+                        format!(
+                            "shard leases of another number of shards than {n} are held ({})",
+                            held_elsewhere.join(", ")
+                        )
+                    });
+                    count = share;
+                }
+                // Renewals come first: taking more stops short of the
+                // earliest renew deadline.
+                let earliest = valid.values().copied().min();
+                for shard in order.iter().copied().filter(|s| !held.contains(s)) {
+                    let Some(lock) = locks.get_mut(shard as usize) else {
+                        continue;
+                    };
+                    let (_, free) = lock.observe_lease(shard_leases.get(lock.name()));
+                    let in_time =
+                        earliest.is_none_or(|e| Instant::now() + config.timings.retry_period < e);
+                    if count >= share || !free || !in_time {
+                        continue;
+                    }
+                    match lock.try_acquire_or_renew().await {
+                        Ok(Attempt::Held { at, .. }) => {
+                            let until = at + config.timings.renew_deadline;
+                            valid.insert(shard, until);
+                            ownership.renewed(shard, until);
+                            tracing::info!(lease = %lock.name(), shard, "took the shard");
+                            count += 1;
+                        }
+                        Ok(Attempt::Other { .. }) | Err(super::lock::LeaseError::Conflict(_)) => {}
+                        Err(e) => problem = Some(e.to_string()),
+                    }
                 }
             }
+        }
+        if wait != last_wait {
+            match &wait {
+                Some(why) => tracing::warn!(
+                    "{why}: this replica takes no shard until they are gone (a standby meanwhile)"
+                ),
+                None if last_wait.is_some() => {
+                    tracing::info!("no replica of another split is left: taking shards")
+                }
+                None => {}
+            }
+            last_wait = wait;
         }
         let holding = ownership.held();
         status.send_modify(|s| {
@@ -374,13 +437,22 @@ mod tests {
 
     struct Replica {
         ownership: Ownership,
+        status: tokio::sync::watch::Receiver<Status>,
         stop: tokio::sync::watch::Sender<bool>,
         task: tokio::task::JoinHandle<Result<(), Lost>>,
     }
 
+    impl Replica {
+        fn healthy(&self) -> bool {
+            self.status
+                .borrow()
+                .healthy(Timings::default().lease_duration)
+        }
+    }
+
     fn replica(api: &Arc<MemoryLeases>, identity: &str, shards: u32) -> Replica {
         let ownership = Ownership::coordinated(shards);
-        let (status, _) = tokio::sync::watch::channel(Status::default());
+        let (status, status_rx) = tokio::sync::watch::channel(Status::default());
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(run(
             api.clone(),
@@ -396,6 +468,7 @@ mod tests {
         ));
         Replica {
             ownership,
+            status: status_rx,
             stop,
             task,
         }
@@ -482,18 +555,102 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_replica_with_another_shard_count_takes_nothing() {
+    async fn a_replica_with_another_shard_count_takes_nothing_and_is_a_ready_standby() {
         let api = Arc::new(MemoryLeases::default());
         let a = replica(&api, "a", 6);
         run_for(Duration::from_secs(5)).await;
         let b = replica(&api, "b", 4);
         run_for(Duration::from_secs(10)).await;
         assert!(b.ownership.held().is_empty());
+        assert!(b.healthy(), "{:?}", *b.status.borrow());
         a.stop.send_replace(true);
         a.task.await.unwrap().unwrap();
         run_for(Duration::from_secs(5)).await;
         assert_eq!(b.ownership.held().len(), 4);
+        // The shard leases carry b's count now.
+        let lease = api.lease("host-shard-0").unwrap();
+        assert_eq!(lease.metadata.labels.unwrap()[SHARDS_LABEL], "4");
         b.stop.send_replace(true);
         b.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_shard_lease_of_another_count_holds_a_replica_back_without_a_member() {
+        let api = Arc::new(MemoryLeases::default());
+        // A replica of six shards that lost its member lease but renews
+        // its shard 5 (and nothing else exists).
+        let labels = BTreeMap::from([
+            (SET_LABEL.to_owned(), "host".to_owned()),
+            (ROLE_LABEL.to_owned(), "shard".to_owned()),
+            (SHARDS_LABEL.to_owned(), "6".to_owned()),
+        ]);
+        let duration = Timings::default().lease_duration;
+        let mut ghost = Lock::new(api.clone(), "host-shard-5", "old", duration, labels);
+        ghost.try_acquire_or_renew().await.unwrap();
+        let b = replica(&api, "b", 4);
+        for _ in 0..15 {
+            run_for(Duration::from_secs(2)).await;
+            ghost.try_acquire_or_renew().await.unwrap();
+            assert!(b.ownership.held().is_empty());
+        }
+        assert!(b.healthy());
+        // The old replica stops renewing: b takes its four shards once the
+        // lease has expired as b sees it, not before.
+        run_for(duration - Duration::from_secs(3)).await;
+        assert!(b.ownership.held().is_empty());
+        run_for(Duration::from_secs(8)).await;
+        assert_eq!(b.ownership.held().len(), 4);
+        b.stop.send_replace(true);
+        b.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_failed_round_keeps_a_replica_ready_and_a_lease_duration_of_them_does_not() {
+        let api = Arc::new(MemoryLeases::default());
+        let a = replica(&api, "a", 6);
+        run_for(Duration::from_secs(10)).await;
+        assert_eq!(a.ownership.held().len(), 6);
+        assert!(a.healthy());
+        // The API server is away for 3 s: within the renew deadline, a
+        // holder keeps its shards and stays ready throughout.
+        api.unreachable
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..30 {
+            run_for(Duration::from_millis(100)).await;
+            assert!(a.healthy(), "{:?}", *a.status.borrow());
+        }
+        api.unreachable
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        run_for(Duration::from_secs(3)).await;
+        assert_eq!(a.ownership.held().len(), 6);
+        assert!(a.status.borrow().problem.is_none());
+        a.stop.send_replace(true);
+        a.task.await.unwrap().unwrap();
+        // A standby (of another count, so that it holds nothing to lose)
+        // turns unready only when no round has gone through for a lease
+        // duration.
+        let duration = Timings::default().lease_duration;
+        let x = replica(&api, "x", 6);
+        run_for(Duration::from_secs(3)).await;
+        let y = replica(&api, "y", 4);
+        run_for(Duration::from_secs(5)).await;
+        assert!(y.ownership.held().is_empty());
+        assert!(y.healthy());
+        api.unreachable
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        run_for(duration - Duration::from_secs(1)).await;
+        assert!(y.healthy());
+        run_for(Duration::from_secs(2)).await;
+        assert!(!y.healthy());
+        assert!(
+            y.status
+                .borrow()
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.contains("unreachable")),
+            "{:?}",
+            *y.status.borrow()
+        );
+        drop(x);
     }
 }
