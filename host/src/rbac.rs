@@ -6,7 +6,10 @@
 //! What a plugin needs is what its grant allows, on the resources its
 //! metadata names (a grant rule for a kind the plugin never names is never
 //! used, and is left out): each rule's verbs, cluster-wide (a ClusterRole)
-//! or in the namespaces the rule lists (a Role in each). Besides, for the
+//! or in the namespaces the rule lists (a Role in each), with `create`
+//! wherever the grant has `patch` (the host lets a `patch` grant apply,
+//! and Kubernetes authorizes an apply that creates the object as `create`
+//! as well). Besides, for the
 //! plugin's primary type: `<plural>/status` with the grant's `get`,
 //! `patch` and `update` (status writes go to the subresource), `patch` on
 //! the type itself when the plugin has a finalizer (the host adds and
@@ -95,7 +98,12 @@ impl Needs {
                 ));
                 continue;
             };
-            let verbs: Vec<String> = rule.verbs.iter().copied().map(verb).collect();
+            let mut verbs: Vec<String> = rule.verbs.iter().copied().map(verb).collect();
+            // A `patch` grant lets the plugin apply, and an apply that
+            // creates the object is authorized as `create` too.
+            if rule.verbs.contains(&Verb::Patch) && !rule.verbs.contains(&Verb::Create) {
+                verbs.push(verb(Verb::Create));
+            }
             let is_primary = resource.group == primary.group && resource.kind == primary.kind;
             for ns in namespaces {
                 self.add(ns, &resource.group, &resource.plural, &verbs);
@@ -357,9 +365,10 @@ mod tests {
         needs.leases("ops", false);
         let set = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>();
         let key = |g: &str, r: &str| (g.to_owned(), r.to_owned());
+        // A patch grant may apply, and an apply may create.
         assert_eq!(
             needs.cluster[&key("demo.dev", "apps")],
-            set(&["get", "list", "watch", "patch"])
+            set(&["get", "list", "watch", "patch", "create"])
         );
         assert_eq!(
             needs.cluster[&key("demo.dev", "apps/status")],

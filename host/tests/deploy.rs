@@ -460,15 +460,25 @@ async fn the_readme_installs_the_plugins_and_the_rbac_is_enough_for_run() {
     assert!(!log.contains("is forbidden"), "{log}");
     drop(host);
 
-    // Without patch on Deployments: demoapp is refused at start-up with
-    // what is missing; uptime runs.
+    // Without patch and create on Deployments, and without create on
+    // Services: demoapp is refused at start-up with what is missing;
+    // uptime runs.
     let role = std::fs::read_to_string(root().join("deploy/base/rbac.yaml")).unwrap();
-    let smaller = role.replacen(
-        "  - deployments\n  verbs:\n  - get\n  - list\n  - watch\n  - patch",
-        "  - deployments\n  verbs:\n  - get\n  - list\n  - watch",
-        1,
+    let smaller = role
+        .replacen(
+            "  - deployments\n  verbs:\n  - get\n  - list\n  - watch\n  - create\n  - patch",
+            "  - deployments\n  verbs:\n  - get\n  - list\n  - watch",
+            1,
+        )
+        .replacen(
+            "  - services\n  verbs:\n  - get\n  - list\n  - watch\n  - create\n  - patch",
+            "  - services\n  verbs:\n  - get\n  - list\n  - watch\n  - patch",
+            1,
+        );
+    assert_eq!(
+        smaller.matches("  - create\n").count() + 2,
+        role.matches("  - create\n").count()
     );
-    assert_ne!(smaller, role);
     let file = dir.path().join("smaller.yaml");
     std::fs::write(&file, smaller).unwrap();
     ok(&kubectl(a, &["apply", "-f", file.to_str().unwrap()]));
@@ -494,6 +504,44 @@ async fn the_readme_installs_the_plugins_and_the_rbac_is_enough_for_run() {
         ),
         "{stderr}"
     );
+    // A server-side apply that would create a Service needs create (as on
+    // a real API server); one that changes the existing Service needs
+    // patch only.
+    let service = |name: &str| {
+        let file = dir.path().join(format!("{name}.json"));
+        std::fs::write(
+            &file,
+            serde_json::to_string(&serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": "default", "labels": {"by": "hand"}},
+                "spec": {"ports": [{"port": 80}]},
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        kubectl(
+            Some(&sa),
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=by-hand",
+                "--force-conflicts",
+                "-f",
+                file.to_str().unwrap(),
+            ],
+        )
+    };
+    let created = service("by-hand");
+    assert!(!created.status.success());
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    assert!(
+        stderr.contains(
+            r#"services "by-hand" is forbidden: User "system:serviceaccount:reconcile-host:reconcile-host" cannot create resource "services" in API group "" in the namespace "default""#
+        ),
+        "{stderr}"
+    );
+    ok(&service("hello"));
     let listed = kubectl(Some(&sa), &["get", "secrets", "-A"]);
     assert!(
         String::from_utf8_lossy(&listed.stderr).contains(
@@ -509,6 +557,8 @@ async fn the_readme_installs_the_plugins_and_the_rbac_is_enough_for_run() {
     let message = line["message"].as_str().unwrap().to_owned();
     assert!(
         message.contains("patch deployments.apps (all namespaces)")
+            && message.contains("create deployments.apps (all namespaces)")
+            && message.contains("create services (all namespaces)")
             && message.contains("reconcile-host rbac"),
         "{message}"
     );

@@ -660,6 +660,22 @@ impl ResourceRequest {
                         "PATCH, fieldManager is required for apply requests",
                     ));
                 }
+                // An apply that creates the object is authorized as a
+                // create too, as the real API server does.
+                if kind == PatchType::Apply
+                    && scope == Scope::Main
+                    && store.get(&def, self.namespace(), &name).is_err()
+                {
+                    crate::authz::authorize(
+                        store,
+                        &subject(&self.headers),
+                        &def,
+                        "create",
+                        self.namespace(),
+                        &name,
+                        "",
+                    )?;
+                }
                 let body = parse_body(&self.body, &content_type)?;
                 let options = WriteOptions {
                     manager: self.checked_manager("PatchOptions")?,
