@@ -84,7 +84,10 @@ fn read_plugin_within(path: &Path, limit: u64) -> Result<Vec<u8>, Error> {
             "it is named `.gz` but is not compressed with gzip",
         )),
         (true, true) => {
-            let mut out = Vec::with_capacity(bytes.len().saturating_mul(4));
+            let bound = usize::try_from(limit)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1);
+            let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(bound));
             flate2::read::MultiGzDecoder::new(bytes.as_slice())
                 .take(limit + 1)
                 .read_to_end(&mut out)

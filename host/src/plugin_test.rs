@@ -55,12 +55,15 @@ pub async fn run(
     jobs: usize,
     host: &Path,
 ) -> Result<(String, bool), String> {
-    let name = plugin
-        .file_stem()
+    let file_name = plugin
+        .file_name()
         .and_then(|s| s.to_str())
-        .filter(|_| plugin.extension().is_some_and(|e| e == "wasm"))
-        .ok_or_else(|| format!("{} is not a .wasm file", plugin.display()))?
+        .filter(|n| crate::files::is_plugin_name(n))
+        .ok_or_else(|| format!("{} is not a .wasm or .wasm.gz file", plugin.display()))?
         .to_owned();
+    let name = crate::files::plugin_stem(Path::new(&file_name))
+        .to_string_lossy()
+        .into_owned();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -71,8 +74,12 @@ pub async fn run(
     let plugins = dir.0.join("plugins");
     std::fs::create_dir_all(&plugins)
         .map_err(|e| format!("cannot create {}: {e}", plugins.display()))?;
-    std::fs::copy(plugin, plugins.join(format!("{name}.wasm")))
+    // The case runner takes `NAME.wasm`: a compressed plugin goes in
+    // decompressed, as the host would read it.
+    let component = crate::files::read_plugin(plugin)
         .map_err(|e| format!("cannot read {}: {e}", plugin.display()))?;
+    std::fs::write(plugins.join(format!("{name}.wasm")), component)
+        .map_err(|e| format!("cannot write {}: {e}", plugins.display()))?;
     let adapter = dir.0.join("adapter");
     std::fs::write(&adapter, ADAPTER)
         .map_err(|e| format!("cannot write {}: {e}", adapter.display()))?;

@@ -8,9 +8,13 @@ use std::path::Path;
 use std::process::Command;
 
 fn test_command(cases: &Path) -> (i32, String, String) {
+    test_plugin(&support::guest("demoapp"), cases)
+}
+
+fn test_plugin(plugin: &Path, cases: &Path) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_reconcile-host"))
         .arg("test")
-        .arg(support::guest("demoapp"))
+        .arg(plugin)
         .arg(cases)
         .output()
         .unwrap();
@@ -30,6 +34,13 @@ fn a_case_that_holds_passes_and_one_that_does_not_fails_with_what_differed() {
         stdout.contains("ok    demoapp-ready-when-replicas-are ("),
         "{stdout}"
     );
+    assert!(stdout.ends_with("1 passed, 0 failed\n"), "{stdout}");
+
+    // The compressed plugin, as a ConfigMap carries it, passes the same.
+    support::guest("demoapp");
+    let gz = xtask::project_root().join("target/plugins-gz/demoapp.wasm.gz");
+    let (code, stdout, stderr) = test_plugin(&gz, &cases);
+    assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.ends_with("1 passed, 0 failed\n"), "{stdout}");
 
     // The same case expecting five replicas.

@@ -135,6 +135,21 @@ pub fn build(root: &Path, workspace: GuestWorkspace) -> Result<BTreeMap<String, 
         }
         copies.insert(name, dest);
     }
+    if let Some(dir) = workspace.compressed {
+        // The folder goes whole into a ConfigMap: nothing but the plugins
+        // just built may be in it.
+        let dir = root.join(dir);
+        let keep: Vec<String> = copies.keys().map(|n| format!("{n}.wasm.gz")).collect();
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) {
+                std::fs::remove_file(entry.path())
+                    .map_err(|e| format!("cannot remove {}: {e}", entry.path().display()))?;
+            }
+        }
+    }
     Ok(copies)
 }
 

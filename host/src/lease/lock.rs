@@ -238,6 +238,11 @@ impl Lock {
         }
     }
 
+    /// Sets a label written with the next acquisition or renewal.
+    pub fn set_label(&mut self, key: &str, value: &str) {
+        self.labels.insert(key.to_owned(), value.to_owned());
+    }
+
     /// The lease's name.
     pub fn name(&self) -> &str {
         &self.name

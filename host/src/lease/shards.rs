@@ -42,8 +42,11 @@ use super::{Lost, Status, Timings, jittered};
 pub const SET_LABEL: &str = "reconcile-host.dev/lease-set";
 /// The label saying what a lease is: `member` or `shard`.
 pub const ROLE_LABEL: &str = "reconcile-host.dev/lease-role";
-/// The label of a member lease with its shard count.
+/// The label of a member or shard lease with its shard count.
 pub const SHARDS_LABEL: &str = "reconcile-host.dev/shards";
+/// The label of a member lease that says whether it waits for another
+/// split to go (`true`: its peers leave it out of the fair share).
+pub const WAITING_LABEL: &str = "reconcile-host.dev/waiting";
 
 /// The sharding of one host deployment.
 #[derive(Clone, Debug)]
@@ -103,6 +106,9 @@ pub async fn run(
         duration,
         labels("member"),
     );
+    // Waiting until a round has shown otherwise: peers count a member in
+    // the fair share only once it says it takes shards.
+    member.set_label(WAITING_LABEL, "true");
     let mut locks: Vec<Lock> = (0..n)
         .map(|i| {
             Lock::new(
@@ -125,6 +131,14 @@ pub async fn run(
     // Shard leases of another split as last seen, and when they changed.
     let mut others: HashMap<String, (Record, Instant)> = HashMap::new();
     let mut last_wait: Option<String> = None;
+    // When this replica first saw its own member lease in a list: it takes
+    // no shard before a retry period has passed since, so that a replica
+    // that started at the same moment sees it too.
+    let mut member_seen: Option<Instant> = None;
+    let mut first_round = true;
+    // The shard count of each live member's holder (for shard leases
+    // written without the label).
+    let mut member_splits: HashMap<String, Option<u32>> = HashMap::new();
     loop {
         let round = Instant::now();
         let mut problem: Option<String> = None;
@@ -182,6 +196,8 @@ pub async fn run(
             }
         }
         // 3. Membership.
+        let waiting = first_round || last_wait.is_some();
+        member.set_label(WAITING_LABEL, if waiting { "true" } else { "false" });
         if let Err(e) = member.try_acquire_or_renew().await {
             problem = Some(e.to_string());
         }
@@ -196,27 +212,31 @@ pub async fn run(
                         Some((old, at)) if *old == record => *at,
                         _ => now,
                     };
-                    let shards = lease
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(SHARDS_LABEL))
-                        .and_then(|s| s.parse::<u32>().ok());
-                    seen.insert(name, (record, at, shards));
+                    let label = |key: &str| lease.metadata.labels.as_ref().and_then(|l| l.get(key));
+                    let shards = label(SHARDS_LABEL).and_then(|s| s.parse::<u32>().ok());
+                    let waiting = label(WAITING_LABEL).is_some_and(|w| w == "true");
+                    seen.insert(name, (record, at, shards, waiting));
                 }
                 members = seen
                     .iter()
-                    .map(|(k, (r, at, _))| (k.clone(), (r.clone(), *at)))
+                    .map(|(k, (r, at, _, _))| (k.clone(), (r.clone(), *at)))
                     .collect();
-                let live: Vec<(&String, &Record, Option<u32>)> = seen
+                if member_seen.is_none() && seen.contains_key(member.name()) {
+                    member_seen = Some(now);
+                }
+                let live: Vec<(&String, &Record, Option<u32>, bool)> = seen
                     .iter()
-                    .filter(|(k, (r, at, _))| {
+                    .filter(|(k, (r, at, _, _))| {
                         **k == *member.name() || (r.holder.is_some() && now < *at + r.duration)
                     })
-                    .map(|(k, (r, _, s))| (k, r, *s))
+                    .map(|(k, (r, _, s, w))| (k, r, *s, *w))
+                    .collect();
+                member_splits = live
+                    .iter()
+                    .filter_map(|(_, r, s, _)| Some((r.holder.clone()?, *s)))
                     .collect();
                 // Members gone for ten durations: delete their leases.
-                for (name, (record, at, _)) in &seen {
+                for (name, (record, at, _, _)) in &seen {
                     if *name != *member.name() && now >= *at + duration * 10 {
                         // Only as last seen: one that renewed meanwhile stays.
                         if api
@@ -228,22 +248,25 @@ pub async fn run(
                         }
                     }
                 }
-                // Members of another split that were there first win: this
-                // replica waits for them to go.
+                // Members of another split that were there first (waiting
+                // or not; ties go by name) win: this replica waits for them
+                // to go.
                 let mine = live
                     .iter()
-                    .find(|(k, _, _)| **k == *member.name())
-                    .and_then(|(_, r, _)| r.acquire_time);
+                    .find(|(k, _, _, _)| **k == *member.name())
+                    .and_then(|(_, r, _, _)| r.acquire_time);
                 let first: Vec<&str> = live
                     .iter()
-                    .filter(|(_, r, s)| {
+                    .filter(|(k, r, s, _)| {
                         *s != Some(n)
                             && match (r.acquire_time, mine) {
-                                (Some(theirs), Some(mine)) => theirs <= mine,
+                                (Some(theirs), Some(mine)) => {
+                                    theirs < mine || (theirs == mine && k.as_str() < member.name())
+                                }
                                 _ => true,
                             }
                     })
-                    .map(|(k, _, _)| k.as_str())
+                    .map(|(k, _, _, _)| k.as_str())
                     .collect();
                 if !first.is_empty() {
                     wait = Some(format!(
@@ -253,11 +276,14 @@ pub async fn run(
                     Some((0, 0))
                 } else {
                     // Members in name order: the first N % members hold one
-                    // more than the others (6 over 4: 2, 2, 1, 1).
+                    // more than the others (6 over 4: 2, 2, 1, 1). Members
+                    // that wait take nothing, and count for nothing.
                     let mut same: Vec<&str> = live
                         .iter()
-                        .filter(|(_, _, s)| *s == Some(n))
-                        .map(|(k, _, _)| k.as_str())
+                        .filter(|(k, _, s, waiting)| {
+                            *s == Some(n) && (!*waiting || **k == *member.name())
+                        })
+                        .map(|(k, _, _, _)| k.as_str())
                         .collect();
                     same.sort_unstable();
                     let index = same.iter().position(|k| *k == member.name()).unwrap_or(0);
@@ -321,17 +347,25 @@ pub async fn run(
                 others.retain(|name, _| shard_leases.contains_key(name));
                 let mut held_elsewhere = Vec::new();
                 for (name, lease) in &shard_leases {
+                    let record = Record::of(lease);
+                    // A lease written without the label (by an earlier
+                    // version) has its holder's member lease's count.
                     let split = lease
                         .metadata
                         .labels
                         .as_ref()
                         .and_then(|l| l.get(SHARDS_LABEL))
-                        .and_then(|s| s.parse::<u32>().ok());
+                        .and_then(|s| s.parse::<u32>().ok())
+                        .or_else(|| {
+                            record
+                                .holder
+                                .as_ref()
+                                .and_then(|h| member_splits.get(h).copied().flatten())
+                        });
                     if split == Some(config.shards.max(1)) {
                         others.remove(name);
                         continue;
                     }
-                    let record = Record::of(lease);
                     let at = match others.get(name) {
                         Some((old, at)) if *old == record => *at,
                         _ => now,
@@ -341,7 +375,23 @@ pub async fn run(
                     {
                         held_elsewhere.push(format!("{name} held by {holder}"));
                     }
+                    // One of another count that no lease of this split
+                    // replaces, unchanged for ten durations: deleted (only
+                    // as last seen), as a member gone is.
+                    if now >= at + duration * 10
+                        && !locks.iter().any(|l| l.name() == name.as_str())
+                        && api
+                            .delete(name, Some(record.resource_version.clone()))
+                            .await
+                            .is_ok()
+                    {
+                        tracing::info!(lease = %name, holder = ?record.holder, "deleted a shard lease of another shard count");
+                        continue;
+                    }
                     others.insert(name.clone(), (record, at));
+                }
+                if member_seen.is_none_or(|t| now < t + config.timings.retry_period) {
+                    count = share;
                 }
                 if !held_elsewhere.is_empty() {
                     held_elsewhere.sort_unstable();
@@ -392,6 +442,7 @@ pub async fn run(
             }
             last_wait = wait;
         }
+        first_round = false;
         let holding = ownership.held();
         status.send_modify(|s| {
             s.shards = holding.clone();
@@ -600,8 +651,89 @@ mod tests {
         assert!(b.ownership.held().is_empty());
         run_for(Duration::from_secs(8)).await;
         assert_eq!(b.ownership.held().len(), 4);
+        // The old count's shard 5, which no lease of b's replaces, is
+        // deleted once it has not changed for ten durations.
+        assert!(api.lease("host-shard-5").is_some());
+        run_for(duration * 10).await;
+        assert!(api.lease("host-shard-5").is_none());
         b.stop.send_replace(true);
         b.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_a_mixed_rollout_every_shard_has_a_holder() {
+        let api = Arc::new(MemoryLeases::default());
+        let a1 = replica(&api, "a1", 6);
+        let a2 = replica(&api, "a2", 6);
+        run_for(Duration::from_secs(10)).await;
+        // The new count joins, then an old-count pod comes back (a node
+        // drain): both wait, and a1 and a2 still hold all six shards.
+        let b = replica(&api, "b", 4);
+        run_for(Duration::from_secs(5)).await;
+        let a3 = replica(&api, "a3", 6);
+        for _ in 0..300 {
+            run_for(Duration::from_millis(100)).await;
+            split(&[&a1, &a2, &a3, &b]);
+        }
+        assert!(b.ownership.held().is_empty() && a3.ownership.held().is_empty());
+        assert_eq!(a1.ownership.held().len() + a2.ownership.held().len(), 6);
+        let waiting =
+            |name: &str| api.lease(name).unwrap().metadata.labels.unwrap()[WAITING_LABEL].clone();
+        assert_eq!(waiting("host-member-b"), "true");
+        assert_eq!(waiting("host-member-a3"), "true");
+        assert_eq!(waiting("host-member-a1"), "false");
+        assert!(a3.healthy() && b.healthy());
+        for r in [a1, a2, a3, b] {
+            r.stop.send_replace(true);
+            r.task.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shard_leases_without_the_count_have_their_holder_s_count() {
+        // Leases written by an earlier version: the shard leases carry no
+        // count, the member lease does.
+        let api = Arc::new(MemoryLeases::default());
+        let duration = Timings::default().lease_duration;
+        let base = |role: &str| {
+            BTreeMap::from([
+                (SET_LABEL.to_owned(), "host".to_owned()),
+                (ROLE_LABEL.to_owned(), role.to_owned()),
+            ])
+        };
+        for (count, waits) in [("6", "false"), ("4", "true")] {
+            let mut member_labels = base("member");
+            member_labels.insert(SHARDS_LABEL.to_owned(), count.to_owned());
+            let mut old = vec![Lock::new(
+                api.clone(),
+                "host-member-old",
+                "old",
+                duration,
+                member_labels,
+            )];
+            old.push(Lock::new(
+                api.clone(),
+                "host-shard-0",
+                "old",
+                duration,
+                base("shard"),
+            ));
+            let b = replica(&api, "b", 6);
+            for _ in 0..10 {
+                for lock in &mut old {
+                    lock.try_acquire_or_renew().await.unwrap();
+                }
+                run_for(Duration::from_secs(2)).await;
+            }
+            let labels = api.lease("host-member-b").unwrap().metadata.labels.unwrap();
+            assert_eq!(labels[WAITING_LABEL], waits, "old count {count}");
+            b.stop.send_replace(true);
+            b.task.await.unwrap().unwrap();
+            for mut lock in old {
+                lock.release().await.unwrap();
+            }
+            run_for(Duration::from_secs(1)).await;
+        }
     }
 
     #[tokio::test(start_paused = true)]
