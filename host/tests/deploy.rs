@@ -542,6 +542,15 @@ async fn the_readme_installs_the_plugins_and_the_rbac_is_enough_for_run() {
         "{stderr}"
     );
     ok(&service("hello"));
+    // A namespace is in itself, as the real request info has it.
+    let namespace = kubectl(Some(&sa), &["get", "namespace", "default"]);
+    assert!(
+        String::from_utf8_lossy(&namespace.stderr).contains(
+            r#"namespaces "default" is forbidden: User "system:serviceaccount:reconcile-host:reconcile-host" cannot get resource "namespaces" in API group "" in the namespace "default""#
+        ),
+        "{}",
+        String::from_utf8_lossy(&namespace.stderr)
+    );
     let listed = kubectl(Some(&sa), &["get", "secrets", "-A"]);
     assert!(
         String::from_utf8_lossy(&listed.stderr).contains(

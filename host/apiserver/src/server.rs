@@ -303,12 +303,19 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             let Some(def) = registry.find(&r.group, &r.version, &r.plural) else {
                 return error_response(&ApiError::no_route(&path));
             };
+            // As the real request info: `namespaces/foo` is in the
+            // namespace `foo` (RoleBindings there apply to it).
+            let namespace = r.namespace.as_deref().or_else(|| {
+                r.name
+                    .as_deref()
+                    .filter(|_| def.group.is_empty() && def.plural == "namespaces")
+            });
             if let Err(e) = crate::authz::authorize(
                 &shared.store,
                 &subject(&parts.headers),
                 &def,
                 &verb,
-                r.namespace.as_deref(),
+                namespace,
                 r.name.as_deref().unwrap_or_default(),
                 r.subresource.as_deref().unwrap_or_default(),
             ) {
