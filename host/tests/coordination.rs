@@ -18,6 +18,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use kube::runtime::watcher;
+use reconcile_apiserver::RequestRecord;
 use reconcile_host::lease::ownership::shard_of;
 use support::host::{HostProcess, get};
 use support::replicas::{LEASE, holder, setup};
@@ -67,6 +68,23 @@ fn holder_at(history: &[(String, SystemTime)], t: SystemTime) -> Option<&str> {
         .rev()
         .find(|(_, at)| *at <= t)
         .map(|(h, _)| h.as_str())
+}
+
+/// When the first and the last of the writes by the identities `who`
+/// picks arrived.
+fn writes_between(
+    writes: &[(String, RequestRecord)],
+    who: impl Fn(&str) -> bool,
+) -> (SystemTime, SystemTime) {
+    let times: Vec<SystemTime> = writes
+        .iter()
+        .filter(|(id, _)| who(id))
+        .map(|(_, w)| w.received)
+        .collect();
+    (
+        *times.iter().min().expect("no write"),
+        *times.iter().max().expect("no write"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,18 +271,8 @@ async fn a_leader_partitioned_from_its_lease_stops_writing_before_the_next_start
     );
 
     let writes = s.writes();
-    let last_old = writes
-        .iter()
-        .filter(|(id, _)| *id == old)
-        .map(|(_, w)| w.received)
-        .max()
-        .unwrap();
-    let first_next = writes
-        .iter()
-        .filter(|(id, _)| *id == next)
-        .map(|(_, w)| w.received)
-        .min()
-        .unwrap();
+    let (_, last_old) = writes_between(&writes, |id| id == old);
+    let (first_next, _) = writes_between(&writes, |id| id == next);
     let wrote_cut_off = writes
         .iter()
         .filter(|(id, w)| *id == old && w.received > cut)
@@ -474,18 +482,8 @@ async fn a_rollout_that_changes_the_shard_count_hands_over_without_overlap() {
             history[&lease]
         );
     }
-    let last_old = writes
-        .iter()
-        .filter(|(id, _)| id != "new-c")
-        .map(|(_, w)| w.received)
-        .max()
-        .unwrap();
-    let first_new = writes
-        .iter()
-        .filter(|(id, _)| id == "new-c")
-        .map(|(_, w)| w.received)
-        .min()
-        .unwrap();
+    let (_, last_old) = writes_between(&writes, |id| id != "new-c");
+    let (first_new, _) = writes_between(&writes, |id| id == "new-c");
     assert!(first_new > last_old, "the splits overlapped in time");
     new.terminate();
     assert!(new.exit_within(Duration::from_secs(15)).await.success());
