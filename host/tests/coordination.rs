@@ -91,10 +91,7 @@ fn writes_between(
 async fn one_leader_reconciles_and_the_lease_moves_on_kill_and_on_sigterm() {
     let s = setup().await;
     let (history, watching) = watch_leases(&s.client);
-    let mut hosts: BTreeMap<String, HostProcess> = ["host-a", "host-b", "host-c"]
-        .into_iter()
-        .map(|id| (id.to_owned(), s.host(id, &["--leader-elect"])))
-        .collect();
+    let mut hosts = s.hosts(&["host-a", "host-b", "host-c"], &["--leader-elect"]);
     const N: usize = 12;
     s.create(N).await;
     s.mirrored(N, "1", Duration::from_secs(60)).await;
@@ -223,10 +220,7 @@ async fn one_leader_reconciles_and_the_lease_moves_on_kill_and_on_sigterm() {
 async fn a_leader_partitioned_from_its_lease_stops_writing_before_the_next_starts() {
     let s = setup().await;
     let (history, watching) = watch_leases(&s.client);
-    let mut hosts: BTreeMap<String, HostProcess> = ["part-a", "part-b"]
-        .into_iter()
-        .map(|id| (id.to_owned(), s.host(id, &["--leader-elect"])))
-        .collect();
+    let mut hosts = s.hosts(&["part-a", "part-b"], &["--leader-elect"]);
     const N: usize = 4;
     s.create(N).await;
     s.mirrored(N, "1", Duration::from_secs(60)).await;
@@ -319,10 +313,7 @@ async fn a_leader_partitioned_from_its_lease_stops_writing_before_the_next_start
 async fn three_replicas_split_six_shards_and_a_killed_ones_objects_move() {
     let s = setup().await;
     let (history, watching) = watch_leases(&s.client);
-    let mut hosts: BTreeMap<String, HostProcess> = ["shard-a", "shard-b", "shard-c"]
-        .into_iter()
-        .map(|id| (id.to_owned(), s.host(id, &["--shards", "6"])))
-        .collect();
+    let mut hosts = s.hosts(&["shard-a", "shard-b", "shard-c"], &["--shards", "6"]);
     const N: usize = 30;
     s.create(N).await;
     // All three settle at two shards each (membership takes a few rounds).

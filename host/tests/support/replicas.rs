@@ -2,6 +2,7 @@
 //! test plugin and its grant, and what the tests read back: the mirrors,
 //! the writes per replica from the request log, lease holders.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,14 @@ impl Setup {
     /// (`--leader-elect`, `--shards N`, ...), as `identity` (POD_NAME).
     pub fn host(&self, identity: &str, mode: &[&str]) -> HostProcess {
         self.host_with(identity, mode, &[])
+    }
+
+    /// One [`host`](Self::host) per identity, by identity.
+    pub fn hosts(&self, identities: &[&str], mode: &[&str]) -> BTreeMap<String, HostProcess> {
+        identities
+            .iter()
+            .map(|id| ((*id).to_owned(), self.host(id, mode)))
+            .collect()
     }
 
     /// [`host`](Self::host) with more environment variables.
