@@ -42,9 +42,26 @@ fn ready(app: &DynamicObject) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demoapp_lifecycle() {
+    lifecycle("demoapp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demoapp_py_lifecycle() {
+    lifecycle("demoapp-py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demoapp_js_lifecycle() {
+    lifecycle("demoapp-js").await;
+}
+
+/// The example DemoApp's story with the demoapp plugin `name` (the Rust
+/// one or a twin): children with owner references, status and Ready,
+/// Events, a spec change, deletion with the finalizer released.
+async fn lifecycle(name: &str) {
     let mut c = cluster().await;
     c.apply(&["deploy/crds", "deploy/examples"]).await;
-    let plugin = c.plugin("demoapp").await;
+    let plugin = c.plugin(name).await;
     c.start(vec![plugin]).await;
     let apps = demoapps(&c.client);
     let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
@@ -201,9 +218,25 @@ async fn demoapp_lifecycle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_span_tree_of_a_reconcile() {
+    span_tree("demoapp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_span_tree_of_a_python_reconcile() {
+    span_tree("demoapp-py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_span_tree_of_a_javascript_reconcile() {
+    span_tree("demoapp-js").await;
+}
+
+/// The spans of the example DemoApp's reconciles by the plugin `name`: the
+/// same tree for the Rust plugin and its twins.
+async fn span_tree(name: &str) {
     let mut c = cluster().await;
     c.apply(&["deploy/crds", "deploy/examples"]).await;
-    let plugin = c.plugin("demoapp").await;
+    let plugin = c.plugin(name).await;
     c.start(vec![plugin]).await;
     let apps = demoapps(&c.client);
     eventually("status observed", || async {

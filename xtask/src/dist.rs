@@ -80,39 +80,7 @@ const TOOLS: [&str; 2] = ["ziglang==0.17.1", "cargo-zigbuild==0.24.1"];
 
 /// The virtualenv with `zig` and `cargo-zigbuild`, made when missing.
 fn tools(root: &Path) -> Result<PathBuf, String> {
-    let venv = root.join("target/dist-tools");
-    let marker = venv.join("installed.txt");
-    let wanted = TOOLS.join("\n");
-    if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
-        return Ok(venv);
-    }
-    eprintln!(
-        "installing the musl C toolchain into {}: {}",
-        venv.display(),
-        TOOLS.join(", ")
-    );
-    let run = |program: &Path, args: &[&str]| -> Result<(), String> {
-        let status = Command::new(program)
-            .args(args)
-            .status()
-            .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("{} {} failed", program.display(), args.join(" ")))
-        }
-    };
-    run(
-        Path::new("python3"),
-        &["-m", "venv", venv.to_str().unwrap_or("target/dist-tools")],
-    )
-    .map_err(|e| format!("{e}: the static build needs python3 with venv (python3-venv)"))?;
-    let mut args = vec!["install", "--quiet"];
-    args.extend(TOOLS);
-    run(&venv.join("bin/pip"), &args)?;
-    std::fs::write(&marker, wanted)
-        .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
-    Ok(venv)
+    crate::guests::venv(root, "target/dist-tools", &TOOLS, "the static build")
 }
 
 /// Whether `bytes` are a 64-bit little-endian ELF executable with no

@@ -9,9 +9,11 @@
 //! compressed, `target/plugins-gz/<name>.wasm.gz`, the form a ConfigMap
 //! (1 MiB at most) delivers them in.
 //!
-//! [`dist`] builds the host as a static (musl) binary.
+//! [`guests`] builds the Python and JavaScript twins of the example
+//! plugins, and [`dist`] the host as a static (musl) binary.
 
 pub mod dist;
+pub mod guests;
 pub mod scaffold;
 
 use std::collections::BTreeMap;

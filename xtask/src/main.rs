@@ -146,6 +146,9 @@ fn build_all(root: &std::path::Path) -> Result<(), String> {
             eprintln!("built {}", path.display());
         }
     }
+    for path in xtask::guests::build(root, &xtask::guests::TWINS, xtask::guests::OUT)?.values() {
+        eprintln!("built {}", path.display());
+    }
     Ok(())
 }
 

@@ -35,6 +35,11 @@ pub fn guests() -> &'static BTreeMap<String, PathBuf> {
                 Err(e) => panic!("cannot build the guests from source: {e}"),
             }
         }
+        // The Python and JavaScript twins (rebuilt only when stale).
+        match xtask::guests::build(&root, &xtask::guests::TWINS, xtask::guests::OUT) {
+            Ok(built) => all.extend(built),
+            Err(e) => panic!("cannot build the Python and JavaScript guests: {e}"),
+        }
         all
     })
 }
