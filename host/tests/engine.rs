@@ -286,6 +286,12 @@ fn hurried(plugin: reconcile_host::engine::Plugin) -> reconcile_host::engine::Pl
 /// Runs `fault`, checks the failure and its span, then checks that the
 /// same engine still reconciles.
 async fn assert_fault(fault: &str, kind: FailureKind, message_part: &str) {
+    assert_fault_of(fault, "web", kind, message_part).await;
+}
+
+/// [`assert_fault`] for the reconcile of the ConfigMap `object`; then the
+/// same plugin reconciles another object.
+async fn assert_fault_of(fault: &str, object: &str, kind: FailureKind, message_part: &str) {
     let h = Harness::new();
     let _logs = h.capture_host_logs();
     let plugin = h.load(fault).await;
@@ -294,7 +300,7 @@ async fn assert_fault(fault: &str, kind: FailureKind, message_part: &str) {
     } else {
         plugin
     };
-    let reconciled = plugin.reconcile(configmap_request("web")).await;
+    let reconciled = plugin.reconcile(configmap_request(object)).await;
     let failure = reconciled
         .outcome
         .failure()
@@ -347,8 +353,62 @@ async fn assert_fault(fault: &str, kind: FailureKind, message_part: &str) {
         noop.reconcile(configmap_request("web")).await.outcome,
         Outcome::Done
     );
-    let again = plugin.reconcile(configmap_request("web")).await;
+    let again = plugin.reconcile(configmap_request(object)).await;
     assert_eq!(again.outcome.failure().map(|f| f.kind), Some(kind));
+    if object != "web" {
+        let fine = plugin.reconcile(configmap_request("web")).await;
+        assert_eq!(fine.outcome, Outcome::Done, "{fault} after {object}");
+    }
+}
+
+#[tokio::test]
+async fn python_faults_are_contained_like_rust_ones() {
+    assert_fault_of(
+        "fault-py",
+        "loop",
+        FailureKind::Timeout,
+        "deadline of 100ms",
+    )
+    .await;
+    assert_fault_of(
+        "fault-py",
+        "memory",
+        FailureKind::Memory,
+        "its limit is 67108864",
+    )
+    .await;
+    assert_fault_of(
+        "fault-py",
+        "trap",
+        FailureKind::Trap,
+        "Python function threw an unexpected exception",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn javascript_faults_are_contained_like_rust_ones() {
+    assert_fault_of(
+        "fault-js",
+        "loop",
+        FailureKind::Timeout,
+        "deadline of 100ms",
+    )
+    .await;
+    assert_fault_of(
+        "fault-js",
+        "memory",
+        FailureKind::Memory,
+        "its limit is 67108864",
+    )
+    .await;
+    assert_fault_of(
+        "fault-js",
+        "trap",
+        FailureKind::Trap,
+        "wasm `unreachable` instruction executed",
+    )
+    .await;
 }
 
 #[tokio::test]

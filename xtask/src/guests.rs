@@ -1,7 +1,8 @@
-//! Guests in Python and JavaScript: the example twins of `plugins/demoapp`
-//! (`plugins/demoapp-py`, `plugins/demoapp-js`), built into
-//! `target/plugins-twins/` (not `target/plugins/`, so that `dev` on the
-//! default folder runs one DemoApp controller, the Rust one).
+//! Guests in Python and JavaScript: the example twins of `plugins/demoapp`,
+//! `plugins/demoapp-py` into `target/plugins-py/` and `plugins/demoapp-js`
+//! into `target/plugins-js/` (a folder each, not `target/plugins/`, so that
+//! `dev` on a folder runs one DemoApp controller), and the test guests of
+//! `tests/plugins/*-py` and `*-js` into `target/test-plugins/`.
 //!
 //! The tools are installed here on first use, pinned:
 //! - Python: `componentize-py` in a virtualenv, `target/guest-tools/python`
@@ -19,9 +20,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
-
-/// Where the twins go.
-pub const OUT: &str = "target/plugins-twins";
 
 /// The pinned Python tools.
 pub const PYTHON_TOOLS: [&str; 1] = ["componentize-py==0.25.1"];
@@ -44,6 +42,8 @@ pub struct Guest {
     pub language: Language,
     /// Its folder, relative to the project root: `app.py` or `app.ts`.
     pub dir: &'static str,
+    /// Where its component goes, relative to the project root.
+    pub out: &'static str,
 }
 
 /// The example twins.
@@ -52,28 +52,42 @@ pub const TWINS: [Guest; 2] = [
         name: "demoapp-py",
         language: Language::Python,
         dir: "plugins/demoapp-py",
+        out: "target/plugins-py",
     },
     Guest {
         name: "demoapp-js",
         language: Language::JavaScript,
         dir: "plugins/demoapp-js",
+        out: "target/plugins-js",
+    },
+];
+
+/// The test guests in Python and JavaScript.
+pub const TEST_GUESTS: [Guest; 2] = [
+    Guest {
+        name: "fault-py",
+        language: Language::Python,
+        dir: "tests/plugins/fault-py",
+        out: "target/test-plugins",
+    },
+    Guest {
+        name: "fault-js",
+        language: Language::JavaScript,
+        dir: "tests/plugins/fault-js",
+        out: "target/test-plugins",
     },
 ];
 
 /// The contract the guests are built against.
 const WIT: &str = "wit/0.2.0";
 
-/// Builds `guests` into `out` (relative to `root`) where stale; name →
-/// component.
-pub fn build(
-    root: &Path,
-    guests: &[Guest],
-    out: &str,
-) -> Result<BTreeMap<String, PathBuf>, String> {
-    let out = root.join(out);
-    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+/// Builds `guests` where stale; name → component.
+pub fn build(root: &Path, guests: &[Guest]) -> Result<BTreeMap<String, PathBuf>, String> {
     let mut built = BTreeMap::new();
     for guest in guests {
+        let out = root.join(guest.out);
+        std::fs::create_dir_all(&out)
+            .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
         let dest = out.join(format!("{}.wasm", guest.name));
         let sdk = match guest.language {
             Language::Python => "guest-sdk/python",

@@ -146,8 +146,10 @@ fn build_all(root: &std::path::Path) -> Result<(), String> {
             eprintln!("built {}", path.display());
         }
     }
-    for path in xtask::guests::build(root, &xtask::guests::TWINS, xtask::guests::OUT)?.values() {
-        eprintln!("built {}", path.display());
+    for guests in [&xtask::guests::TWINS, &xtask::guests::TEST_GUESTS] {
+        for path in xtask::guests::build(root, guests)?.values() {
+            eprintln!("built {}", path.display());
+        }
     }
     Ok(())
 }

@@ -36,9 +36,11 @@ pub fn guests() -> &'static BTreeMap<String, PathBuf> {
             }
         }
         // The Python and JavaScript twins (rebuilt only when stale).
-        match xtask::guests::build(&root, &xtask::guests::TWINS, xtask::guests::OUT) {
-            Ok(built) => all.extend(built),
-            Err(e) => panic!("cannot build the Python and JavaScript guests: {e}"),
+        for guests in [&xtask::guests::TWINS, &xtask::guests::TEST_GUESTS] {
+            match xtask::guests::build(&root, guests) {
+                Ok(built) => all.extend(built),
+                Err(e) => panic!("cannot build the Python and JavaScript guests: {e}"),
+            }
         }
         all
     })
