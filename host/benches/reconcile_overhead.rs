@@ -8,43 +8,20 @@
 //! Run: `cargo bench -p reconcile-host --bench reconcile_overhead`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use reconcile_host::engine::{Engine, EngineConfig};
-use reconcile_host::reconcile::{ObjectRef, Outcome, ReconcileRequest, RootSpan};
+use reconcile_host::reconcile::{Outcome, ReconcileRequest, RootSpan};
 use reconcile_host::telemetry::Telemetry;
 use reconcile_host::telemetry::logs::{Level, LogFormat, Logger};
+use support::{Discard, WEB, configmap_request};
 
 const WARMUP: usize = 2_000;
 const CALLS: usize = 20_000;
-
-#[derive(Debug)]
-struct Discard;
-
-impl SpanExporter for Discard {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        black_box(batch);
-        Ok(())
-    }
-}
-
-fn request() -> ReconcileRequest {
-    let body =
-        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"web","namespace":"default"}}"#;
-    ReconcileRequest::new(
-        ObjectRef {
-            group: String::new(),
-            version: "v1".into(),
-            kind: "ConfigMap".into(),
-            namespace: Some("default".into()),
-            name: "web".into(),
-        },
-        Some(body.to_owned()),
-    )
-}
 
 struct Figures {
     p50: Duration,
@@ -118,7 +95,7 @@ fn main() {
             let logger = Logger::to_writer(LogFormat::Json, Level::Info, std::io::sink());
             let engine = Engine::new(EngineConfig::default(), telemetry.tracer(), logger).unwrap();
             let plugin = engine.load_file(&noop).await.unwrap();
-            let request = request();
+            let request = configmap_request(WEB);
 
             let wasm = measure(|| {
                 let plugin = plugin.clone();

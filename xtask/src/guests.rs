@@ -63,7 +63,19 @@ pub const TWINS: [Guest; 2] = [
 ];
 
 /// The test guests in Python and JavaScript.
-pub const TEST_GUESTS: [Guest; 2] = [
+pub const TEST_GUESTS: [Guest; 4] = [
+    Guest {
+        name: "noop-py",
+        language: Language::Python,
+        dir: "tests/plugins/noop-py",
+        out: "target/test-plugins",
+    },
+    Guest {
+        name: "noop-js",
+        language: Language::JavaScript,
+        dir: "tests/plugins/noop-js",
+        out: "target/test-plugins",
+    },
     Guest {
         name: "fault-py",
         language: Language::Python,

@@ -146,7 +146,7 @@ fn build_all(root: &std::path::Path) -> Result<(), String> {
             eprintln!("built {}", path.display());
         }
     }
-    for guests in [&xtask::guests::TWINS, &xtask::guests::TEST_GUESTS] {
+    for guests in [&xtask::guests::TWINS[..], &xtask::guests::TEST_GUESTS[..]] {
         for path in xtask::guests::build(root, guests)?.values() {
             eprintln!("built {}", path.display());
         }

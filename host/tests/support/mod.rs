@@ -36,7 +36,7 @@ pub fn guests() -> &'static BTreeMap<String, PathBuf> {
             }
         }
         // The Python and JavaScript twins (rebuilt only when stale).
-        for guests in [&xtask::guests::TWINS, &xtask::guests::TEST_GUESTS] {
+        for guests in [&xtask::guests::TWINS[..], &xtask::guests::TEST_GUESTS[..]] {
             match xtask::guests::build(&root, guests) {
                 Ok(built) => all.extend(built),
                 Err(e) => panic!("cannot build the Python and JavaScript guests: {e}"),
