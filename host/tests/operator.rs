@@ -537,13 +537,16 @@ async fn api_faults_reach_the_plugin_typed_and_are_retried() {
             .any(|r| attr(r, "reconcile.result").as_deref() == Some("error")
                 && attr(r, "error.type").as_deref() == Some("k8s"))
     );
-    assert!(
-        roots
-            .iter()
-            .any(|r| attr(r, "reconcile.reason").as_deref() == Some("retry")
+    // The retry wrote the annotation before its root span ended: the span
+    // follows.
+    eventually("the retry's root span", || async {
+        c.roots("c409").iter().any(|r| {
+            attr(r, "reconcile.reason").as_deref() == Some("retry")
                 && attr(r, "reconcile.attempt").as_deref() == Some("2")
-                && attr(r, "reconcile.result").as_deref() == Some("done"))
-    );
+                && attr(r, "reconcile.result").as_deref() == Some("done")
+        })
+    })
+    .await;
 
     // 500s are retried by the host within the deadline, then reach the
     // plugin as `unavailable`; backoff retries until the server recovers.
