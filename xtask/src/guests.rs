@@ -101,11 +101,17 @@ pub fn build(root: &Path, guests: &[Guest]) -> Result<BTreeMap<String, PathBuf>,
         std::fs::create_dir_all(&out)
             .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
         let dest = out.join(format!("{}.wasm", guest.name));
-        let sdk = match guest.language {
-            Language::Python => "guest-sdk/python",
-            Language::JavaScript => "guest-sdk/js/src",
+        // What it is built from and with (the tools' pins included).
+        let sdk: &[&str] = match guest.language {
+            Language::Python => &["guest-sdk/python"],
+            Language::JavaScript => &[
+                "guest-sdk/js/src",
+                "guest-sdk/js/package-lock.json",
+                "guest-sdk/js/tsconfig.json",
+            ],
         };
-        let sources = [root.join(guest.dir), root.join(sdk), root.join(WIT)];
+        let mut sources = vec![root.join(guest.dir), root.join(WIT)];
+        sources.extend(sdk.iter().map(|p| root.join(p)));
         if newest(&sources) < modified(&dest) {
             built.insert(guest.name.to_owned(), dest);
             continue;
