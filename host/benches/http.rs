@@ -11,6 +11,8 @@
 //! Run: `cargo bench -p reconcile-host --bench http`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::path::Path;
@@ -20,13 +22,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use reconcile_host::engine::{Engine, EngineConfig};
 use reconcile_host::grants::Grant;
-use reconcile_host::reconcile::{CallStats, ObjectRef, Outcome, ReconcileRequest, RootSpan};
+use reconcile_host::reconcile::{CallStats, Outcome, ReconcileRequest, RootSpan};
 use reconcile_host::telemetry::Telemetry;
 use reconcile_host::telemetry::logs::{Level, LogFormat, Logger};
+use support::{Discard, configmap_request};
 
 const WARMUP: usize = 500;
 const CALLS: usize = 5_000;
@@ -34,32 +36,13 @@ const CALLS: usize = 5_000;
 /// the machine's speed falls on all of them alike.
 const ROUNDS: usize = 20;
 
-#[derive(Debug)]
-struct Discard;
-
-impl SpanExporter for Discard {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        black_box(batch);
-        Ok(())
-    }
-}
-
 fn request(url: &str) -> ReconcileRequest {
     let body = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "web", "namespace": "default"},
         "data": {"url": url},
     });
-    ReconcileRequest::new(
-        ObjectRef {
-            group: String::new(),
-            version: "v1".into(),
-            kind: "ConfigMap".into(),
-            namespace: Some("default".into()),
-            name: "web".into(),
-        },
-        Some(body.to_string()),
-    )
+    configmap_request(&body.to_string())
 }
 
 /// A loopback HTTP/1.1 server answering 200 `ok` (keep-alive allowed).
